@@ -1,0 +1,6 @@
+"""Simulated chips: analog layers, counter-based randomness, model conversion."""
+
+from .layers import AnalogConv2d, AnalogLayer, AnalogLinear
+from .model import AnalogModel, Runtime, convert, resolve_config
+
+__all__ = ["AnalogConv2d", "AnalogLayer", "AnalogLinear", "AnalogModel", "Runtime", "convert", "resolve_config"]

@@ -1,0 +1,493 @@
+"""Analog layers: ``nn.Module`` drop-ins for Linear and Conv2d that hold N programmed chips.
+
+Each layer keeps the ideal weights (``weight``, ``bias``, trainable Parameters) and, as buffers, the
+programmed conductances of every chip along a leading chip dimension: ``g_pos``/``g_neg`` of shape
+``(N, S, out, K)`` (``g_neg`` is ``(N, S, n_col_tiles, K)`` for reference columns), their stuck-at fault
+codes, ADC gain/offset errors and drift compensation. Everything is in ``state_dict``.
+
+Activations of a chip chunk of ``c`` chips travel through the model flattened as ``(B * c, ...)``, image
+major and chip minor, so that ordinary layers (ReLU, pooling, BatchNorm in eval mode, reshapes) work
+unchanged. The first analog layer sees the shared ``(B, ...)`` input and computes all chips from it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..circuits import adc_codes, attenuation, dac
+from ..config.schema import ChipConfig
+from ..devices import apply_faults, drift, fault_codes, get_model, round_to_levels
+from ..errors import ConversionError, NvcimError, ShapeError
+from ..mapping import Mapped, get_mapping
+from . import rng
+from .kernel import epilogue
+
+
+@dataclass
+class RunContext:
+    """What the enclosing :class:`~nvcim.chip.model.AnalogModel` tells its layers for one forward pass."""
+
+    mode: str  # "chip", "digital", "nominal" (noise-free targets) or "calibrate"
+    chips: slice = field(default_factory=lambda: slice(0, 0))
+    batch: int = 0
+    image_ids: Tensor | None = None  # (B,) global image indices, keys of the read noise
+    read_key: int = 0
+    compiled: bool = False
+
+
+class AnalogLayer(nn.Module):
+    """Shared machinery of analog layers; subclasses define the geometry and the matrix product."""
+
+    weight: Tensor
+    bias: Tensor | None
+
+    def __init__(self, digital: nn.Module, config: ChipConfig, name: str) -> None:
+        super().__init__()
+        self.config, self.layer_name = config, name
+        self.weight = digital.weight  # type: ignore[assignment]
+        self.bias = digital.bias  # type: ignore[assignment]
+        self.mapping = get_mapping(config)
+        self.ctx: RunContext | None = None
+        self._nominal: tuple[Tensor, Tensor] | None = None
+        out, k = self.weight.shape[0], self.weight[0].numel()
+        self.out_features, self.k = out, k
+        self.n_col_tiles = math.ceil(out / config.array.cols)
+        for name_, t in self._empty_state().items():
+            self.register_buffer(name_, t)
+        self.register_buffer("dac_fs", torch.zeros(()))
+        self.register_buffer("dac_signed", torch.ones((), dtype=torch.bool))
+        self.register_buffer("adc_fs", torch.zeros(()))
+
+    # ---- geometry -------------------------------------------------------------------------------
+    @property
+    def row_tiles(self) -> int:
+        """Number of row tiles T (partial sums digitised separately)."""
+        raise NotImplementedError
+
+    def row_tile_index(self) -> Tensor:
+        """Row tile of each of the K weight rows, shape (K,)."""
+        raise NotImplementedError
+
+    def rows_per_tile(self) -> int:
+        raise NotImplementedError
+
+    @property
+    def n_slices(self) -> int:
+        return int(self.slice_w.numel()) if self.slice_w.numel() else 1
+
+    @property
+    def n_chips(self) -> int:
+        return int(self.g_pos.shape[0])
+
+    def _empty_state(self) -> dict[str, Tensor]:
+        z = torch.zeros(0)
+        return dict(g_pos=z, g_neg=z, faults_pos=z.to(torch.int8), faults_neg=z.to(torch.int8),
+                    adc_gain=z, adc_offset=z, drift_comp=z, scale=z, slice_w=z, chip_ids=z.long())
+
+    # ---- programming ----------------------------------------------------------------------------
+    def w2d(self) -> Tensor:
+        return self.weight.detach().reshape(self.out_features, -1).float().cpu()
+
+    def mapped(self) -> Mapped:
+        return self.mapping.map(self.w2d())
+
+    def program(self, seed: int, chip_ids: Tensor, chunk: int = 64) -> None:
+        """Program all chips ``chip_ids`` (global ids): noisy writes, faults, drift; fills the buffers."""
+        cfg, d = self.config, self.config.device
+        dev = self.weight.device
+        m = self.mapped()
+        model = get_model(d, cfg.variability)
+        levels = model.levels()
+        self.scale, self.slice_w = m.scale.to(dev), m.slice_weights.to(dev)
+        self.chip_ids = chip_ids.to(dev)
+        self._nominal = None
+        out: dict[str, list[Tensor]] = {"pos": [], "neg": [], "fpos": [], "fneg": [], "comp": []}
+        for start in range(0, len(chip_ids), chunk):
+            ids = chip_ids[start:start + chunk]
+            gs, raw = {}, {}
+            for side, target in (("pos", m.pos), ("neg", m.neg)):
+                g_t, lvl = round_to_levels(target, levels)
+                shape = tuple(target.shape)
+                z_cell = rng.draw("normal", rng.key(seed, self.layer_name, side, "program"), ids, shape)
+                z_chip = self._between(seed, ids, shape, side == "neg" and m.reference)
+                g = model.sample(g_t.unsqueeze(0), None if lvl is None else lvl.unsqueeze(0), z_cell, z_chip)
+                codes = fault_codes(rng.draw("uniform", rng.key(seed, self.layer_name, side, "fault"), ids,
+                                             shape), d)
+                raw[side] = apply_faults(g, codes, d)
+                z_nu = rng.draw("normal", rng.key(seed, self.layer_name, side, "drift"), ids, shape)
+                gs[side] = apply_faults(drift(g, z_nu, d), codes, d)
+                out["f" + side].append(codes)
+            out["pos"].append(gs["pos"])
+            out["neg"].append(gs["neg"])
+            out["comp"].append(self._drift_compensation(m, raw, gs))
+        self.g_pos = torch.cat(out["pos"]).to(dev)
+        self.g_neg = torch.cat(out["neg"]).to(dev)
+        self.faults_pos = torch.cat(out["fpos"]).to(dev)
+        self.faults_neg = torch.cat(out["fneg"]).to(dev)
+        self.drift_comp = torch.cat(out["comp"]).to(dev)
+        shape = (len(chip_ids), self.row_tiles, self.n_slices, self.out_features)
+        c = cfg.circuit
+        self.adc_gain = (1.0 + c.adc_gain_sigma * rng.draw(
+            "normal", rng.key(seed, self.layer_name, "adc-gain"), chip_ids, shape[1:])).to(dev)
+        self.adc_offset = (c.adc_offset_sigma * rng.draw(
+            "normal", rng.key(seed, self.layer_name, "adc-offset"), chip_ids, shape[1:])).to(dev)
+
+    def _between(self, seed: int, ids: Tensor, shape: tuple[int, ...], reference: bool) -> Tensor:
+        """Between-chip draws, shared by a whole chip (all layers) or by one array (tile)."""
+        if self.config.variability.between_sigma == 0:
+            return torch.zeros(1)
+        if self.config.variability.scope == "chip":
+            return rng.draw("normal", rng.key(seed, "between-chip"), ids, (1,)).view(-1, 1, 1, 1)
+        n_rt = self.row_tiles
+        tiles = rng.draw("normal", rng.key(seed, self.layer_name, "between-array"), ids, (n_rt, self.n_col_tiles))
+        col_tile = torch.arange(shape[1]) if reference else torch.arange(shape[1]) // self.config.array.cols
+        return tiles[:, self.row_tile_index()][:, :, col_tile].transpose(1, 2).unsqueeze(1)
+
+    def _drift_compensation(self, m: Mapped, at_t0: dict[str, Tensor], now: dict[str, Tensor]) -> Tensor:
+        """Per-chip factor sum|I_ref(t0)| / sum|I_ref(t_read)| for an all-ones reference input."""
+        if not self.config.device.drift.compensate:
+            return torch.ones(at_t0["pos"].shape[0])
+
+        def ref_current(g: dict[str, Tensor]) -> Tensor:
+            diff = g["pos"] - m.expand_neg(g["neg"])
+            return diff.sum(-1).abs().sum(dim=(1, 2))
+
+        return ref_current(at_t0) / ref_current(now).clamp_min(1e-30)
+
+    # ---- the weights the matrix product uses ----------------------------------------------------
+    def nominal(self) -> tuple[Tensor, Tensor]:
+        """Noise-free programmed targets (rounded to levels), shape (1, S, O, K) each."""
+        if self._nominal is None:
+            m = self.mapped()
+            levels = get_model(self.config.device, self.config.variability).levels()
+            dev = self.weight.device
+            self._nominal = (round_to_levels(m.pos, levels)[0][None].to(dev),
+                             round_to_levels(m.neg, levels)[0][None].to(dev))
+        return self._nominal
+
+    def conductances(self, pos: Tensor, neg: Tensor) -> tuple[Tensor, Tensor | None]:
+        """(G+ - G-) as the array sees it, with IR drop, and the read-noise variance weights.
+
+        Reference columns are broadcast to their tile's columns; IR drop is applied to the weight cells
+        (the two halves of a differential pair each as their own tile), not to reference columns.
+        """
+        r = self.config.array.wire_resistance
+        if r:
+            pos = pos * self._ir(pos, r)
+        if self.config.mapping.scheme == "offset":
+            tile = torch.arange(self.out_features, device=neg.device) // self.config.array.cols
+            neg = neg.index_select(-2, tile)
+        elif r:
+            neg = neg * self._ir(neg, r)
+        sr = self.config.device.read_noise
+        w2 = (sr * sr) * (pos * pos + neg * neg) if sr else None
+        return pos - neg, w2
+
+    def _ir(self, g: Tensor, r: float) -> Tensor:
+        """IR-drop attenuation of every cell, tile by tile (rows = K, columns = outputs)."""
+        rows, cols = self.rows_per_tile(), self.config.array.cols
+        t, n_ct = self.row_tiles, self.n_col_tiles
+        lead = g.shape[:-2]
+        phys = self._to_tile_rows(g)  # (..., O, T, R)
+        phys = F.pad(phys, (0, 0, 0, 0, 0, n_ct * cols - self.out_features))
+        phys = phys.reshape(*lead, n_ct, cols, t, rows).permute(*range(len(lead)), -2, -4, -1, -3)
+        att = attenuation(phys, r, self.config.array.ir_activity)  # (..., T, n_ct, R, C)
+        att = att.permute(*range(len(lead)), -3, -1, -4, -2).reshape(*lead, n_ct * cols, t, rows)
+        return self._from_tile_rows(att[..., : self.out_features, :, :])
+
+    def _to_tile_rows(self, g: Tensor) -> Tensor:
+        """(..., O, K) -> (..., O, T, R) with zero padding."""
+        raise NotImplementedError
+
+    def _from_tile_rows(self, g: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    # ---- forward --------------------------------------------------------------------------------
+    def extra_repr(self) -> str:
+        return (f"{self.layer_name!r}, out={self.out_features}, K={self.k}, chips={self.n_chips}, "
+                f"tiles={self.row_tiles}x{self.n_col_tiles}, slices={self.n_slices}")
+
+    def check_input(self, x: Tensor) -> None:
+        raise NotImplementedError
+
+    def digital(self, x: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def mvm(self, x: Tensor, w: Tensor, shared: bool, c: int) -> Tensor:
+        """Tile outputs (B, c, T, S, O, L) of inputs x and per-chip weights w (c, S, O, K)."""
+        raise NotImplementedError
+
+    def finish(self, y: Tensor, x: Tensor, shared: bool) -> Tensor:
+        """(B, c, O, L) -> the activation layout (B * c, ...)."""
+        raise NotImplementedError
+
+    def forward(self, x: Tensor) -> Tensor:
+        ctx = self.ctx
+        self.check_input(x)
+        if ctx is None or ctx.mode == "digital":
+            return self.digital(x)
+        b = ctx.batch
+        if ctx.mode in ("nominal", "calibrate"):
+            c, shared = 1, True
+            if x.shape[0] != b:
+                raise ShapeError(f"{self.layer_name}: batch {x.shape[0]} != {b}")
+        else:
+            c = ctx.chips.stop - ctx.chips.start
+            if x.shape[0] == b * c:
+                shared = c == 1
+            elif x.shape[0] == b:
+                shared = True
+            else:
+                raise ShapeError(f"{self.layer_name}: got a batch of {x.shape[0]} rows, expected {b} (shared "
+                                 f"input) or {b * c} (images x chips)")
+        if ctx.mode == "calibrate":
+            self._calibrate_input(x)
+        x = self.apply_dac(x)
+        if ctx.mode in ("nominal", "calibrate"):
+            pos, neg = self.nominal()
+        else:
+            pos, neg = self.g_pos[ctx.chips], self.g_neg[ctx.chips]
+        w, w2 = self.conductances(pos, neg)
+        y = self.mvm(x, w, shared, c)
+        if ctx.mode == "calibrate":
+            self._calibrate_output(y)
+        var = keys = None
+        if w2 is not None and ctx.mode == "chip":
+            var = self.mvm(x * x, w2, shared, c)
+            keys = self._read_keys(ctx, c)
+        gain = offset = delta = None
+        lo = hi = 0
+        cc = self.config.circuit
+        if cc.adc_bits and ctx.mode != "calibrate":
+            if not bool(self.adc_fs.any()):
+                raise NvcimError("the ADC range is not calibrated: call model.calibrate(x) or set "
+                                 "circuit.adc_range")
+            delta = (self.adc_fs / 2 ** (cc.adc_bits - 1)).expand(self.row_tiles, self.n_slices,
+                                                                   self.out_features)
+            lo, hi = adc_codes(cc.adc_bits)
+        if ctx.mode == "chip" and (cc.adc_gain_sigma or cc.adc_offset_sigma):
+            gain = self.adc_gain[ctx.chips]
+            offset = self.adc_offset[ctx.chips] * self._adc_range_for_offset()
+        scale = self.scale.view(1, -1)
+        if ctx.mode == "chip":
+            scale = scale * self.drift_comp[ctx.chips].view(-1, 1)
+        kernel = epilogue(ctx.compiled)
+        out = kernel(y, var, keys, gain, offset, delta, lo, hi, self.slice_w.to(y), scale.expand(c, -1).to(y))
+        out = self.finish(out, x, shared)
+        if self.bias is not None:
+            out = out + self.bias.view(-1, *([1] * (out.dim() - 2)))
+        return out
+
+    def _adc_range_for_offset(self) -> Tensor:
+        fs = self.adc_fs if bool(self.adc_fs.any()) else self._signal_full_scale()
+        return fs.expand(self.row_tiles, self.n_slices, self.out_features)
+
+    def _read_keys(self, ctx: RunContext, c: int) -> Tensor:
+        ids = ctx.image_ids if ctx.image_ids is not None else torch.arange(ctx.batch)
+        ck = rng.chip_keys(ctx.read_key ^ rng.key(self.layer_name), self.chip_ids[ctx.chips].to(torch.int32))
+        return rng.mix(ck.view(1, c) + ids.to(ck.device, torch.int32).view(-1, 1) * 0x2545F491)
+
+    def apply_dac(self, x: Tensor) -> Tensor:
+        bits = self.config.circuit.dac_bits
+        if not bits:
+            return x
+        if not bool(self.dac_fs > 0):
+            raise NvcimError(f"{self.layer_name}: the DAC range is not calibrated: call model.calibrate(x) "
+                             "or set circuit.dac_range")
+        return dac(x, self.dac_fs, bits, bool(self.dac_signed))
+
+    # ---- calibration ----------------------------------------------------------------------------
+    def _percentile(self, v: Tensor, dim: int | None = None) -> Tensor:
+        q = self.config.circuit.adc_percentile / 100.0
+        if dim is None:
+            v = v.reshape(-1)
+            k = max(1, min(v.numel(), math.ceil(q * v.numel())))
+            return v.float().kthvalue(k).values
+        n = v.shape[dim]
+        k = max(1, min(n, math.ceil(q * n)))
+        return v.float().kthvalue(k, dim=dim).values
+
+    def _calibrate_input(self, x: Tensor) -> None:
+        cc = self.config.circuit
+        self.dac_signed = torch.tensor(bool((x < 0).any()), device=self.dac_fs.device)
+        fs = torch.tensor(cc.dac_range) if cc.dac_range else self._percentile(x.detach().abs())
+        self.dac_fs = fs.to(self.dac_fs).clamp_min(1e-12)
+
+    def _signal_full_scale(self) -> Tensor:
+        d = self.config.device
+        xfs = self.dac_fs if bool(self.dac_fs > 0) else torch.ones(())
+        return xfs * self.rows_per_tile() * (d.g_max - d.g_min)
+
+    def _calibrate_output(self, y: Tensor) -> None:
+        cc = self.config.circuit
+        if cc.adc_range:
+            self.adc_fs = (cc.adc_range * self._signal_full_scale()).to(self.dac_fs).reshape(())
+            return
+        a = y.detach().abs()  # (B, 1, T, S, O, L)
+        if cc.adc_per_column:
+            per = a.permute(2, 3, 4, 0, 1, 5).reshape(a.shape[2], a.shape[3], a.shape[4], -1)
+            fs = self._percentile(per, dim=-1)
+        else:
+            per = a.permute(2, 3, 0, 1, 4, 5).reshape(a.shape[2], a.shape[3], -1)
+            fs = self._percentile(per, dim=-1).unsqueeze(-1)
+        self.adc_fs = fs.clamp_min(1e-30).to(self.dac_fs)
+
+    def needs_calibration(self) -> bool:
+        cc = self.config.circuit
+        return bool(cc.adc_bits or cc.dac_bits or cc.adc_offset_sigma)
+
+    def is_calibrated(self) -> bool:
+        return bool(self.dac_fs > 0) or not self.needs_calibration()
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # type: ignore[no-untyped-def]
+        # Buffers change shape when chips are programmed: take the saved shapes before the copy.
+        for name in list(self._buffers):
+            key = prefix + name
+            if key in state_dict and self._buffers[name] is not None:
+                self._buffers[name] = torch.empty_like(state_dict[key], device=self._buffers[name].device)
+        self._nominal = None
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+
+class AnalogLinear(AnalogLayer):
+    """Analog ``nn.Linear``: K = in_features rows, split into tiles of ``array.rows``."""
+
+    def __init__(self, digital: nn.Linear, config: ChipConfig, name: str) -> None:
+        super().__init__(digital, config, name)
+        self.in_features = digital.in_features
+
+    @property
+    def row_tiles(self) -> int:
+        return math.ceil(self.k / self.config.array.rows)
+
+    def rows_per_tile(self) -> int:
+        return min(self.config.array.rows, self.k)
+
+    def row_tile_index(self) -> Tensor:
+        return torch.arange(self.k) // self.config.array.rows
+
+    def _to_tile_rows(self, g: Tensor) -> Tensor:
+        r, t = self.rows_per_tile(), self.row_tiles
+        return F.pad(g, (0, t * r - self.k)).reshape(*g.shape[:-1], t, r)
+
+    def _from_tile_rows(self, g: Tensor) -> Tensor:
+        return g.reshape(*g.shape[:-2], -1)[..., : self.k]
+
+    def check_input(self, x: Tensor) -> None:
+        if x.dim() < 2 or x.shape[-1] != self.in_features:
+            raise ShapeError(f"layer '{self.layer_name}' expects inputs of shape (batch, ..., "
+                             f"{self.in_features}), got {tuple(x.shape)}")
+
+    def digital(self, x: Tensor) -> Tensor:
+        return F.linear(x, self.weight, self.bias)
+
+    def mvm(self, x: Tensor, w: Tensor, shared: bool, c: int) -> Tensor:
+        t, r = self.row_tiles, self.rows_per_tile()
+        s, o = w.shape[1], w.shape[2]
+        wt = self._to_tile_rows(w)  # (c, S, O, T, R)
+        n = x.shape[0] // (1 if shared else c)
+        xt = F.pad(x.reshape(x.shape[0], -1, self.k), (0, t * r - self.k))
+        n_l = xt.shape[1]
+        if shared:
+            xs = xt.reshape(n * n_l, t, r).transpose(0, 1)  # (T, B*L, R)
+            ws = wt.permute(3, 4, 0, 1, 2).reshape(t, r, c * s * o)
+            y = torch.bmm(xs, ws).view(t, n, n_l, c, s, o)
+            return y.permute(1, 3, 0, 4, 5, 2)
+        xs = xt.reshape(n, c, n_l, t, r).permute(1, 3, 0, 2, 4).reshape(c * t, n * n_l, r)
+        ws = wt.permute(0, 3, 4, 1, 2).reshape(c * t, r, s * o)
+        y = torch.bmm(xs, ws).view(c, t, n, n_l, s, o)
+        return y.permute(2, 0, 1, 4, 5, 3)
+
+    def finish(self, y: Tensor, x: Tensor, shared: bool) -> Tensor:
+        n, c, o, _ = y.shape
+        mid = x.shape[1:-1]
+        return y.permute(0, 1, 3, 2).reshape(n * c, *mid, o)
+
+
+class AnalogConv2d(AnalogLayer):
+    """Analog ``nn.Conv2d`` (groups = 1), unrolled as K = C_in kh kw rows.
+
+    Tiles are kernel-aligned: a tile holds the whole kernels of floor(rows / (kh kw)) input channels, so a
+    kernel never straddles two arrays, and each tile is one group of a grouped convolution.
+    """
+
+    def __init__(self, digital: nn.Conv2d, config: ChipConfig, name: str) -> None:
+        if digital.groups != 1:
+            raise ConversionError(f"{name}: grouped/depthwise Conv2d (groups={digital.groups}) is not supported "
+                                  "yet; leave it digital with filter_fn")
+        if digital.padding_mode != "zeros":
+            raise ConversionError(f"{name}: padding_mode={digital.padding_mode!r} is not supported ('zeros' is)")
+        kk = digital.kernel_size[0] * digital.kernel_size[1]
+        if kk > config.array.rows:
+            raise ConversionError(f"{name}: one {digital.kernel_size} kernel needs {kk} rows but array.rows = "
+                                  f"{config.array.rows}; use larger tiles")
+        self.in_channels, self.kernel_size = digital.in_channels, digital.kernel_size
+        self.stride, self.padding, self.dilation = digital.stride, digital.padding, digital.dilation
+        self.ch_per_tile = min(config.array.rows // kk, digital.in_channels)
+        super().__init__(digital, config, name)
+
+    @property
+    def row_tiles(self) -> int:
+        return math.ceil(self.in_channels / self.ch_per_tile)
+
+    def rows_per_tile(self) -> int:
+        return self.ch_per_tile * self.kernel_size[0] * self.kernel_size[1]
+
+    def row_tile_index(self) -> Tensor:
+        kk = self.kernel_size[0] * self.kernel_size[1]
+        return torch.arange(self.k) // (kk * self.ch_per_tile)
+
+    def _to_tile_rows(self, g: Tensor) -> Tensor:
+        r, t = self.rows_per_tile(), self.row_tiles
+        return F.pad(g, (0, t * r - self.k)).reshape(*g.shape[:-1], t, r)
+
+    def _from_tile_rows(self, g: Tensor) -> Tensor:
+        return g.reshape(*g.shape[:-2], -1)[..., : self.k]
+
+    def check_input(self, x: Tensor) -> None:
+        if x.dim() != 4 or x.shape[1] != self.in_channels:
+            raise ShapeError(f"layer '{self.layer_name}' expects inputs of shape (batch, {self.in_channels}, H, W),"
+                             f" got {tuple(x.shape)}")
+
+    def digital(self, x: Tensor) -> Tensor:
+        return F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation)
+
+    def mvm(self, x: Tensor, w: Tensor, shared: bool, c: int) -> Tensor:
+        t, ct = self.row_tiles, self.ch_per_tile
+        kh, kw = self.kernel_size
+        s, o = w.shape[1], w.shape[2]
+        pad_ch = t * ct - self.in_channels
+        wk = F.pad(w.reshape(c, s, o, self.in_channels, kh * kw), (0, 0, 0, pad_ch))
+        wk = wk.reshape(c, s, o, t, ct, kh, kw)
+        n = x.shape[0] // (1 if shared else c)
+        h, wd = x.shape[-2:]
+        if shared:
+            xin = F.pad(x, (0, 0, 0, 0, 0, pad_ch)) if pad_ch else x
+            wg = wk.permute(3, 0, 1, 2, 4, 5, 6).reshape(t * c * s * o, ct, kh, kw)
+            y = F.conv2d(xin, wg, None, self.stride, self.padding, self.dilation, groups=t)
+            y = y.view(n, t, c, s, o, -1)
+            return y.permute(0, 2, 1, 3, 4, 5)
+        xin = x.reshape(n, c, self.in_channels, h, wd)
+        if pad_ch:
+            xin = F.pad(xin, (0, 0, 0, 0, 0, pad_ch))
+        xin = xin.reshape(n, c * t * ct, h, wd)
+        wg = wk.permute(0, 3, 1, 2, 4, 5, 6).reshape(c * t * s * o, ct, kh, kw)
+        y = F.conv2d(xin, wg, None, self.stride, self.padding, self.dilation, groups=c * t)
+        return y.view(n, c, t, s, o, -1)
+
+    def finish(self, y: Tensor, x: Tensor, shared: bool) -> Tensor:
+        n, c, o, n_l = y.shape
+        ho, wo = self._out_hw(x.shape[-2:])
+        return y.reshape(n * c, o, ho, wo)
+
+    def _out_hw(self, hw: torch.Size) -> tuple[int, int]:
+        out = []
+        for i in range(2):
+            k = self.dilation[i] * (self.kernel_size[i] - 1) + 1
+            out.append((hw[i] + 2 * self.padding[i] - k) // self.stride[i] + 1)  # type: ignore[operator]
+        return out[0], out[1]

@@ -1,0 +1,30 @@
+"""DAC and ADC models: clip, quantise, and the ADC's gain and offset error."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def dac(x: Tensor, full_scale: Tensor, bits: int, signed: bool) -> Tensor:
+    """Quantise inputs to ``bits``: signed codes in [-(2^(b-1)-1), 2^(b-1)-1] x full_scale/(2^(b-1)-1), or
+    unsigned codes in [0, 2^b-1] x full_scale/(2^b-1). Values beyond full scale are clipped."""
+    if signed:
+        steps = 2 ** (bits - 1) - 1 if bits > 1 else 1
+        lo = -steps
+    else:
+        steps, lo = 2**bits - 1, 0
+    delta = full_scale / steps
+    return torch.clamp(torch.round(x / delta), lo, steps) * delta
+
+
+def adc_codes(bits: int) -> tuple[int, int]:
+    """Lowest and highest output code of a signed ``bits``-bit ADC."""
+    return -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+
+
+def adc(y: Tensor, full_scale: Tensor, bits: int) -> Tensor:
+    """q(y) = D clip(round(y/D), -2^(b-1), 2^(b-1)-1), D = full_scale / 2^(b-1): at most 2^b codes."""
+    lo, hi = adc_codes(bits)
+    delta = full_scale / 2 ** (bits - 1)
+    return torch.clamp(torch.round(y / delta), lo, hi) * delta

@@ -1,0 +1,239 @@
+"""The typed chip configuration tree: device, variability, mapping, array and circuit.
+
+All classes are frozen dataclasses; construction validates every field (see :mod:`.fields`). Units are
+SI: siemens (S) for conductance, seconds (s), ohms (Ω). Relative quantities say what they are
+relative to. ``0`` means "off" (or "auto" where stated).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import ConfigError
+from .fields import check, spec
+
+PROGRAMMING_MODELS = ("none", "lognormal", "additive", "state-dependent", "measured")
+
+
+@dataclass(frozen=True)
+class ProgrammingConfig:
+    """Programming (write) variation, drawn once per chip: device-to-device, fixed until re-programmed."""
+
+    model: str = spec("none", "variation model; 'measured' reads device.programming.table",
+                      choices=PROGRAMMING_MODELS)
+    sigma: float = spec(0.0, "within-chip (cell-to-cell) spread. lognormal: std of ln G; additive and "
+                        "state-dependent: std as a fraction of g_max", unit="-", lo=0.0, hi=10.0)
+    level_sigma: tuple[float, ...] = spec((), "state-dependent: per-level std as a fraction of g_max, "
+                                          "lowest level first (empty = sigma x middle_factor rule)",
+                                          unit="-", lo=0.0, hi=10.0)
+    middle_factor: float = spec(1.0, "state-dependent: sigma multiplier of the middle (non-extreme) "
+                                "levels, NeFT's s", unit="-", lo=1.0, hi=100.0)
+    table: str = spec("", "measured: CSV file with columns target,mean,std (S), one row per level")
+    correct_bias: bool = spec(False, "lognormal: divide by exp(sigma^2/2) so that E[G] = G_target")
+
+    def __post_init__(self) -> None:
+        check(self)
+        if self.model == "measured" and not self.table:
+            raise ConfigError("table", self.table, "a CSV path when model = 'measured'")
+
+
+@dataclass(frozen=True)
+class FaultConfig:
+    """Stuck-at faults, fixed per chip; they survive re-programming."""
+
+    sa0: float = spec(0.0, "fraction of cells stuck at g_min (HRS)", unit="-", lo=0.0, hi=1.0)
+    sa1: float = spec(0.0, "fraction of cells stuck at g_max (LRS)", unit="-", lo=0.0, hi=1.0)
+
+    def __post_init__(self) -> None:
+        check(self)
+        if self.sa0 + self.sa1 > 1.0:
+            raise ConfigError("sa1", self.sa1, f"[0, {1.0 - self.sa0:g}] so that sa0 + sa1 <= 1")
+
+
+@dataclass(frozen=True)
+class DriftConfig:
+    """Power-law conductance drift G(t) = G(t0) (t/t0)^-nu, nu ~ N(nu_mean, nu_std) per cell (clipped >= 0)."""
+
+    nu_mean: float = spec(0.0, "mean drift exponent", unit="-", lo=0.0, hi=1.0)
+    nu_std: float = spec(0.0, "cell-to-cell std of the drift exponent", unit="-", lo=0.0, hi=1.0)
+    t0: float = spec(1.0, "time of the programming reference read", unit="s", lo=0.0, lo_open=True)
+    t_read: float = spec(1.0, "time after programming at which inference runs", unit="s", lo=0.0, lo_open=True)
+    compensate: bool = spec(False, "global drift compensation: rescale each layer by a factor measured "
+                            "on a reference input")
+
+    def __post_init__(self) -> None:
+        check(self)
+        if self.t_read < self.t0:
+            raise ConfigError("t_read", self.t_read, f"[{self.t0:g}, inf) s (not before t0)")
+
+
+@dataclass(frozen=True)
+class DeviceConfig:
+    """One memory cell: conductance range, levels, variation, read noise, faults, drift."""
+
+    g_min: float = spec(1e-6, "lowest programmable conductance (HRS)", unit="S", lo=0.0)
+    g_max: float = spec(1e-4, "highest programmable conductance (LRS)", unit="S", lo=0.0, lo_open=True)
+    bits_per_cell: int = spec(4, "uniform levels per cell = 2^bits; 0 = continuous (analog)", unit="bit",
+                              lo=1, hi=8, zero_ok=True)
+    levels: tuple[float, ...] = spec((), "explicit level conductances, ascending (overrides bits_per_cell)",
+                                     unit="S", lo=0.0)
+    programming: ProgrammingConfig = field(default_factory=ProgrammingConfig)
+    read_noise: float = spec(0.0, "read noise std as a fraction of G, drawn fresh at every read "
+                             "(cycle-to-cycle)", unit="-", lo=0.0, hi=1.0)
+    faults: FaultConfig = field(default_factory=FaultConfig)
+    drift: DriftConfig = field(default_factory=DriftConfig)
+
+    def __post_init__(self) -> None:
+        check(self)
+        if self.g_min >= self.g_max:
+            raise ConfigError("g_min", self.g_min, f"[0, {self.g_max:g}) S, below g_max")
+        if self.levels:
+            if len(self.levels) < 2:
+                raise ConfigError("levels", list(self.levels), "at least 2 levels")
+            if any(b <= a for a, b in zip(self.levels, self.levels[1:])):
+                raise ConfigError("levels", list(self.levels), "strictly ascending conductances")
+            if self.levels[0] < self.g_min * (1 - 1e-9) or self.levels[-1] > self.g_max * (1 + 1e-9):
+                raise ConfigError("levels", list(self.levels), f"values within [g_min, g_max] = "
+                                  f"[{self.g_min:g}, {self.g_max:g}] S")
+
+    @property
+    def n_levels(self) -> int:
+        """Number of programmable levels (0 = continuous)."""
+        return len(self.levels) if self.levels else (2**self.bits_per_cell if self.bits_per_cell else 0)
+
+
+@dataclass(frozen=True)
+class VariabilityConfig:
+    """Between-chip component of programming variation, in the unit of device.programming.sigma."""
+
+    between_sigma: float = spec(0.0, "std of the component shared by all cells of a chip (or array)",
+                                unit="-", lo=0.0, hi=10.0)
+    scope: str = spec("chip", "what shares one between-chip draw", choices=("chip", "array"))
+
+    def __post_init__(self) -> None:
+        check(self)
+
+
+@dataclass(frozen=True)
+class MappingConfig:
+    """How signed weights become conductances."""
+
+    scheme: str = spec("differential", "differential: w ~ G+ - G-; offset: w ~ G - G_ref (reference column)",
+                       choices=("differential", "offset"))
+    weight_bits: int = spec(0, "bit slicing: signed weight bits spread over cells of bits_per_cell bits; "
+                            "0 = one cell per weight", unit="bit", lo=2, hi=16, zero_ok=True)
+    scaling: str = spec("layer", "max|W| per layer or per output column maps onto the conductance range",
+                        choices=("layer", "column"))
+
+    def __post_init__(self) -> None:
+        check(self)
+
+
+@dataclass(frozen=True)
+class ArrayConfig:
+    """Crossbar tiles and wires."""
+
+    rows: int = spec(128, "rows (inputs) per crossbar tile; larger layers are split, partial sums "
+                     "added digitally", unit="cells", lo=1, hi=65536)
+    cols: int = spec(128, "columns (outputs) per crossbar tile", unit="cells", lo=1, hi=65536)
+    wire_resistance: float = spec(0.0, "wire resistance per cell segment, drives the first-order "
+                                  "IR-drop model", unit="Ω", lo=0.0, hi=1e4)
+    ir_activity: float = spec(0.5, "IR drop: mean input drive as a fraction of full scale, at which "
+                              "the input-independent drop is evaluated", unit="-", lo=0.0, hi=1.0)
+
+    def __post_init__(self) -> None:
+        check(self)
+
+
+@dataclass(frozen=True)
+class CircuitConfig:
+    """Converters: DAC on the rows, ADC on every tile column."""
+
+    dac_bits: int = spec(0, "input DAC resolution; 0 = ideal", unit="bit", lo=1, hi=16, zero_ok=True)
+    dac_range: float = spec(0.0, "input full scale in activation units; 0 = calibrate on data",
+                            unit="activation", lo=0.0)
+    adc_bits: int = spec(0, "column ADC resolution; 0 = ideal", unit="bit", lo=1, hi=16, zero_ok=True)
+    adc_range: float = spec(0.0, "ADC full scale as a fraction of the largest possible tile column "
+                            "signal (rows x (g_max-g_min) x input full scale); 0 = calibrate on data",
+                            unit="-", lo=0.0, hi=1.0)
+    adc_percentile: float = spec(99.99, "calibration: percentile of |column signal| taken as ADC range",
+                                 unit="%", lo=50.0, hi=100.0)
+    adc_per_column: bool = spec(False, "calibrate one ADC range per column instead of per tile")
+    adc_gain_sigma: float = spec(0.0, "ADC gain error std per column and chip, y -> (1+e_g) y",
+                                 unit="-", lo=0.0, hi=1.0)
+    adc_offset_sigma: float = spec(0.0, "ADC offset std per column and chip, as a fraction of the ADC range",
+                                   unit="-", lo=0.0, hi=1.0)
+
+    def __post_init__(self) -> None:
+        check(self)
+
+
+@dataclass(frozen=True)
+class ChipConfig:
+    """A whole chip: what the ``--chip`` option and :func:`nvcim.preset` describe."""
+
+    name: str = spec("custom", "short name of this chip config")
+    source: str = spec("", "citation for the values (required for presets)")
+    device: DeviceConfig = field(default_factory=DeviceConfig)
+    variability: VariabilityConfig = field(default_factory=VariabilityConfig)
+    mapping: MappingConfig = field(default_factory=MappingConfig)
+    array: ArrayConfig = field(default_factory=ArrayConfig)
+    circuit: CircuitConfig = field(default_factory=CircuitConfig)
+
+    def __post_init__(self) -> None:
+        check(self)
+        m, d = self.mapping, self.device
+        if m.weight_bits:
+            if d.levels or d.bits_per_cell == 0:
+                raise ConfigError("mapping.weight_bits", m.weight_bits, "0 when the device has explicit or "
+                                  "continuous levels (bit slicing needs 2^bits_per_cell uniform levels)")
+            if m.scheme != "differential":
+                raise ConfigError("mapping.weight_bits", m.weight_bits, "0 with the offset scheme "
+                                  "(bit slicing is implemented for differential pairs)")
+        if d.programming.model == "state-dependent" and d.programming.level_sigma:
+            if len(d.programming.level_sigma) != d.n_levels:
+                raise ConfigError("device.programming.level_sigma", list(d.programming.level_sigma),
+                                  f"one value per level ({d.n_levels} levels)")
+        if d.programming.model in ("state-dependent",) and d.n_levels == 0:
+            raise ConfigError("device.bits_per_cell", 0, "[1, 8] for the state-dependent model")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain nested dict (lists for tuples), the form written to TOML/YAML/JSON."""
+        def conv(v: Any) -> Any:
+            if isinstance(v, tuple):
+                return list(v)
+            if isinstance(v, dict):
+                return {k: conv(x) for k, x in v.items()}
+            return v
+        return conv(dataclasses.asdict(self))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ChipConfig:
+        """Build and validate from a nested dict; unknown keys and bad values name their dotted path."""
+        return _build(cls, data, "")
+
+
+def _build(cls: type, data: Any, prefix: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(prefix or "<root>", data, "a table (mapping of fields)")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs: dict[str, Any] = {}
+    for key, val in data.items():
+        path = f"{prefix}.{key}" if prefix else key
+        if key not in fields:
+            import difflib
+
+            near = difflib.get_close_matches(key, list(fields), n=1)
+            raise ConfigError(path, val, "a known field: " + ", ".join(fields),
+                              f"Did you mean '{near[0]}'?" if near else "")
+        f = fields[key]
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        kwargs[key] = _build(type(default), val, path) if dataclasses.is_dataclass(default) else val
+    try:
+        return cls(**kwargs)
+    except ConfigError as e:
+        if prefix and not e.path.startswith(prefix + "."):
+            raise e.under(prefix) from None
+        raise

@@ -1,0 +1,66 @@
+"""The device-model interface: how a target conductance becomes a programmed one.
+
+A programming model gets the target conductances (already rounded to a level), the level index of each
+cell, and standard-normal draws for the within-chip (``z_cell``) and between-chip (``z_chip``) components;
+it returns the programmed conductances. Randomness is drawn centrally (see :mod:`nvcim.chip.rng`) so that a
+model is a pure function and chips stay reproducible. Adding a device model is one file: subclass
+:class:`ProgrammingModel`, decorate it with :func:`register`.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+from torch import Tensor
+
+from ..config.schema import DeviceConfig, VariabilityConfig
+from ..errors import ConfigError
+
+_REGISTRY: dict[str, type[ProgrammingModel]] = {}
+
+
+class ProgrammingModel:
+    """Base class of programming-variation models. Subclasses set ``name`` and implement ``sample``."""
+
+    name: ClassVar[str] = ""
+
+    def __init__(self, device: DeviceConfig, variability: VariabilityConfig) -> None:
+        self.device, self.variability = device, variability
+
+    def levels(self) -> Tensor | None:
+        """Programmable level conductances (S), ascending; None for a continuous device."""
+        d = self.device
+        if d.levels:
+            return torch.tensor(d.levels, dtype=torch.float32)
+        if d.bits_per_cell == 0:
+            return None
+        return torch.linspace(d.g_min, d.g_max, 2**d.bits_per_cell, dtype=torch.float32)
+
+    def sample(self, target: Tensor, level: Tensor | None, z_cell: Tensor, z_chip: Tensor) -> Tensor:
+        """Programmed conductances (S) for ``target`` (S); ``z_*`` are standard normals of the same shape."""
+        raise NotImplementedError
+
+
+def register(cls: type[ProgrammingModel]) -> type[ProgrammingModel]:
+    """Class decorator that makes a model available by its ``name`` in ``device.programming.model``."""
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def get_model(device: DeviceConfig, variability: VariabilityConfig) -> ProgrammingModel:
+    """Instantiate the programming model that ``device.programming.model`` names."""
+    name = device.programming.model
+    if name not in _REGISTRY:
+        raise ConfigError("device.programming.model", name, "one of " + ", ".join(sorted(_REGISTRY)))
+    return _REGISTRY[name](device, variability)
+
+
+def round_to_levels(target: Tensor, levels: Tensor | None) -> tuple[Tensor, Tensor | None]:
+    """Round conductances to the nearest level; returns (rounded, level index) or (target, None)."""
+    if levels is None:
+        return target, None
+    levels = levels.to(target.device)
+    mids = (levels[1:] + levels[:-1]) / 2
+    idx = torch.bucketize(target, mids)
+    return levels[idx], idx

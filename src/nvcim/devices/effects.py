@@ -1,0 +1,32 @@
+"""Cell effects applied after programming: stuck-at faults and power-law drift."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ..config.schema import DeviceConfig
+
+FAULT_NONE, FAULT_SA0, FAULT_SA1 = 0, 1, 2
+
+
+def fault_codes(u: Tensor, device: DeviceConfig) -> Tensor:
+    """Per-cell fault code (0 none, 1 stuck at g_min, 2 stuck at g_max) from uniforms ``u``."""
+    sa0, sa1 = device.faults.sa0, device.faults.sa1
+    codes = (u < sa0).to(torch.int8) * FAULT_SA0
+    return codes + ((u >= sa0) & (u < sa0 + sa1)).to(codes.dtype) * FAULT_SA1
+
+
+def apply_faults(g: Tensor, codes: Tensor, device: DeviceConfig) -> Tensor:
+    """Force stuck cells to their stuck conductance; stuck cells ignore programming and drift."""
+    g = g.masked_fill(codes == FAULT_SA0, device.g_min)
+    return g.masked_fill(codes == FAULT_SA1, device.g_max)
+
+
+def drift(g: Tensor, z_nu: Tensor, device: DeviceConfig) -> Tensor:
+    """G(t_read) = G(t0) (t_read/t0)^-nu with nu = nu_mean + nu_std z, clipped at 0 (no growth)."""
+    d = device.drift
+    if d.t_read == d.t0 or (d.nu_mean == 0 and d.nu_std == 0):
+        return g
+    nu = (d.nu_mean + d.nu_std * z_nu).clamp_min(0.0)
+    return g * (d.t_read / d.t0) ** (-nu)

@@ -1,0 +1,23 @@
+"""Lognormal programming variation: G = G_t exp(theta_chip + theta_cell) (Charan 2020, after Long 2019).
+
+theta_cell ~ N(0, sigma^2) per cell, theta_chip ~ N(0, between_sigma^2) shared by a chip or an array. The
+mean is biased: E[G] = G_t exp((sigma^2 + between_sigma^2)/2); ``correct_bias`` divides that factor out.
+"""
+
+
+import torch
+from torch import Tensor
+
+from .base import ProgrammingModel, register
+
+
+@register
+class Lognormal(ProgrammingModel):
+    name = "lognormal"
+
+    def sample(self, target: Tensor, level: Tensor | None, z_cell: Tensor, z_chip: Tensor) -> Tensor:
+        s_w, s_b = self.device.programming.sigma, self.variability.between_sigma
+        theta = s_w * z_cell + s_b * z_chip
+        if self.device.programming.correct_bias:
+            theta = theta - (s_w**2 + s_b**2) / 2
+        return target * torch.exp(theta)

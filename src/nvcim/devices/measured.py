@@ -1,0 +1,68 @@
+"""Measured per-level statistics: programming level l gives G ~ N(mean_l, std_l^2), clipped at 0.
+
+The CSV has a header ``target,mean,std`` (siemens) and one row per level, lowest first; the targets are the
+device's levels. The between-chip component shifts every cell by between_sigma x g_max.
+"""
+
+from __future__ import annotations
+
+import csv
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from ..errors import NvcimError
+from .base import ProgrammingModel, register
+
+
+@lru_cache(maxsize=32)
+def load_table(path: str) -> tuple[tuple[float, float, float], ...]:
+    """Read and check a measured level table; errors name the file and line."""
+    p = Path(path)
+    if not p.is_file():
+        raise NvcimError(f"device.programming.table: file not found: {p}")
+    rows: list[tuple[float, float, float]] = []
+    with p.open(newline="", encoding="utf-8") as fh:
+        reader = csv.reader(fh)
+        header = [h.strip().lower() for h in next(reader, [])]
+        if header[:3] != ["target", "mean", "std"]:
+            raise NvcimError(f"{p}:1: expected the header 'target,mean,std', got {','.join(header)!r}")
+        for line, row in enumerate(reader, start=2):
+            if not row or not "".join(row).strip():
+                continue
+            try:
+                t, m, s = (float(v) for v in row[:3])
+            except ValueError:
+                raise NvcimError(f"{p}:{line}: expected three numbers target,mean,std, got {row!r}") from None
+            if len(row) < 3 or min(t, m) < 0 or s < 0 or not all(map(_finite, (t, m, s))):
+                raise NvcimError(f"{p}:{line}: target, mean and std must be finite and >= 0, got {row!r}")
+            rows.append((t, m, s))
+    if len(rows) < 2:
+        raise NvcimError(f"{p}: a measured table needs at least 2 levels, found {len(rows)}")
+    if any(b[0] <= a[0] for a, b in zip(rows, rows[1:])):
+        raise NvcimError(f"{p}: the target column must be strictly ascending")
+    return tuple(rows)
+
+
+def _finite(v: float) -> bool:
+    return v == v and abs(v) != float("inf")
+
+
+@register
+class Measured(ProgrammingModel):
+    name = "measured"
+
+    def _table(self) -> Tensor:
+        return torch.tensor(load_table(self.device.programming.table), dtype=torch.float32)
+
+    def levels(self) -> Tensor:
+        return self._table()[:, 0].contiguous()
+
+    def sample(self, target: Tensor, level: Tensor | None, z_cell: Tensor, z_chip: Tensor) -> Tensor:
+        assert level is not None
+        tab = self._table().to(target.device)
+        g = tab[level, 1] + tab[level, 2] * z_cell
+        g = g + self.device.g_max * self.variability.between_sigma * z_chip
+        return g.clamp_min(0.0)

@@ -1,0 +1,60 @@
+"""The mapping interface: signed weights -> target conductances, and back.
+
+A mapping turns a 2-D weight matrix ``W`` (out x K) into :class:`Mapped` targets so that
+
+    W ~= scale[o] * sum_s slice_weights[s] * (pos[s, o, k] - neg[s, o, k])
+
+where ``neg`` is either the differential partner of each cell (same shape as ``pos``) or a reference
+column, one per column tile (shape ``(S, n_col_tiles, K)``), expanded by :meth:`Mapped.expand_neg`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from ..config.schema import ChipConfig
+
+
+@dataclass
+class Mapped:
+    """Target conductances (S) of one layer and the factors that turn currents back into weights."""
+
+    pos: Tensor  # (S, out, K)
+    neg: Tensor  # (S, out, K) differential partners, or (S, n_col_tiles, K) reference columns
+    scale: Tensor  # (out,) weight units per (input unit x siemens)
+    slice_weights: Tensor  # (S,) shift-and-add weights, 2^(bits_per_cell * s)
+    cols_per_tile: int
+    reference: bool = False  # True: ``neg`` holds one reference column per column tile
+
+    def expand_neg(self, neg: Tensor) -> Tensor:
+        """Reference-column cells broadcast to every output column of their tile (``(..., S, out, K)``)."""
+        if not self.reference:
+            return neg
+        out = self.pos.shape[1]
+        tile = torch.arange(out, device=neg.device) // self.cols_per_tile
+        return neg.index_select(-2, tile)
+
+    def weights(self, pos: Tensor, neg: Tensor) -> Tensor:
+        """Effective weights ``(..., out, K)`` from (possibly programmed) conductances."""
+        diff = pos - self.expand_neg(neg)
+        sw = self.slice_weights.to(diff).view(-1, 1, 1)
+        return self.scale.to(diff).view(-1, 1) * (diff * sw).sum(-3)
+
+
+class Mapping:
+    """Interface of weight-to-conductance mappings."""
+
+    def __init__(self, config: ChipConfig) -> None:
+        self.config = config
+
+    def weight_max(self, w: Tensor) -> Tensor:
+        """max|W| per layer (shape (1, 1)) or per output column (shape (out, 1)); never 0."""
+        m = w.abs().amax(dim=1, keepdim=True) if self.config.mapping.scaling == "column" \
+            else w.abs().max().view(1, 1)
+        return torch.where(m > 0, m, torch.ones_like(m))
+
+    def map(self, w: Tensor) -> Mapped:
+        raise NotImplementedError
