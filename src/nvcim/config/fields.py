@@ -106,5 +106,8 @@ def describe(cls: type, prefix: str = "") -> list[tuple[str, Any, str, str]]:
         if dataclasses.is_dataclass(default):
             rows += describe(type(default), path + ".")
         elif "doc" in f.metadata:
-            rows.append((path, default, allowed_text(dict(f.metadata)), f.metadata["doc"]))
+            meta = dict(f.metadata)
+            allowed = "text" if isinstance(default, str) and not meta["choices"] else (
+                "true/false" if isinstance(default, bool) else allowed_text(meta))
+            rows.append((path, default, allowed, meta["doc"]))
     return rows

@@ -1,0 +1,5 @@
+"""Command-line interface."""
+
+from .main import main
+
+__all__ = ["main"]

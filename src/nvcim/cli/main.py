@@ -1,0 +1,139 @@
+"""The ``nvcim`` command line: demo, train, evaluate, presets, fields."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from typing import Sequence
+
+from ..errors import NvcimError
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="lenet5", help="mlp, lenet5, vgg, resnet, or pkg.module:factory "
+                   "(an import path runs that module's code)")
+    p.add_argument("--dataset", default="digits", help="digits, fashion-mnist, mnist, a folder of IDX files, "
+                   "or pkg.module:factory")
+    p.add_argument("--epochs", type=int, default=None, help="training epochs (default: 40 on digits, else 5)")
+    p.add_argument("--seed", type=int, default=0, help="seed of training and of the chips")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _eval_opts(p: argparse.ArgumentParser, chips: int, chip: str, out: str) -> None:
+    p.add_argument("--chip", default=chip, help="a preset name (see `nvcim presets`) or a .toml/.yaml/.json file")
+    p.add_argument("--chips", type=int, default=chips, help="number of simulated chips")
+    p.add_argument("--set", action="append", default=[], metavar="FIELD.PATH=VALUE",
+                   help="override a config field, e.g. --set device.programming.sigma=0.2 (repeatable)")
+    p.add_argument("--out", default=out, help="output folder for result.json and plots")
+    p.add_argument("--batch-size", type=int, default=500)
+    p.add_argument("--limit", type=int, default=0, help="evaluate on the first N test images only")
+    p.add_argument("--weights", default=None, help="load these model weights (a state_dict file) instead "
+                   "of training")
+    p.add_argument("--memory-mb", type=float, default=1024.0, help="memory budget per chip chunk (MiB)")
+    p.add_argument("--compile", choices=("auto", "on", "off"), default="auto",
+                   help="fuse the analog epilogue with torch.compile")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="nvcim", description="Simulate DNNs on non-volatile compute-in-memory "
+                                 "chips, many chips at once.")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("demo", help="train (or load) a model on digits and run it on 200 RRAM chips")
+    _common(p)
+    _eval_opts(p, 200, "rram-mlc-4bit", "out/demo")
+    p = sub.add_parser("train", help="train a built-in model and cache it")
+    _common(p)
+    p = sub.add_parser("evaluate", help="accuracy distribution of a model over simulated chips")
+    _common(p)
+    _eval_opts(p, 100, "rram-mlc-4bit", "out/evaluate")
+    p = sub.add_parser("presets", help="list presets, or show one")
+    p.add_argument("name", nargs="?")
+    p.add_argument("--format", choices=("toml", "yaml", "json"), default="toml")
+    sub.add_parser("fields", help="every config field with its unit, range and meaning")
+    return ap
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    import torch
+
+    from .. import convert, evaluate
+    from ..chip.model import Runtime, resolve_config
+    from ..config import override, parse_sets
+    from ..evaluation.report import write_outputs
+    from ..experiments import build_model, load_dataset, trained_model
+
+    config = resolve_config(args.chip)
+    if args.set:
+        config = override(config, parse_sets(args.set))
+    if args.limit < 0:
+        raise NvcimError(f"--limit = {args.limit} is invalid: allowed an integer >= 0")
+    data = load_dataset(args.dataset)
+    if args.weights:
+        model = build_model(args.model, data.in_shape, data.classes)
+        try:
+            model.load_state_dict(torch.load(args.weights, map_location="cpu", weights_only=True))
+        except (OSError, RuntimeError) as e:
+            raise NvcimError(f"cannot load weights {args.weights}: {e}") from None
+        info = {"model": args.model, "weights": args.weights}
+    else:
+        model, info = trained_model(args.model, data, args.epochs, args.seed, progress=not args.quiet)
+    test = data.test if not args.limit else (data.test[0][:args.limit], data.test[1][:args.limit])
+    chip_model = convert(model, config, chips=args.chips, seed=args.seed,
+                         runtime=Runtime(memory_mb=args.memory_mb, compile=args.compile))
+    chip_model.calibrate(data.train[0][:256])
+    result = evaluate(chip_model, test, batch_size=args.batch_size, progress=not args.quiet)
+    result.extra.update({"model": info, "dataset": data.name, "chip": config.name})
+    title = f"{args.model} on {data.name}, {config.name}: {args.chips} chips"
+    out = write_outputs(result, config, args.out, title)
+    print(f"{title}\n  {result.summary()}\n  wrote {out / 'result.json'} and {out / 'accuracy_hist.png'}")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from ..experiments import accuracy, load_dataset, trained_model
+
+    data = load_dataset(args.dataset)
+    model, info = trained_model(args.model, data, args.epochs, args.seed, progress=not args.quiet)
+    acc = accuracy(model, *data.test)
+    print(f"{args.model} on {data.name}: test accuracy {100 * acc:.2f} % "
+          f"({'from cache' if info['cached'] else 'trained'}: {info['cache']})")
+    return 0
+
+
+def cmd_presets(args: argparse.Namespace) -> int:
+    from ..config import dumps, preset, preset_names
+
+    if args.name:
+        print(dumps(preset(args.name), args.format), end="")
+        return 0
+    for name in preset_names():
+        src = preset(name).source
+        print(f"{name:18s} {src[:100]}{'...' if len(src) > 100 else ''}")
+    return 0
+
+
+def cmd_fields(args: argparse.Namespace) -> int:
+    from ..config import ChipConfig, describe
+
+    for path, default, allowed, doc in describe(ChipConfig):
+        print(f"{path:34s} default {default!r:<10} {allowed:28s} {doc}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    handlers = {"demo": cmd_evaluate, "evaluate": cmd_evaluate, "train": cmd_train, "presets": cmd_presets,
+                "fields": cmd_fields}
+    try:
+        return handlers[args.cmd](args)
+    except NvcimError as e:
+        print(f"nvcim: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("nvcim: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

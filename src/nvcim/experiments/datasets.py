@@ -1,0 +1,85 @@
+"""Datasets: scikit-learn's digits (embedded), MNIST-format IDX folders, and user factories.
+
+Names: ``digits``; ``fashion-mnist`` and ``mnist`` (looked up under $NVCIM_DATA and /usr/share/datasets/);
+a folder path holding IDX files; or ``pkg.module:factory`` returning ((x_train, y_train), (x_test, y_test))
+(this runs user code).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from ..errors import DatasetError
+from .idx import load_idx_dir
+
+SEARCH = ("/usr/share/datasets",)
+
+
+@dataclass
+class Dataset:
+    """A labelled image classification dataset, inputs (N, C, H, W) float, labels (N,) int64."""
+
+    name: str
+    train: tuple[Tensor, Tensor]
+    test: tuple[Tensor, Tensor]
+    classes: int
+
+    @property
+    def in_shape(self) -> tuple[int, int, int]:
+        s = self.train[0].shape[1:]
+        return int(s[0]), int(s[1]), int(s[2])
+
+
+def digits(seed: int = 0) -> Dataset:
+    """scikit-learn's 8x8 digits (1797 images), split 80/20 with a fixed permutation."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = torch.tensor(d.images, dtype=torch.float32).unsqueeze(1) / 16.0
+    y = torch.tensor(d.target, dtype=torch.long)
+    perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))
+    n_test = len(y) // 5
+    te, tr = perm[:n_test], perm[n_test:]
+    return Dataset("digits", (x[tr], y[tr]), (x[te], y[te]), 10)
+
+
+def find_dir(name: str) -> Path:
+    """The IDX folder of a named dataset under $NVCIM_DATA or /usr/share/datasets/."""
+    roots = [os.environ["NVCIM_DATA"]] if os.environ.get("NVCIM_DATA") else []
+    for root in (*roots, *SEARCH):
+        for cand in (name, name.replace("-", "_"), name.replace("-", "")):
+            if (Path(root) / cand).is_dir():
+                return Path(root) / cand
+    hint = " (Debian: apt-get install dataset-fashion-mnist)" if name == "fashion-mnist" else ""
+    raise DatasetError(f"dataset '{name}' not found under {', '.join([*roots, *SEARCH])}{hint}; "
+                       "or pass a folder of IDX files")
+
+
+def load_dataset(name: str) -> Dataset:
+    """Load a dataset by name, folder or import path (see the module doc)."""
+    if name == "digits":
+        return digits()
+    if name in ("fashion-mnist", "mnist"):
+        train, test = load_idx_dir(find_dir(name))
+        return Dataset(name, train, test, 10)
+    if ":" in name and not Path(name).exists():
+        from .models import load_object
+
+        factory = load_object(name)
+        try:
+            (xtr, ytr), (xte, yte) = factory()  # type: ignore[operator]
+        except (TypeError, ValueError) as e:
+            raise DatasetError(f"{name!r} must return ((x_train, y_train), (x_test, y_test)): {e}") from None
+        if xtr.dim() != 4:
+            raise DatasetError(f"{name!r}: images must be (N, C, H, W), got {tuple(xtr.shape)}")
+        return Dataset(name, (xtr.float(), ytr.long()), (xte.float(), yte.long()), int(ytr.max()) + 1)
+    if Path(name).is_dir():
+        train, test = load_idx_dir(name)
+        return Dataset(Path(name).name, train, test, int(train[1].max()) + 1)
+    raise DatasetError(f"unknown dataset '{name}': use digits, fashion-mnist, mnist, a folder of IDX files, "
+                       "or pkg.module:factory")

@@ -1,0 +1,83 @@
+"""Digital training of the built-in models, with a cache of trained weights.
+
+The cache lives in $NVCIM_CACHE or ~/.cache/nvcim/models; entries are state_dicts loaded with
+``weights_only=True``, written atomically, and retrained if unreadable.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .datasets import Dataset
+from .models import build_model
+
+DEFAULT_EPOCHS = {"digits": 40}
+
+
+def cache_dir() -> Path:
+    """Root of nvcim's cache ($NVCIM_CACHE, else ~/.cache/nvcim)."""
+    root = os.environ.get("NVCIM_CACHE") or str(Path.home() / ".cache" / "nvcim")
+    return Path(root)
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 1000) -> float:
+    """Digital top-1 accuracy (fraction)."""
+    model.eval()
+    hits = sum(int((model(x[i:i + batch]).argmax(-1) == y[i:i + batch]).sum()) for i in range(0, len(y), batch))
+    return hits / max(1, len(y))
+
+
+def train(model: nn.Module, data: Dataset, epochs: int, seed: int = 0, lr: float = 2e-3, batch: int = 128,
+          progress: bool = True) -> nn.Module:
+    """Plain digital training with Adam and cross-entropy, seeded; returns the model in eval mode."""
+    torch.manual_seed(seed)
+    x, y = data.train
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, epochs * ((len(y) + batch - 1) // batch)))
+    gen = torch.Generator().manual_seed(seed)
+    bar = tqdm(range(epochs), desc=f"train {data.name}", unit="epoch", disable=not progress, leave=False)
+    for _ in bar:
+        model.train()
+        perm = torch.randperm(len(y), generator=gen)
+        for i in range(0, len(y), batch):
+            idx = perm[i:i + batch]
+            loss = nn.functional.cross_entropy(model(x[idx]), y[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+        bar.set_postfix(loss=f"{loss.item():.3f}")
+    return model.eval()
+
+
+def trained_model(name: str, data: Dataset, epochs: int | None = None, seed: int = 0,
+                  progress: bool = True) -> tuple[nn.Module, dict[str, Any]]:
+    """A trained model from the cache, or trained now and cached. Returns (model, info)."""
+    epochs = epochs if epochs is not None else DEFAULT_EPOCHS.get(data.name, 5)
+    model = build_model(name, data.in_shape, data.classes)
+    tag = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{data.name}-{name}-e{epochs}-s{seed}")
+    path = cache_dir() / "models" / f"{tag}.pt"
+    info: dict[str, Any] = {"model": name, "dataset": data.name, "epochs": epochs, "seed": seed,
+                            "cache": str(path), "cached": False}
+    if path.is_file():
+        try:
+            model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+            info["cached"] = True
+            return model.eval(), info
+        except Exception as e:  # unreadable or stale: retrain rather than fail
+            warnings.warn(f"ignoring unreadable cached model {path}: {e}", stacklevel=2)
+    train(model, data, epochs, seed, progress=progress)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    torch.save(model.state_dict(), tmp)
+    os.replace(tmp, path)
+    return model.eval(), info
