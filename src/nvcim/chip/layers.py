@@ -56,7 +56,6 @@ class AnalogLayer(nn.Module):
         self._nominal: tuple[Tensor, Tensor] | None = None
         out, k = self.weight.shape[0], self.weight[0].numel()
         self.out_features, self.k = out, k
-        self.n_col_tiles = math.ceil(out / config.array.cols)
         for name_, t in self._empty_state().items():
             self.register_buffer(name_, t)
         self.register_buffer("dac_fs", torch.zeros(()))
@@ -75,6 +74,10 @@ class AnalogLayer(nn.Module):
 
     def rows_per_tile(self) -> int:
         raise NotImplementedError
+
+    @property
+    def n_col_tiles(self) -> int:
+        return math.ceil(self.out_features / self.config.array.cols)
 
     @property
     def n_slices(self) -> int:
@@ -428,8 +431,13 @@ class AnalogConv2d(AnalogLayer):
                                   f"{config.array.rows}; use larger tiles")
         self.in_channels, self.kernel_size = digital.in_channels, digital.kernel_size
         self.stride, self.padding, self.dilation = digital.stride, digital.padding, digital.dilation
-        self.ch_per_tile = min(config.array.rows // kk, digital.in_channels)
         super().__init__(digital, config, name)
+
+    @property
+    def ch_per_tile(self) -> int:
+        """Input channels whose kernels fit one tile's rows."""
+        kk = self.kernel_size[0] * self.kernel_size[1]
+        return min(self.config.array.rows // kk, self.in_channels)
 
     @property
     def row_tiles(self) -> int:

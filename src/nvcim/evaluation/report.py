@@ -28,7 +28,7 @@ def histogram(result: EvalResult, path: Path, title: str = "") -> None:
     ax.set_xlabel("test accuracy per chip (%)")
     ax.set_ylabel("number of chips")
     ax.set_title(title or f"{result.chips} simulated chips")
-    ax.legend(loc="upper left", fontsize=8)
+    ax.legend(loc="best", fontsize=8)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

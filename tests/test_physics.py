@@ -1,0 +1,251 @@
+"""The simulator against the physics it claims: analytic moments, exact limits, invariances."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import nvcim
+from nvcim.chip import AnalogLinear
+from nvcim.config import ChipConfig, override, preset
+from nvcim.devices import FAULT_SA0, FAULT_SA1
+
+from helpers import copy_of, lenet, linear
+
+BASE = override(preset("ideal"), {"name": "test"})
+
+
+def cfg(**changes):
+    return override(BASE, changes)
+
+
+@pytest.mark.parametrize("changes", [
+    {},
+    {"array.rows": 32, "array.cols": 16},  # many tiles, partial sums added digitally
+    {"mapping.scaling": "column", "array.rows": 32},
+    {"mapping.scheme": "offset", "array.cols": 16},
+])
+def test_ideal_chip_reproduces_digital_logits(changes):
+    ref = lenet()
+    model = nvcim.convert(copy_of(ref), cfg(**changes), chips=3, seed=1)
+    x = torch.randn(16, 1, 28, 28)
+    with torch.no_grad():
+        out = model(x)
+        want = ref(x)
+    assert out.shape == (3, 16, 10)  # the chip dimension leads
+    assert torch.allclose(out, want.expand_as(out), atol=1e-5, rtol=1e-4)
+    assert torch.allclose(model.digital(x), want, atol=1e-6)
+
+
+def test_lognormal_output_spread_matches_analytic():
+    sigma, n_chips = 0.2, 4000
+    net = linear()
+    w = net[0].weight.detach().clone()
+    c = cfg(**{"device.programming.model": "lognormal", "device.programming.sigma": sigma})
+    model = nvcim.convert(net, c, chips=n_chips, seed=3)
+    x = torch.rand(1, 64)
+    with torch.no_grad():
+        y = model(x)[:, 0, :].double()  # (chips, outputs)
+    layer = model.analog_layers()[0]
+    m = layer.mapped()
+    s = m.scale.double()
+    gp, gn = m.pos[0].double(), m.neg[0].double()
+    xd = x[0].double()
+    mean = s * ((gp - gn) @ xd) * math.exp(sigma**2 / 2)
+    var = s**2 * ((gp**2 + gn**2) @ xd**2) * (math.exp(sigma**2) - 1) * math.exp(sigma**2)
+    se_mean = var.sqrt() / math.sqrt(n_chips)
+    assert ((y.mean(0) - mean).abs() < 5 * se_mean).all()
+    # the standard error of a sample std is about sd / sqrt(2 (n - 1)) for near-normal sums
+    sd = var.sqrt()
+    assert ((y.std(0) - sd).abs() < 5 * sd / math.sqrt(2 * (n_chips - 1)) + 1e-9).all()
+    assert not torch.allclose(y[0], y[1])
+    assert w.shape == (8, 64)
+
+
+def test_read_noise_variance_matches_analytic():
+    sr, n = 0.05, 6000
+    net = linear(k=32, o=4)
+    model = nvcim.convert(net, cfg(**{"device.read_noise": sr}), chips=1, seed=0)
+    x = torch.rand(1, 32).expand(n, 32).contiguous()  # the same input read n times
+    with torch.no_grad():
+        y = model(x)[0].double()
+    m = model.analog_layers()[0].mapped()
+    var = m.scale.double() ** 2 * (sr**2) * ((m.pos[0].double() ** 2 + m.neg[0].double() ** 2) @ x[0].double() ** 2)
+    sd = var.sqrt()
+    assert ((y.std(0) - sd).abs() < 5 * sd / math.sqrt(2 * (n - 1))).all()
+    ideal = F.linear(x[:1], model.analog_layers()[0].weight).double()[0]
+    assert ((y.mean(0) - ideal).abs() < 5 * sd / math.sqrt(n)).all()
+
+
+def test_stuck_at_fault_fractions_within_binomial_interval():
+    sa0, sa1 = 0.0175, 0.0904
+    model = nvcim.convert(linear(k=128, o=64), cfg(**{"device.faults.sa0": sa0, "device.faults.sa1": sa1}),
+                          chips=50, seed=7)
+    layer = model.analog_layers()[0]
+    codes = torch.cat([layer.faults_pos.flatten(), layer.faults_neg.flatten()])
+    n = codes.numel()
+    for code, p in ((FAULT_SA0, sa0), (FAULT_SA1, sa1)):
+        frac = (codes == code).double().mean().item()
+        assert abs(frac - p) < 4 * math.sqrt(p * (1 - p) / n), (code, frac)
+    g = torch.cat([layer.g_pos.flatten(), layer.g_neg.flatten()])
+    assert torch.all(g[codes == FAULT_SA0] == BASE.device.g_min)
+    assert torch.all(g[codes == FAULT_SA1] == BASE.device.g_max)
+
+
+@pytest.mark.parametrize("bits", [2, 3, 5])
+def test_adc_output_has_at_most_2_to_the_b_codes_per_column(bits):
+    net = linear(k=64, o=6)
+    model = nvcim.convert(net, cfg(**{"circuit.adc_bits": bits}), chips=2, seed=0)
+    x = torch.randn(3000, 64)
+    model.calibrate(x[:256])
+    with torch.no_grad():
+        y = model(x)
+    for chip in range(2):
+        for col in range(6):
+            codes = torch.unique(y[chip, :, col]).numel()
+            assert 2 < codes <= 2**bits
+
+
+def test_noiseless_bit_slicing_equals_quantised_weights():
+    net = linear(k=48, o=10)
+    w = net[0].weight.detach().clone()
+    c = cfg(**{"device.bits_per_cell": 1, "mapping.weight_bits": 8})
+    model = nvcim.convert(net, c, chips=2, seed=0)
+    assert model.analog_layers()[0].n_slices == 7
+    m = w.abs().max()
+    wq = torch.round(w / m * 127) * m / 127
+    x = torch.randn(20, 48)
+    with torch.no_grad():
+        y = model(x)
+    assert torch.allclose(y[0], F.linear(x, wq), atol=1e-5)
+    assert not torch.allclose(F.linear(x, wq), F.linear(x, w), atol=1e-5)  # quantisation did something
+
+
+def test_noiseless_mlc_levels_quantise_weights():
+    net = linear(k=16, o=4)
+    w = net[0].weight.detach().clone()
+    model = nvcim.convert(net, cfg(**{"device.bits_per_cell": 2}), chips=1, seed=0)
+    x = torch.eye(16)
+    with torch.no_grad():
+        eff = model(x)[0].T  # effective weights (o, k)
+    steps = torch.round(eff / w.abs().max() * 3)
+    assert torch.allclose(eff, steps * w.abs().max() / 3, atol=1e-6)  # 4 levels -> magnitudes in {0, 1/3, 2/3, 1}
+
+
+@pytest.mark.parametrize("scope", ["chip", "array"])
+def test_between_chip_component_shifts_cells_together(scope):
+    c = cfg(**{"device.bits_per_cell": 0, "device.programming.model": "lognormal",
+               "variability.between_sigma": 0.3, "variability.scope": scope, "array.rows": 32})
+    model = nvcim.convert(lenet(), c, chips=6, seed=2)
+    ratios = []
+    for layer in model.analog_layers():
+        pos, _ = layer.nominal()
+        r = (layer.g_pos / pos).log()  # theta per cell (no within-chip part)
+        if scope == "chip":
+            assert torch.allclose(r, r.flatten(1)[:, :1].view(-1, 1, 1, 1).expand_as(r), atol=1e-5)
+            ratios.append(r.flatten(1)[:, 0])
+        else:
+            tiles = layer.row_tile_index()
+            assert torch.allclose(r[:, :, :, tiles == 0], r[:, :, :1, :1].expand_as(r[:, :, :, tiles == 0]),
+                                  atol=1e-5) if layer.n_col_tiles == 1 else True
+            if layer.row_tiles > 1:
+                assert not torch.allclose(r[:, :, 0, tiles == 0][..., 0], r[:, :, 0, tiles == 1][..., 0])
+    if scope == "chip":
+        assert all(torch.allclose(ratios[0], r, atol=1e-5) for r in ratios)  # one draw shared by all layers
+        assert ratios[0].std() > 0.05  # ... and different between chips
+
+
+def test_drift_follows_power_law_and_compensation_restores_scale():
+    nu, t = 0.05, 1000.0
+    c = cfg(**{"device.drift.nu_mean": nu, "device.drift.t_read": t})
+    net = linear()
+    ref = F.linear
+    model = nvcim.convert(net, c, chips=2, seed=0)
+    layer = model.analog_layers()[0]
+    pos, _ = layer.nominal()
+    assert torch.allclose(layer.g_pos / pos, torch.full_like(layer.g_pos, t ** -nu), rtol=1e-5)
+    c2 = cfg(**{"device.drift.nu_mean": nu, "device.drift.nu_std": 0.02, "device.drift.t_read": t})
+    layer2 = nvcim.convert(linear(), c2, chips=20, seed=0).analog_layers()[0]
+    log_ratio = (layer2.g_pos / layer2.nominal()[0]).log().flatten()
+    expected = -nu * math.log(t)
+    assert abs(log_ratio.mean().item() - expected) < 5 * 0.02 * math.log(t) / math.sqrt(log_ratio.numel())
+    comp = cfg(**{"device.drift.nu_mean": nu, "device.drift.t_read": t, "device.drift.compensate": True})
+    net3 = linear()
+    w = net3[0].weight.detach().clone()
+    model3 = nvcim.convert(net3, comp, chips=1, seed=0)
+    x = torch.randn(5, 64)
+    with torch.no_grad():
+        assert torch.allclose(model3(x)[0], ref(x, w), atol=1e-5)
+        assert torch.allclose(model(x)[0], ref(x, w) * t ** -nu, atol=1e-5)
+
+
+def test_state_dependent_middle_states_spread_s_times_more():
+    c = override(preset("fefet-2bit"), {"device.faults.sa0": 0.0})
+    model = nvcim.convert(linear(k=256, o=64), c, chips=40, seed=1)
+    layer = model.analog_layers()[0]
+    pos, _ = layer.nominal()
+    levels = torch.linspace(c.device.g_min, c.device.g_max, 4)
+    err = (layer.g_pos - pos) / c.device.g_max
+    sd = [err[((pos - lv).abs() < 1e-9).expand_as(err)].std().item() for lv in levels[1:3]]
+    low = err[((pos - levels[0]).abs() < 1e-9).expand_as(err)]
+    assert all(abs(s / 0.2 - 1) < 0.1 for s in sd)  # middle states: sigma x 2
+    # the lowest level is clipped at 0 conductance, so compare the upper half-width only
+    assert abs(low[low > 0].pow(2).mean().sqrt().item() / 0.1 - 1) < 0.1
+
+
+def test_measured_table_sets_level_statistics(tmp_path):
+    table = tmp_path / "levels.csv"
+    table.write_text("target,mean,std\n1e-6,1.1e-6,0.1e-6\n5e-5,4.8e-5,2e-6\n1e-4,0.99e-4,3e-6\n")
+    c = cfg(**{"device.programming.model": "measured", "device.programming.table": str(table),
+               "device.bits_per_cell": 2})
+    layer = nvcim.convert(linear(k=128, o=32), c, chips=30, seed=0).analog_layers()[0]
+    g = layer.g_pos
+    for target, mean, std in ((1e-6, 1.1e-6, 0.1e-6), (1e-4, 0.99e-4, 3e-6)):
+        sel = g[(layer.nominal()[0] == target).expand_as(g)]
+        assert sel.numel() > 100
+        assert abs(sel.mean().item() - mean) < 5 * std / math.sqrt(sel.numel())
+        assert abs(sel.std().item() / std - 1) < 0.15
+
+
+def test_offset_reference_column_noise_shifts_whole_tile():
+    c = cfg(**{"mapping.scheme": "offset", "device.programming.model": "additive",
+               "device.programming.sigma": 0.05, "array.cols": 4})
+    layer = nvcim.convert(linear(k=16, o=8), c, chips=3, seed=0).analog_layers()[0]
+    assert layer.g_neg.shape == (3, 1, 2, 16)  # one reference column per column tile
+    assert not torch.allclose(layer.g_neg[0, 0, 0], layer.g_neg[0, 0, 1])
+
+
+def test_ir_drop_first_order_matches_nodal_solve():
+    from nvcim.circuits import attenuation, nodal_column_currents
+
+    torch.manual_seed(0)
+    g = torch.rand(8, 8, dtype=torch.float64) * 1e-4 + 1e-6
+    v = torch.ones(8, dtype=torch.float64)
+    ideal = g.sum(0)
+    for r, tol in ((0.5, 0.01), (2.0, 0.02), (10.0, 0.05)):
+        exact_drop = ideal - nodal_column_currents(g, v, r)
+        approx_drop = ideal - (attenuation(g, r, 1.0) * g).sum(0)
+        assert (exact_drop > 0).all()
+        assert ((approx_drop - exact_drop).abs() / exact_drop).max() < tol
+    assert torch.allclose(nodal_column_currents(g, v, 1e-9), ideal, rtol=1e-6)
+
+
+def test_ir_drop_lowers_outputs_in_the_simulator():
+    net = linear(k=64, o=8)
+    w = net[0].weight.detach().clone()
+    model = nvcim.convert(net, cfg(**{"array.wire_resistance": 5.0, "array.rows": 32}), chips=1, seed=0)
+    x = torch.rand(50, 64)
+    with torch.no_grad():
+        y = model(x)[0]
+    ideal = F.linear(x, w)
+    assert 0.001 < ((ideal - y).abs().mean() / ideal.abs().mean()).item() < 0.2
+
+
+def test_analog_layer_is_a_torch_module():
+    model = nvcim.convert(linear(), preset("rram-mlc-4bit"), chips=2, seed=0)
+    layer = model.analog_layers()[0]
+    assert isinstance(layer, AnalogLinear) and isinstance(layer, nn.Module)
+    assert isinstance(model.config, ChipConfig)
+    assert layer.g_pos.shape == (2, 1, 8, 64)
