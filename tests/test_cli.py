@@ -1,0 +1,100 @@
+"""The command line end to end: demo, evaluate, train, presets; result.json; Fashion-MNIST."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+import nvcim
+from nvcim.cli import main
+from nvcim.experiments import load_dataset, trained_model
+
+REQUIRED = ("ideal_accuracy", "accuracy", "chips", "images", "seed", "wall_time_s", "config")
+
+
+def _result(out: Path) -> dict:
+    return json.loads((out / "result.json").read_text())
+
+
+def test_demo_writes_result_and_histogram(tmp_path, capsys):
+    assert main(["demo", "--chips", "120", "--out", str(tmp_path), "--quiet"]) == 0
+    res = _result(tmp_path)
+    for key in REQUIRED:
+        assert key in res
+    acc = res["accuracy"]
+    assert len(acc["per_chip"]) == 120
+    assert set(("mean", "std", "kpp", "per_chip", "ci95", "kpp_ci95")) <= set(acc)
+    assert res["ideal_accuracy"] > 0.85  # the digital LeNet-5 on digits
+    assert acc["mean"] < res["ideal_accuracy"] - 0.3  # Charan's faults and variation hurt a lot untrained
+    assert acc["min"] <= acc["kpp"] <= acc["mean"]
+    assert (tmp_path / "accuracy_hist.png").read_bytes()[:4] == b"\x89PNG"
+    assert nvcim.load_config(tmp_path / "chip.toml") == nvcim.preset("rram-mlc-4bit")
+    out = capsys.readouterr().out
+    assert "ideal" in out and "±" in out and "worst 1 %" in out
+
+
+def test_result_json_matches_python_api(tmp_path):
+    assert main(["evaluate", "--model", "mlp", "--chips", "10", "--chip", "ideal", "--out", str(tmp_path),
+                 "--quiet", "--seed", "1"]) == 0
+    res = _result(tmp_path)
+    data = load_dataset("digits")
+    model, _ = trained_model("mlp", data, seed=1, progress=False)
+    api = nvcim.evaluate(nvcim.convert(model, "ideal", chips=10, seed=1), data.test, progress=False)
+    d = api.to_dict()
+    assert set(d) <= set(res)
+    assert res["accuracy"]["per_chip"] == d["accuracy"]["per_chip"]
+    assert res["accuracy"]["mean"] == pytest.approx(res["ideal_accuracy"])  # ideal chips are the model
+
+
+def test_set_overrides_and_bad_set_fails_cleanly(tmp_path, capsys):
+    assert main(["evaluate", "--model", "mlp", "--chips", "5", "--out", str(tmp_path), "--quiet",
+                 "--set", "device.programming.sigma=0.3", "--set", "circuit.adc_bits=6"]) == 0
+    cfg = _result(tmp_path)["config"]
+    assert cfg["device"]["programming"]["sigma"] == 0.3 and cfg["circuit"]["adc_bits"] == 6
+    assert main(["evaluate", "--chips", "5", "--out", str(tmp_path), "--set", "device.faults.sa1=1.2"]) == 2
+    err = capsys.readouterr().err
+    assert "device.faults.sa1" in err and "[0.0, 1.0]" in err and "Traceback" not in err
+
+
+def test_config_file_and_user_import_paths(tmp_path, monkeypatch, capsys):
+    cfg_file = tmp_path / "chip.yaml"
+    nvcim.save_config(nvcim.override(nvcim.preset("rram-mlc-4bit"), {"device.faults.sa1": 0.0}), cfg_file)
+    mod = tmp_path / "usercode.py"
+    mod.write_text(
+        "import torch\nfrom torch import nn\n"
+        "def model(in_shape, classes):\n    return nn.Sequential(nn.Flatten(), nn.Linear(64, classes))\n"
+        "def data():\n    g = torch.Generator().manual_seed(0)\n"
+        "    x = torch.rand(200, 1, 8, 8, generator=g); y = (x.mean((1, 2, 3)) > 0.5).long()\n"
+        "    return (x[:150], y[:150]), (x[150:], y[150:])\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    out = tmp_path / "out"
+    assert main(["evaluate", "--model", "usercode:model", "--dataset", "usercode:data", "--chip", str(cfg_file),
+                 "--chips", "8", "--epochs", "3", "--out", str(out), "--quiet"]) == 0
+    res = _result(out)
+    assert res["images"] == 50 and res["config"]["device"]["faults"]["sa1"] == 0.0
+
+
+def test_presets_command(capsys):
+    assert main(["presets"]) == 0
+    listing = capsys.readouterr().out
+    for name in nvcim.preset_names():
+        assert name in listing
+    assert main(["presets", "rram-sliced-1bit", "--format", "json"]) == 0
+    assert json.loads(capsys.readouterr().out)["mapping"]["weight_bits"] == 8
+    assert main(["presets", "nope"]) == 2
+    assert main(["fields"]) == 0
+    assert "device.g_min" in capsys.readouterr().out
+
+
+def test_fashion_mnist_end_to_end(tmp_path):
+    # CI installs Debian's dataset-fashion-mnist; this test must not pass without it.
+    root = Path("/usr/share/datasets/fashion-mnist")
+    assert root.is_dir(), "install Debian's dataset-fashion-mnist (apt-get install dataset-fashion-mnist)"
+    data = load_dataset("fashion-mnist")
+    assert data.train[0].shape == (60000, 1, 28, 28) and data.test[0].shape == (10000, 1, 28, 28)
+    assert main(["evaluate", "--model", "mlp", "--dataset", "fashion-mnist", "--epochs", "1", "--chips", "20",
+                 "--limit", "2000", "--chip", "pcm", "--out", str(tmp_path), "--quiet"]) == 0
+    res = _result(tmp_path)
+    assert res["images"] == 2000 and len(res["accuracy"]["per_chip"]) == 20
+    assert res["ideal_accuracy"] > 0.75
+    assert 0.5 < res["accuracy"]["mean"] <= res["ideal_accuracy"] + 0.02
