@@ -33,10 +33,15 @@ def test_same_seed_same_chips_and_outputs():
 
 
 def test_chip_k_does_not_depend_on_how_many_chips():
-    few = nvcim.convert(lenet(), NOISY, chips=3, seed=5)
-    many = nvcim.convert(lenet(), NOISY, chips=10, seed=5)
+    few = nvcim.convert(lenet(), NOISY, chips=11, seed=5, runtime=Runtime(chip_block=4))
+    many = nvcim.convert(lenet(), NOISY, chips=17, seed=5, runtime=Runtime(chip_block=4))
     for lf, lm in zip(few.analog_layers(), many.analog_layers()):
-        assert torch.equal(lf.g_pos, lm.g_pos[:3]) and torch.equal(lf.adc_gain, lm.adc_gain[:3])
+        assert torch.equal(lf.g_pos, lm.g_pos[:11]) and torch.equal(lf.adc_gain, lm.adc_gain[:11])
+    x = _x(9)
+    few.calibrate(x)
+    many.calibrate(x)
+    with torch.no_grad():
+        assert torch.equal(few(x, read_key=2), many(x, read_key=2)[:11])
 
 
 def test_read_noise_is_fresh_per_call_but_keyed():
@@ -56,7 +61,7 @@ def test_results_independent_of_chunking_and_batch_size():
         full = m(x, read_key=9)
         m.runtime = Runtime(memory_mb=1.0)  # forces chip chunks of 1 and image sub-batches
         m._bytes_per_chip_image.clear()
-        assert m.plan(x)[0] == 1 and m.plan(x)[1] < 30
+        assert m.plan(x)[1] < 30  # image sub-batches
         chunked = m(x, read_key=9)
         halves = torch.cat([m(x[:13], image_ids=torch.arange(13), read_key=9),
                             m(x[13:], image_ids=torch.arange(13, 30), read_key=9)], dim=1)
@@ -95,8 +100,8 @@ def test_compiled_and_eager_epilogue_agree():
     from nvcim.chip.kernel import analog_epilogue, epilogue
 
     g = torch.Generator().manual_seed(0)
-    y = torch.randn(4, 3, 2, 1, 5, 7, generator=g)
-    var = torch.rand(4, 3, 2, 1, 5, 7, generator=g) * 0.01
+    y = torch.randn(4, 7, 3, 2, 1, 5, generator=g)
+    var = torch.rand(4, 7, 3, 2, 1, 5, generator=g) * 0.01
     keys = torch.randint(-2**31, 2**31 - 1, (4, 3), dtype=torch.int32, generator=g)
     args = (y, var, keys, None, None, torch.full((2, 1, 5), 0.05), -128, 127, torch.ones(1), torch.ones(3, 5))
     eager = analog_epilogue(*args)

@@ -1,7 +1,7 @@
 """The per-read "analog epilogue": read noise, ADC gain/offset error, ADC, shift-and-add, scale.
 
-It works on tile outputs laid out as ``(B, c, T, S, O, L)`` (images, chips, row tiles, slices, output
-columns, positions) and reduces them to ``(B, c, O, L)``. The function is pure tensor code; for large
+It works on tile outputs laid out as ``(B, L, c, T, S, O)`` (images, positions, chips, row tiles,
+slices, output columns) and reduces them to ``(B, L, c, O)``. The function is pure tensor code; for large
 workloads it runs under ``torch.compile``, which fuses it into one loop (it is memory-bound in eager mode).
 Compiled and eager results agree except for rare last-bit rounding differences at ADC code boundaries.
 """
@@ -31,25 +31,30 @@ def analog_epilogue(
     hi: int,
     slice_w: Tensor,
     out_scale: Tensor,
+    bias: Tensor | None = None,
 ) -> Tensor:
-    """Tile outputs ``y`` (B, c, T, S, O, L) -> layer output (B, c, O, L).
+    """Tile outputs ``y`` (B, L, c, T, S, O) -> layer output (B, L, c, O), contiguous.
 
     ``var``: read-noise variance of each element (same shape) and ``keys`` (B, c) int32 its random keys;
     ``gain``/``offset`` (c, T, S, O): ADC error; ``delta`` (T, S, O): ADC step, codes clipped to [lo, hi];
-    ``slice_w`` (S,); ``out_scale`` (c, O): weight scale times drift compensation.
+    ``slice_w`` (S,); ``out_scale`` (c, O): weight scale times drift compensation; ``bias`` (O,) digital.
+    Positions lead and output columns are innermost, the order grouped convolutions produce in
+    channels-last memory, so the fused kernel reads and writes in order.
     """
-    b, c, t, s, o, n_l = y.shape
+    b, n_l, c, t, s, o = y.shape
     if var is not None and keys is not None:
-        idx = torch.arange(t * s * o * n_l, dtype=torch.int32, device=y.device).view(1, 1, t, s, o, n_l)
-        k = keys.view(b, c, 1, 1, 1, 1) + idx * -1640531535
+        idx = torch.arange(n_l * t * s * o, dtype=torch.int32, device=y.device).view(1, n_l, 1, t, s, o)
+        k = keys.view(b, 1, c, 1, 1, 1) + idx * -1640531535
         y = y + torch.sqrt(var.clamp_min(0.0)) * rng.normal(k)
     if gain is not None and offset is not None:
-        y = y * gain.unsqueeze(0).unsqueeze(-1) + offset.unsqueeze(0).unsqueeze(-1)
+        y = y * gain.view(1, 1, c, t, s, o) + offset.view(1, 1, c, t, s, o)
     if delta is not None:
-        d = delta.view(1, 1, t, s, o, 1)
+        d = delta.view(1, 1, 1, t, s, o)
         y = torch.clamp(torch.round(y / d), lo, hi) * d
-    y = (y * slice_w.view(1, 1, 1, s, 1, 1)).sum(dim=(2, 3))
-    return y * out_scale.view(1, c, o, 1)
+    y = (y * slice_w.view(1, 1, 1, 1, s, 1)).sum(dim=(3, 4)) * out_scale.view(1, 1, c, o)
+    if bias is not None:
+        y = y + bias.view(1, 1, 1, o)
+    return y.contiguous()
 
 
 _compiled: Callable[..., Tensor] | None = None

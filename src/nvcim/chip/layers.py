@@ -13,7 +13,7 @@ unchanged. The first analog layer sees the shared ``(B, ...)`` input and compute
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -33,7 +33,7 @@ class RunContext:
     """What the enclosing :class:`~nvcim.chip.model.AnalogModel` tells its layers for one forward pass."""
 
     mode: str  # "chip", "digital", "nominal" (noise-free targets) or "calibrate"
-    chips: slice = field(default_factory=lambda: slice(0, 0))
+    chips: Tensor | None = None  # (c,) indices into the chip dimension of this pass
     batch: int = 0
     image_ids: Tensor | None = None  # (B,) global image indices, keys of the read noise
     read_key: int = 0
@@ -222,11 +222,11 @@ class AnalogLayer(nn.Module):
         raise NotImplementedError
 
     def mvm(self, x: Tensor, w: Tensor, shared: bool, c: int) -> Tensor:
-        """Tile outputs (B, c, T, S, O, L) of inputs x and per-chip weights w (c, S, O, K)."""
+        """Tile outputs (B, L, c, T, S, O) of inputs x and per-chip weights w (c, S, O, K)."""
         raise NotImplementedError
 
     def finish(self, y: Tensor, x: Tensor, shared: bool) -> Tensor:
-        """(B, c, O, L) -> the activation layout (B * c, ...)."""
+        """(B, L, c, O) -> the activation layout (B * c, ...)."""
         raise NotImplementedError
 
     def forward(self, x: Tensor) -> Tensor:
@@ -240,7 +240,8 @@ class AnalogLayer(nn.Module):
             if x.shape[0] != b:
                 raise ShapeError(f"{self.layer_name}: batch {x.shape[0]} != {b}")
         else:
-            c = ctx.chips.stop - ctx.chips.start
+            assert ctx.chips is not None
+            c = int(ctx.chips.numel())
             if x.shape[0] == b * c:
                 shared = c == 1
             elif x.shape[0] == b:
@@ -280,11 +281,9 @@ class AnalogLayer(nn.Module):
         if ctx.mode == "chip":
             scale = scale * self.drift_comp[ctx.chips].view(-1, 1)
         kernel = epilogue(ctx.compiled)
-        out = kernel(y, var, keys, gain, offset, delta, lo, hi, self.slice_w.to(y), scale.expand(c, -1).to(y))
-        out = self.finish(out, x, shared)
-        if self.bias is not None:
-            out = out + self.bias.view(-1, *([1] * (out.dim() - 2)))
-        return out
+        out = kernel(y, var, keys, gain, offset, delta, lo, hi, self.slice_w.to(y), scale.expand(c, -1).to(y),
+                     self.bias)
+        return self.finish(out, x, shared)
 
     def _adc_range_for_offset(self) -> Tensor:
         fs = self.adc_fs if bool(self.adc_fs.any()) else self._signal_full_scale()
@@ -331,12 +330,12 @@ class AnalogLayer(nn.Module):
         if cc.adc_range:
             self.adc_fs = (cc.adc_range * self._signal_full_scale()).to(self.dac_fs).reshape(())
             return
-        a = y.detach().abs()  # (B, 1, T, S, O, L)
+        a = y.detach().abs()  # (B, L, 1, T, S, O)
         if cc.adc_per_column:
-            per = a.permute(2, 3, 4, 0, 1, 5).reshape(a.shape[2], a.shape[3], a.shape[4], -1)
+            per = a.permute(3, 4, 5, 0, 1, 2).reshape(a.shape[3], a.shape[4], a.shape[5], -1)
             fs = self._percentile(per, dim=-1)
         else:
-            per = a.permute(2, 3, 0, 1, 4, 5).reshape(a.shape[2], a.shape[3], -1)
+            per = a.permute(3, 4, 0, 1, 2, 5).reshape(a.shape[3], a.shape[4], -1)
             fs = self._percentile(per, dim=-1).unsqueeze(-1)
         self.adc_fs = fs.clamp_min(1e-30).to(self.dac_fs)
 
@@ -400,16 +399,15 @@ class AnalogLinear(AnalogLayer):
             xs = xt.reshape(n * n_l, t, r).transpose(0, 1)  # (T, B*L, R)
             ws = wt.permute(3, 4, 0, 1, 2).reshape(t, r, c * s * o)
             y = torch.bmm(xs, ws).view(t, n, n_l, c, s, o)
-            return y.permute(1, 3, 0, 4, 5, 2)
+            return y.permute(1, 2, 3, 0, 4, 5)
         xs = xt.reshape(n, c, n_l, t, r).permute(1, 3, 0, 2, 4).reshape(c * t, n * n_l, r)
         ws = wt.permute(0, 3, 4, 1, 2).reshape(c * t, r, s * o)
         y = torch.bmm(xs, ws).view(c, t, n, n_l, s, o)
-        return y.permute(2, 0, 1, 4, 5, 3)
+        return y.permute(2, 3, 0, 1, 4, 5)
 
     def finish(self, y: Tensor, x: Tensor, shared: bool) -> Tensor:
-        n, c, o, _ = y.shape
-        mid = x.shape[1:-1]
-        return y.permute(0, 1, 3, 2).reshape(n * c, *mid, o)
+        n, _, c, o = y.shape
+        return y.transpose(1, 2).reshape(n * c, *x.shape[1:-1], o)
 
 
 class AnalogConv2d(AnalogLayer):
@@ -477,21 +475,29 @@ class AnalogConv2d(AnalogLayer):
         if shared:
             xin = F.pad(x, (0, 0, 0, 0, 0, pad_ch)) if pad_ch else x
             wg = wk.permute(3, 0, 1, 2, 4, 5, 6).reshape(t * c * s * o, ct, kh, kw)
-            y = F.conv2d(xin, wg, None, self.stride, self.padding, self.dilation, groups=t)
-            y = y.view(n, t, c, s, o, -1)
-            return y.permute(0, 2, 1, 3, 4, 5)
+            y = self._conv(xin, wg, t)
+            return y.view(n, -1, t, c, s, o).transpose(2, 3)
         xin = x.reshape(n, c, self.in_channels, h, wd)
         if pad_ch:
             xin = F.pad(xin, (0, 0, 0, 0, 0, pad_ch))
         xin = xin.reshape(n, c * t * ct, h, wd)
         wg = wk.permute(0, 3, 1, 2, 4, 5, 6).reshape(c * t * s * o, ct, kh, kw)
-        y = F.conv2d(xin, wg, None, self.stride, self.padding, self.dilation, groups=c * t)
-        return y.view(n, c, t, s, o, -1)
+        y = self._conv(xin, wg, c * t)
+        return y.view(n, -1, c, t, s, o)
+
+    def _conv(self, x: Tensor, w: Tensor, groups: int) -> Tensor:
+        """Grouped convolution in channels-last memory (several times faster for many small groups on
+        CPU); returns the output as a contiguous (N, H*W, C_out) tensor."""
+        cl = torch.channels_last
+        y = F.conv2d(x.contiguous(memory_format=cl), w.contiguous(memory_format=cl), None, self.stride,
+                     self.padding, self.dilation, groups=groups)
+        return y.permute(0, 2, 3, 1).reshape(y.shape[0], -1, y.shape[1])
 
     def finish(self, y: Tensor, x: Tensor, shared: bool) -> Tensor:
-        n, c, o, n_l = y.shape
+        n, _, c, o = y.shape
         ho, wo = self._out_hw(x.shape[-2:])
-        return y.reshape(n * c, o, ho, wo)
+        y = y.transpose(1, 2).contiguous()  # chips before positions, as the activation layout needs
+        return y.view(n * c, ho, wo, o).permute(0, 3, 1, 2)  # NCHW view in channels-last memory
 
     def _out_hw(self, hw: torch.Size) -> tuple[int, int]:
         out = []

@@ -1,0 +1,83 @@
+"""Monte Carlo throughput: LeNet-5 on the 10k Fashion-MNIST test images, 100 chips, against plain PyTorch.
+
+Chip config: rram-mlc-4bit programming noise and faults, plus 2 % read noise and 8-bit DAC/ADC.
+Figure of merit: chip-images per second divided by plain PyTorch's images per second on the same model,
+batch size and machine, measured in the same run. Usage:
+
+    .venv/bin/python bench/bench_core.py [--chips 100] [--batch 500] [--memory-mb 256] [--compile on]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+import nvcim
+from nvcim.chip import Runtime
+from nvcim.experiments import load_dataset, trained_model
+
+
+def plain_rate(model: torch.nn.Module, x: torch.Tensor, batch: int, repeats: int = 3) -> float:
+    best = 0.0
+    with torch.inference_mode():
+        model(x[:batch])
+        for _ in range(repeats):
+            t = time.perf_counter()
+            for i in range(0, len(x), batch):
+                model(x[i:i + batch])
+            best = max(best, len(x) / (time.perf_counter() - t))
+    return best
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--chips", type=int, default=100)
+    ap.add_argument("--batch", type=int, default=500)
+    ap.add_argument("--memory-mb", type=float, default=1024.0)
+    ap.add_argument("--compile", default="on", choices=("on", "off"))
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--out", default="bench/results")
+    args = ap.parse_args()
+
+    data = load_dataset("fashion-mnist")
+    model, _ = trained_model("lenet5", data, epochs=3, progress=False)
+    dev = torch.device(args.device)
+    model = model.to(dev)
+    x, y = data.test[0].to(dev), data.test[1].to(dev)
+
+    plain = {b: plain_rate(model, x, b) for b in sorted({args.batch, 256, 1000})}
+    cfg = nvcim.override(nvcim.preset("rram-mlc-4bit"), {
+        "device.read_noise": 0.02, "circuit.dac_bits": 8, "circuit.adc_bits": 8})
+    t0 = time.perf_counter()
+    chip_model = nvcim.convert(model, cfg, chips=args.chips, seed=0,
+                               runtime=Runtime(memory_mb=args.memory_mb, compile=args.compile))
+    chip_model.calibrate(data.train[0][:256].to(dev))
+    t_program = time.perf_counter() - t0
+    # warm-up (torch.compile builds its kernels here; not counted)
+    t0 = time.perf_counter()
+    nvcim.evaluate(chip_model, (x[:args.batch], y[:args.batch]), batch_size=args.batch, progress=False)
+    t_warm = time.perf_counter() - t0
+    res = nvcim.evaluate(chip_model, (x, y), batch_size=args.batch, progress=False)
+    rate = res.chip_images_per_s
+    out = {
+        "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
+        "device": str(dev), "threads": torch.get_num_threads(), "torch": torch.__version__,
+        "chips": args.chips, "images": res.images, "batch": args.batch, "memory_mb": args.memory_mb,
+        "compile": args.compile, "plain_images_per_s": plain, "chip_images_per_s": rate,
+        "ratio_vs_plain_same_batch": rate / plain[args.batch], "ratio_vs_best_plain": rate / max(plain.values()),
+        "program_s": t_program, "warmup_s": t_warm, "eval_s": res.wall_time_s,
+        "ideal_accuracy": res.ideal_accuracy, "chip_accuracy_mean": res.accuracy.mean,
+        "chip_accuracy_std": res.accuracy.std,
+    }
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    (Path(args.out) / f"core_{dev.type}.json").write_text(json.dumps(out, indent=2) + "\n")
+    print(json.dumps(out, indent=2))
+
+
+if __name__ == "__main__":
+    main()
