@@ -5,14 +5,13 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import copy_of, lenet, linear
 from torch import nn
 
 import nvcim
 from nvcim.chip import AnalogLinear
 from nvcim.config import ChipConfig, override, preset
 from nvcim.devices import FAULT_SA0, FAULT_SA1
-
-from helpers import copy_of, lenet, linear
 
 BASE = override(preset("ideal"), {"name": "test"})
 

@@ -45,6 +45,9 @@ class AnalogLayer(nn.Module):
 
     weight: Tensor
     bias: Tensor | None
+    dac_fs: Tensor
+    dac_signed: Tensor
+    adc_fs: Tensor
 
     def __init__(self, digital: nn.Module, config: ChipConfig, name: str) -> None:
         super().__init__()

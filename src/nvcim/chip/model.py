@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -206,8 +207,9 @@ def _swap(module: nn.Module, config: ChipConfig, filter_fn: FilterFn | None, pre
         fqn = f"{prefix}.{name}" if prefix else name
         if isinstance(child, (nn.Linear, nn.Conv2d)) and not isinstance(child, AnalogLayer):
             if filter_fn is None or filter_fn(child, fqn):
-                cls = AnalogLinear if isinstance(child, nn.Linear) else AnalogConv2d
-                setattr(module, name, cls(child, config, fqn))
+                new: AnalogLayer = (AnalogLinear(child, config, fqn) if isinstance(child, nn.Linear)
+                                    else AnalogConv2d(child, config, fqn))
+                setattr(module, name, new)
                 n += 1
         else:
             n += _swap(child, config, filter_fn, fqn)

@@ -71,7 +71,7 @@ def check(obj: Any) -> None:
         if "doc" not in meta:
             continue
         v = getattr(obj, f.name)
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc,operator]
         if dataclasses.is_dataclass(default):
             continue
         if isinstance(default, tuple):
@@ -101,7 +101,7 @@ def describe(cls: type, prefix: str = "") -> list[tuple[str, Any, str, str]]:
     """Rows (dotted path, default, allowed range with unit, doc) for every field of a config class."""
     rows: list[tuple[str, Any, str, str]] = []
     for f in dataclasses.fields(cls):
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc,operator]
         path = f"{prefix}{f.name}"
         if dataclasses.is_dataclass(default):
             rows += describe(type(default), path + ".")

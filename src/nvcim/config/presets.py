@@ -23,5 +23,5 @@ def preset(name: str) -> ChipConfig:
         near = difflib.get_close_matches(name, names, n=1, cutoff=0.3)
         hint = f" Did you mean '{near[0]}'?" if near else ""
         raise NvcimError(f"unknown preset '{name}'.{hint} Known presets: {', '.join(names)}")
-    text = resources.files("nvcim.config").joinpath("presets", f"{name}.toml").read_text(encoding="utf-8")
+    text = resources.files("nvcim.config").joinpath("presets").joinpath(f"{name}.toml").read_text(encoding="utf-8")
     return ChipConfig.from_dict(parse_text(text, "toml", f"preset {name}"))

@@ -229,7 +229,7 @@ def _build(cls: type, data: Any, prefix: str) -> Any:
             raise ConfigError(path, val, "a known field: " + ", ".join(fields),
                               f"Did you mean '{near[0]}'?" if near else "")
         f = fields[key]
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc,operator]
         kwargs[key] = _build(type(default), val, path) if dataclasses.is_dataclass(default) else val
     try:
         return cls(**kwargs)

@@ -24,7 +24,8 @@ def histogram(result: EvalResult, path: Path, title: str = "") -> None:
     ax.axvline(100 * result.ideal_accuracy, color="k", ls="--", label=f"ideal {100 * result.ideal_accuracy:.1f} %")
     ax.axvline(100 * result.accuracy.mean, color="#DD8452", label=f"mean {100 * result.accuracy.mean:.1f} %")
     k = result.accuracy.kpp_k
-    ax.axvline(100 * result.accuracy.kpp, color="#C44E52", ls=":", label=f"worst {k:g} % {100 * result.accuracy.kpp:.1f} %")
+    ax.axvline(100 * result.accuracy.kpp, color="#C44E52", ls=":",
+               label=f"worst {k:g} % {100 * result.accuracy.kpp:.1f} %")
     ax.set_xlabel("test accuracy per chip (%)")
     ax.set_ylabel("number of chips")
     ax.set_title(title or f"{result.chips} simulated chips")

@@ -65,7 +65,8 @@ def load_idx_dir(directory: str | Path) -> tuple[tuple[Tensor, Tensor], tuple[Te
         x = read_idx(_find(d, f"{split}-images-idx3-ubyte"))
         y = read_idx(_find(d, f"{split}-labels-idx1-ubyte"))
         if x.dim() != 3 or y.dim() != 1:
-            raise DatasetError(f"{d}: {split} images must be 3-D and labels 1-D, got {tuple(x.shape)}, {tuple(y.shape)}")
+            raise DatasetError(f"{d}: {split} images must be 3-D and labels 1-D, "
+                               f"got {tuple(x.shape)}, {tuple(y.shape)}")
         if x.shape[0] != y.shape[0]:
             raise DatasetError(f"{d}: {x.shape[0]} {split} images but {y.shape[0]} labels")
         out.append((x.unsqueeze(1).float() / 255.0, y.long()))
