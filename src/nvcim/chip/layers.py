@@ -186,13 +186,17 @@ class AnalogLayer(nn.Module):
         if r:
             pos = pos * self._ir(pos, r)
         if self.config.mapping.scheme == "offset":
-            tile = torch.arange(self.out_features, device=neg.device) // self.config.array.cols
-            neg = neg.index_select(-2, tile)
+            neg = self._expand_ref(neg)
         elif r:
             neg = neg * self._ir(neg, r)
         sr = self.config.device.read_noise
         w2 = (sr * sr) * (pos * pos + neg * neg) if sr else None
         return pos - neg, w2
+
+    def _expand_ref(self, neg: Tensor) -> Tensor:
+        """Reference-column cells broadcast to the columns of their tile (as ``Mapped.expand_neg``)."""
+        tile = torch.arange(self.out_features, device=neg.device) // self.config.array.cols
+        return neg.index_select(-2, tile)
 
     def _ir(self, g: Tensor, r: float) -> Tensor:
         """IR-drop attenuation of every cell, tile by tile (rows = K, columns = outputs)."""
@@ -207,11 +211,13 @@ class AnalogLayer(nn.Module):
         return self._from_tile_rows(att[..., : self.out_features, :, :])
 
     def _to_tile_rows(self, g: Tensor) -> Tensor:
-        """(..., O, K) -> (..., O, T, R) with zero padding."""
-        raise NotImplementedError
+        """(..., O, K) -> (..., O, T, R) with zero padding (rows of tile t are contiguous in K)."""
+        r, t = self.rows_per_tile(), self.row_tiles
+        return F.pad(g, (0, t * r - self.k)).reshape(*g.shape[:-1], t, r)
 
     def _from_tile_rows(self, g: Tensor) -> Tensor:
-        raise NotImplementedError
+        """Inverse of :meth:`_to_tile_rows`."""
+        return g.reshape(*g.shape[:-2], -1)[..., : self.k]
 
     # ---- forward --------------------------------------------------------------------------------
     def extra_repr(self) -> str:
@@ -376,13 +382,6 @@ class AnalogLinear(AnalogLayer):
     def row_tile_index(self) -> Tensor:
         return torch.arange(self.k) // self.config.array.rows
 
-    def _to_tile_rows(self, g: Tensor) -> Tensor:
-        r, t = self.rows_per_tile(), self.row_tiles
-        return F.pad(g, (0, t * r - self.k)).reshape(*g.shape[:-1], t, r)
-
-    def _from_tile_rows(self, g: Tensor) -> Tensor:
-        return g.reshape(*g.shape[:-2], -1)[..., : self.k]
-
     def check_input(self, x: Tensor) -> None:
         if x.dim() < 2 or x.shape[-1] != self.in_features:
             raise ShapeError(f"layer '{self.layer_name}' expects inputs of shape (batch, ..., "
@@ -450,13 +449,6 @@ class AnalogConv2d(AnalogLayer):
     def row_tile_index(self) -> Tensor:
         kk = self.kernel_size[0] * self.kernel_size[1]
         return torch.arange(self.k) // (kk * self.ch_per_tile)
-
-    def _to_tile_rows(self, g: Tensor) -> Tensor:
-        r, t = self.rows_per_tile(), self.row_tiles
-        return F.pad(g, (0, t * r - self.k)).reshape(*g.shape[:-1], t, r)
-
-    def _from_tile_rows(self, g: Tensor) -> Tensor:
-        return g.reshape(*g.shape[:-2], -1)[..., : self.k]
 
     def check_input(self, x: Tensor) -> None:
         if x.dim() != 4 or x.shape[1] != self.in_channels:
