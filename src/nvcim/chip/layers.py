@@ -13,7 +13,7 @@ unchanged. The first analog layer sees the shared ``(B, ...)`` input and compute
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -38,6 +38,7 @@ class RunContext:
     image_ids: Tensor | None = None  # (B,) global image indices, keys of the read noise
     read_key: int = 0
     compiled: bool = False
+    cache: dict = field(default_factory=dict)  # per chip block: packed weights of each layer
 
 
 class AnalogLayer(nn.Module):
@@ -230,9 +231,27 @@ class AnalogLayer(nn.Module):
     def digital(self, x: Tensor) -> Tensor:
         raise NotImplementedError
 
-    def mvm(self, x: Tensor, w: Tensor, shared: bool, c: int) -> Tensor:
-        """Tile outputs (B, L, c, T, S, O) of inputs x and per-chip weights w (c, S, O, K)."""
+    def pack(self, w: Tensor, shared: bool) -> Tensor:
+        """Per-chip weights w (c, S, O, K) in the layout :meth:`mvm` multiplies with."""
         raise NotImplementedError
+
+    def mvm(self, x: Tensor, packed: Tensor, shared: bool, c: int) -> Tensor:
+        """Tile outputs (B, L, c, T, S, O) of inputs x and packed weights."""
+        raise NotImplementedError
+
+    def packed_weights(self, ctx: RunContext, shared: bool) -> tuple[Tensor, Tensor | None]:
+        """Packed (value, read-noise variance) weights of this pass's chips, computed once per chip block
+        (``ctx.cache`` lives for one block) rather than once per image sub-batch."""
+        key = (id(self), shared)
+        if key not in ctx.cache:
+            if ctx.mode in ("nominal", "calibrate"):
+                pos, neg = self.nominal()
+            else:
+                pos, neg = self.g_pos[ctx.chips], self.g_neg[ctx.chips]
+            w, w2 = self.conductances(pos, neg)
+            noisy = w2 is not None and ctx.mode == "chip"
+            ctx.cache[key] = (self.pack(w, shared), self.pack(w2, shared) if noisy and w2 is not None else None)
+        return ctx.cache[key]
 
     def finish(self, y: Tensor, x: Tensor, shared: bool) -> Tensor:
         """(B, L, c, O) -> the activation layout (B * c, ...)."""
@@ -261,17 +280,13 @@ class AnalogLayer(nn.Module):
         if ctx.mode == "calibrate":
             self._calibrate_input(x)
         x = self.apply_dac(x)
-        if ctx.mode in ("nominal", "calibrate"):
-            pos, neg = self.nominal()
-        else:
-            pos, neg = self.g_pos[ctx.chips], self.g_neg[ctx.chips]
-        w, w2 = self.conductances(pos, neg)
-        y = self.mvm(x, w, shared, c)
+        wy, wv = self.packed_weights(ctx, shared)
+        y = self.mvm(x, wy, shared, c)
         if ctx.mode == "calibrate":
             self._calibrate_output(y)
         var = keys = None
-        if w2 is not None and ctx.mode == "chip":
-            var = self.mvm(x * x, w2, shared, c)
+        if wv is not None:
+            var = self.mvm(x * x, wv, shared, c)
             keys = self._read_keys(ctx, c)
         gain = offset = delta = None
         lo = hi = 0
@@ -390,21 +405,26 @@ class AnalogLinear(AnalogLayer):
     def digital(self, x: Tensor) -> Tensor:
         return F.linear(x, self.weight, self.bias)
 
-    def mvm(self, x: Tensor, w: Tensor, shared: bool, c: int) -> Tensor:
+    def pack(self, w: Tensor, shared: bool) -> Tensor:
         t, r = self.row_tiles, self.rows_per_tile()
-        s, o = w.shape[1], w.shape[2]
+        c, s, o = w.shape[:3]
         wt = self._to_tile_rows(w)  # (c, S, O, T, R)
+        if shared:
+            return wt.permute(3, 4, 0, 1, 2).reshape(t, r, c * s * o)
+        return wt.permute(0, 3, 4, 1, 2).reshape(c * t, r, s * o)
+
+    def mvm(self, x: Tensor, packed: Tensor, shared: bool, c: int) -> Tensor:
+        t, r = self.row_tiles, self.rows_per_tile()
+        s, o = self.n_slices, self.out_features
         n = x.shape[0] // (1 if shared else c)
         xt = F.pad(x.reshape(x.shape[0], -1, self.k), (0, t * r - self.k))
         n_l = xt.shape[1]
         if shared:
             xs = xt.reshape(n * n_l, t, r).transpose(0, 1)  # (T, B*L, R)
-            ws = wt.permute(3, 4, 0, 1, 2).reshape(t, r, c * s * o)
-            y = torch.bmm(xs, ws).view(t, n, n_l, c, s, o)
+            y = torch.bmm(xs, packed).view(t, n, n_l, c, s, o)
             return y.permute(1, 2, 3, 0, 4, 5)
         xs = xt.reshape(n, c, n_l, t, r).permute(1, 3, 0, 2, 4).reshape(c * t, n * n_l, r)
-        ws = wt.permute(0, 3, 4, 1, 2).reshape(c * t, r, s * o)
-        y = torch.bmm(xs, ws).view(c, t, n, n_l, s, o)
+        y = torch.bmm(xs, packed).view(c, t, n, n_l, s, o)
         return y.permute(2, 3, 0, 1, 4, 5)
 
     def finish(self, y: Tensor, x: Tensor, shared: bool) -> Tensor:
@@ -458,33 +478,38 @@ class AnalogConv2d(AnalogLayer):
     def digital(self, x: Tensor) -> Tensor:
         return F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation)
 
-    def mvm(self, x: Tensor, w: Tensor, shared: bool, c: int) -> Tensor:
+    def pack(self, w: Tensor, shared: bool) -> Tensor:
         t, ct = self.row_tiles, self.ch_per_tile
         kh, kw = self.kernel_size
-        s, o = w.shape[1], w.shape[2]
+        c, s, o = w.shape[:3]
         pad_ch = t * ct - self.in_channels
         wk = F.pad(w.reshape(c, s, o, self.in_channels, kh * kw), (0, 0, 0, pad_ch))
         wk = wk.reshape(c, s, o, t, ct, kh, kw)
+        order = (3, 0, 1, 2, 4, 5, 6) if shared else (0, 3, 1, 2, 4, 5, 6)
+        wg = wk.permute(*order).reshape(c * t * s * o, ct, kh, kw)
+        return wg.contiguous(memory_format=torch.channels_last)
+
+    def mvm(self, x: Tensor, packed: Tensor, shared: bool, c: int) -> Tensor:
+        t, ct = self.row_tiles, self.ch_per_tile
+        s, o = self.n_slices, self.out_features
+        pad_ch = t * ct - self.in_channels
         n = x.shape[0] // (1 if shared else c)
         h, wd = x.shape[-2:]
         if shared:
             xin = F.pad(x, (0, 0, 0, 0, 0, pad_ch)) if pad_ch else x
-            wg = wk.permute(3, 0, 1, 2, 4, 5, 6).reshape(t * c * s * o, ct, kh, kw)
-            y = self._conv(xin, wg, t)
+            y = self._conv(xin, packed, t)
             return y.view(n, -1, t, c, s, o).transpose(2, 3)
         xin = x.reshape(n, c, self.in_channels, h, wd)
         if pad_ch:
             xin = F.pad(xin, (0, 0, 0, 0, 0, pad_ch))
-        xin = xin.reshape(n, c * t * ct, h, wd)
-        wg = wk.permute(0, 3, 1, 2, 4, 5, 6).reshape(c * t * s * o, ct, kh, kw)
-        y = self._conv(xin, wg, c * t)
+        y = self._conv(xin.reshape(n, c * t * ct, h, wd), packed, c * t)
         return y.view(n, -1, c, t, s, o)
 
     def _conv(self, x: Tensor, w: Tensor, groups: int) -> Tensor:
         """Grouped convolution in channels-last memory (several times faster for many small groups on
         CPU); returns the output as a contiguous (N, H*W, C_out) tensor."""
         cl = torch.channels_last
-        y = F.conv2d(x.contiguous(memory_format=cl), w.contiguous(memory_format=cl), None, self.stride,
+        y = F.conv2d(x.contiguous(memory_format=cl), w, None, self.stride,
                      self.padding, self.dilation, groups=groups)
         return y.permute(0, 2, 3, 1).reshape(y.shape[0], -1, y.shape[1])
 

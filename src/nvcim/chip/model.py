@@ -137,10 +137,11 @@ class AnalogModel(nn.Module):
                 chunk = torch.arange(c0, c0 + block, device=self.device).clamp(max=self.chips - 1)
                 keep = min(block, self.chips - c0)
                 parts = []
+                cache: dict = {}
                 for i0 in range(0, b, imgs_per):
                     xb = x[i0:i0 + imgs_per]
                     ctx = RunContext("chip", chunk, xb.shape[0], image_ids[i0:i0 + imgs_per], read_key,
-                                     self.compiled)
+                                     self.compiled, cache)
                     self._set(ctx)
                     y = self.net(xb)
                     parts.append(y.reshape(xb.shape[0], block, *y.shape[1:]).transpose(0, 1)[:keep])
