@@ -164,10 +164,10 @@ def test_drift_follows_power_law_and_compensation_restores_scale():
     model = nvcim.convert(net, c, chips=2, seed=0)
     layer = model.analog_layers()[0]
     pos, _ = layer.nominal()
-    assert torch.allclose(layer.g_pos / pos, torch.full_like(layer.g_pos, t ** -nu), rtol=1e-5)
+    assert torch.allclose(layer.effective()[0] / pos, torch.full_like(layer.g_pos, t ** -nu), rtol=1e-5)
     c2 = cfg(**{"device.drift.nu_mean": nu, "device.drift.nu_std": 0.02, "device.drift.t_read": t})
     layer2 = nvcim.convert(linear(), c2, chips=20, seed=0).analog_layers()[0]
-    log_ratio = (layer2.g_pos / layer2.nominal()[0]).log().flatten()
+    log_ratio = (layer2.effective()[0] / layer2.nominal()[0]).log().flatten()
     expected = -nu * math.log(t)
     assert abs(log_ratio.mean().item() - expected) < 5 * 0.02 * math.log(t) / math.sqrt(log_ratio.numel())
     comp = cfg(**{"device.drift.nu_mean": nu, "device.drift.t_read": t, "device.drift.compensate": True})

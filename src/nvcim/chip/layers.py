@@ -57,6 +57,7 @@ class AnalogLayer(nn.Module):
         self.bias = digital.bias  # type: ignore[assignment]
         self.mapping = get_mapping(config)
         self.ctx: RunContext | None = None
+        self.seed = 0
         self._nominal: tuple[Tensor, Tensor] | None = None
         out, k = self.weight.shape[0], self.weight[0].numel()
         self.out_features, self.k = out, k
@@ -94,7 +95,8 @@ class AnalogLayer(nn.Module):
     def _empty_state(self) -> dict[str, Tensor]:
         z = torch.zeros(0)
         return dict(g_pos=z, g_neg=z, faults_pos=z.to(torch.int8), faults_neg=z.to(torch.int8),
-                    adc_gain=z, adc_offset=z, drift_comp=z, scale=z, slice_w=z, chip_ids=z.long())
+                    drift_pos=z, drift_neg=z, adc_gain=z, adc_offset=z, drift_comp=z, scale=z, slice_w=z,
+                    chip_ids=z.long(), tune_gain=z, tune_offset=z)
 
     # ---- programming ----------------------------------------------------------------------------
     def w2d(self) -> Tensor:
@@ -104,45 +106,90 @@ class AnalogLayer(nn.Module):
         return self.mapping.map(self.w2d())
 
     def program(self, seed: int, chip_ids: Tensor, chunk: int = 64) -> None:
-        """Program all chips ``chip_ids`` (global ids): noisy writes, faults, drift; fills the buffers."""
+        """Program all chips ``chip_ids`` (global ids): noisy writes, faults, drift; fills the buffers.
+
+        ``g_pos``/``g_neg`` hold the conductances right after programming (time t0, faults applied);
+        ``drift_pos``/``drift_neg`` the per-cell factors (t_read/t0)^-nu that reads apply (empty: no drift).
+        """
         cfg, d = self.config, self.config.device
         dev = self.weight.device
         m = self.mapped()
-        model = get_model(d, cfg.variability)
-        levels = model.levels()
+        self.seed = seed
         self.scale, self.slice_w = m.scale.to(dev), m.slice_weights.to(dev)
         self.chip_ids = chip_ids.to(dev)
         self._nominal = None
-        out: dict[str, list[Tensor]] = {"pos": [], "neg": [], "fpos": [], "fneg": [], "comp": []}
+        has_drift = d.drift.t_read != d.drift.t0 and (d.drift.nu_mean > 0 or d.drift.nu_std > 0)
+        out: dict[str, list[Tensor]] = {k: [] for k in ("pos", "neg", "fpos", "fneg", "dpos", "dneg", "comp")}
         for start in range(0, len(chip_ids), chunk):
             ids = chip_ids[start:start + chunk]
-            gs, raw = {}, {}
+            g0, gt = {}, {}
             for side, target in (("pos", m.pos), ("neg", m.neg)):
-                g_t, lvl = round_to_levels(target, levels)
                 shape = tuple(target.shape)
-                z_cell = rng.draw("normal", rng.key(seed, self.layer_name, side, "program"), ids, shape)
-                z_chip = self._between(seed, ids, shape, side == "neg" and m.reference)
-                g = model.sample(g_t.unsqueeze(0), None if lvl is None else lvl.unsqueeze(0), z_cell, z_chip)
                 codes = fault_codes(rng.draw("uniform", rng.key(seed, self.layer_name, side, "fault"), ids,
                                              shape), d)
-                raw[side] = apply_faults(g, codes, d)
-                z_nu = rng.draw("normal", rng.key(seed, self.layer_name, side, "drift"), ids, shape)
-                gs[side] = apply_faults(drift(g, z_nu, d), codes, d)
+                g0[side] = apply_faults(self._sample(side, ids, "program"), codes, d)
+                factor = torch.ones(0)
+                if has_drift:
+                    z_nu = rng.draw("normal", rng.key(seed, self.layer_name, side, "drift"), ids, shape)
+                    factor = drift(torch.ones_like(z_nu), z_nu, d).masked_fill(codes != 0, 1.0)
+                gt[side] = g0[side] * factor if has_drift else g0[side]
+                out[side].append(g0[side])
                 out["f" + side].append(codes)
-            out["pos"].append(gs["pos"])
-            out["neg"].append(gs["neg"])
-            out["comp"].append(self._drift_compensation(m, raw, gs))
-        self.g_pos = torch.cat(out["pos"]).to(dev)
-        self.g_neg = torch.cat(out["neg"]).to(dev)
-        self.faults_pos = torch.cat(out["fpos"]).to(dev)
-        self.faults_neg = torch.cat(out["fneg"]).to(dev)
+                out["d" + side].append(factor)
+            out["comp"].append(self._drift_compensation(m, g0, gt))
+        self.g_pos, self.g_neg = torch.cat(out["pos"]).to(dev), torch.cat(out["neg"]).to(dev)
+        self.faults_pos, self.faults_neg = torch.cat(out["fpos"]).to(dev), torch.cat(out["fneg"]).to(dev)
+        self.drift_pos, self.drift_neg = torch.cat(out["dpos"]).to(dev), torch.cat(out["dneg"]).to(dev)
         self.drift_comp = torch.cat(out["comp"]).to(dev)
-        shape = (len(chip_ids), self.row_tiles, self.n_slices, self.out_features)
+        n = len(chip_ids)
+        shape = (self.row_tiles, self.n_slices, self.out_features)
         c = cfg.circuit
         self.adc_gain = (1.0 + c.adc_gain_sigma * rng.draw(
-            "normal", rng.key(seed, self.layer_name, "adc-gain"), chip_ids, shape[1:])).to(dev)
+            "normal", rng.key(seed, self.layer_name, "adc-gain"), chip_ids, shape)).to(dev)
         self.adc_offset = (c.adc_offset_sigma * rng.draw(
-            "normal", rng.key(seed, self.layer_name, "adc-offset"), chip_ids, shape[1:])).to(dev)
+            "normal", rng.key(seed, self.layer_name, "adc-offset"), chip_ids, shape)).to(dev)
+        self.tune_gain = torch.ones(n, self.out_features, device=dev)
+        self.tune_offset = torch.zeros(n, self.out_features, device=dev)
+
+    def _sample(self, side: str, ids: Tensor, purpose: str | tuple[str, int]) -> Tensor:
+        """One programming write of every cell of ``side`` on chips ``ids`` (fresh draws per purpose)."""
+        cfg = self.config
+        m = self.mapped()
+        model = get_model(cfg.device, cfg.variability)
+        target = m.pos if side == "pos" else m.neg
+        g_t, lvl = round_to_levels(target, model.levels())
+        shape = tuple(target.shape)
+        tag = purpose if isinstance(purpose, str) else f"{purpose[0]}-{purpose[1]}"
+        z_cell = rng.draw("normal", rng.key(self.seed, self.layer_name, side, tag), ids, shape)
+        z_chip = self._between(self.seed, ids, shape, side == "neg" and m.reference)
+        g = model.sample(g_t.unsqueeze(0), None if lvl is None else lvl.unsqueeze(0), z_cell, z_chip)
+        return g.to(self.weight.device)
+
+    def rewrite(self, side: str, mask: Tensor, attempt: int) -> Tensor:
+        """Re-program the cells of ``side`` where ``mask`` (N, S, O', K) is true with a fresh noisy write
+        (attempt number ``attempt`` keys the draw). Stuck cells do not change. Returns pulses per chip."""
+        g = self.g_pos if side == "pos" else self.g_neg
+        codes = self.faults_pos if side == "pos" else self.faults_neg
+        live = mask & (codes == 0)
+        new = self._sample(side, self.chip_ids.cpu(), ("rewrite", attempt))
+        g = torch.where(live, new, g)
+        if side == "pos":
+            self.g_pos = g
+        else:
+            self.g_neg = g
+        if self.drift_pos.numel():
+            g0 = {"pos": self.g_pos, "neg": self.g_neg}
+            now = dict(zip(("pos", "neg"), self.effective()))
+            self.drift_comp = self._drift_compensation(self.mapped(), g0, now).to(g)
+        return live.flatten(1).sum(1)
+
+    def effective(self, chips: Tensor | slice | None = None) -> tuple[Tensor, Tensor]:
+        """Conductances (S) the array holds at read time (after drift) for ``chips`` (default all)."""
+        sel = slice(None) if chips is None else chips
+        pos, neg = self.g_pos[sel], self.g_neg[sel]
+        if self.drift_pos.numel():
+            pos, neg = pos * self.drift_pos[sel], neg * self.drift_neg[sel]
+        return pos, neg
 
     def _between(self, seed: int, ids: Tensor, shape: tuple[int, ...], reference: bool) -> Tensor:
         """Between-chip draws, shared by a whole chip (all layers) or by one array (tile)."""
@@ -247,7 +294,7 @@ class AnalogLayer(nn.Module):
             if ctx.mode in ("nominal", "calibrate"):
                 pos, neg = self.nominal()
             else:
-                pos, neg = self.g_pos[ctx.chips], self.g_neg[ctx.chips]
+                pos, neg = self.effective(ctx.chips)
             w, w2 = self.conductances(pos, neg)
             noisy = w2 is not None and ctx.mode == "chip"
             ctx.cache[key] = (self.pack(w, shared), self.pack(w2, shared) if noisy and w2 is not None else None)
@@ -301,12 +348,16 @@ class AnalogLayer(nn.Module):
         if ctx.mode == "chip" and (cc.adc_gain_sigma or cc.adc_offset_sigma):
             gain = self.adc_gain[ctx.chips]
             offset = self.adc_offset[ctx.chips] * self._adc_range_for_offset()
-        scale = self.scale.view(1, -1)
+        scale = self.scale.view(1, -1).expand(c, -1)
+        bias = None if self.bias is None else self.bias.view(1, -1).expand(c, -1)
         if ctx.mode == "chip":
-            scale = scale * self.drift_comp[ctx.chips].view(-1, 1)
+            # drift compensation and the self-tuning registers (y -> gain (y + bias) + offset) per chip
+            tg = self.tune_gain[ctx.chips]
+            scale = scale * self.drift_comp[ctx.chips].view(-1, 1) * tg
+            bias = (bias * tg if bias is not None else 0.0) + self.tune_offset[ctx.chips]
         kernel = epilogue(ctx.compiled)
-        out = kernel(y, var, keys, gain, offset, delta, lo, hi, self.slice_w.to(y), scale.expand(c, -1).to(y),
-                     self.bias)
+        out = kernel(y, var, keys, gain, offset, delta, lo, hi, self.slice_w.to(y), scale.to(y),
+                     None if bias is None else bias.to(y))
         return self.finish(out, x, shared)
 
     def _adc_range_for_offset(self) -> Tensor:

@@ -197,7 +197,7 @@ class AnalogModel(nn.Module):
         cfg = ChipConfig.from_dict(json.loads(state["config"]))
         self.config, self.chips, self.seed = cfg, int(state["chips"]), int(state["seed"])
         for layer in self.analog_layers():
-            layer.config = cfg
+            layer.config, layer.seed = cfg, self.seed
             layer.mapping = type(layer.mapping)(cfg)
             layer._nominal = None
 
