@@ -4,3 +4,7 @@ from .layers import AnalogConv2d, AnalogLayer, AnalogLinear
 from .model import AnalogModel, Runtime, convert, resolve_config
 
 __all__ = ["AnalogConv2d", "AnalogLayer", "AnalogLinear", "AnalogModel", "Runtime", "convert", "resolve_config"]
+
+from .interface import Chip, SimulatedChip  # noqa: E402
+
+__all__ += ["Chip", "SimulatedChip"]

@@ -46,6 +46,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="accuracy distribution of a model over simulated chips")
     _common(p)
     _eval_opts(p, 100, "rram-mlc-4bit", "out/evaluate")
+    p = sub.add_parser("recover", help="apply recovery methods on every chip and report accuracy and cost")
+    _common(p)
+    _eval_opts(p, 100, "rram-mlc-4bit", "out/recover")
+    p.add_argument("--method", required=True, help="NAME[+NAME...] applied in order, e.g. write-verify+self-tune "
+                   "(see `nvcim methods`)")
+    p.add_argument("--opt", action="append", default=[], metavar="METHOD.OPTION=VALUE",
+                   help="a method option, e.g. --opt write-verify.fraction=0.1 (repeatable)")
+    sub.add_parser("methods", help="list the recovery methods")
     p = sub.add_parser("presets", help="list presets, or show one")
     p.add_argument("name", nargs="?")
     p.add_argument("--format", choices=("toml", "yaml", "json"), default="toml")
@@ -53,13 +61,13 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
-def cmd_evaluate(args: argparse.Namespace) -> int:
+def _prepare(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    """Config, dataset, trained model and the converted, calibrated chips for evaluate/recover."""
     import torch
 
-    from .. import convert, evaluate
+    from .. import convert
     from ..chip.model import Runtime, resolve_config
     from ..config import override, parse_sets
-    from ..evaluation.report import write_outputs
     from ..experiments import build_model, load_dataset, trained_model
 
     config = resolve_config(args.chip)
@@ -81,11 +89,65 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     chip_model = convert(model, config, chips=args.chips, seed=args.seed,
                          runtime=Runtime(memory_mb=args.memory_mb, compile=args.compile))
     chip_model.calibrate(data.train[0][:256])
+    return config, data, info, test, chip_model
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .. import evaluate
+    from ..evaluation.report import write_outputs
+
+    config, data, info, test, chip_model = _prepare(args)
     result = evaluate(chip_model, test, batch_size=args.batch_size, progress=not args.quiet)
     result.extra.update({"model": info, "dataset": data.name, "chip": config.name})
     title = f"{args.model} on {data.name}, {config.name}: {args.chips} chips"
     out = write_outputs(result, config, args.out, title)
     print(f"{title}\n  {result.summary()}\n  wrote {out / 'result.json'} and {out / 'accuracy_hist.png'}")
+    return 0
+
+
+def _method_options(items: list[str]) -> dict[str, dict[str, object]]:
+    from ..config.io import parse_value
+
+    opts: dict[str, dict[str, object]] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        method, dot, option = key.strip().rpartition(".")
+        if not sep or not dot or not method:
+            raise NvcimError(f"--opt {item!r}: expected METHOD.OPTION=VALUE, e.g. write-verify.fraction=0.1")
+        opts.setdefault(method, {})[option] = parse_value(value)
+    return opts
+
+
+def cmd_recover(args: argparse.Namespace) -> int:
+    from ..evaluation.report import write_outputs
+    from ..methods import TaskData, get, recover
+
+    chain = [m.strip() for m in args.method.split("+") if m.strip()]
+    opts = _method_options(args.opt)
+    unknown = set(opts) - set(chain)
+    if unknown:
+        raise NvcimError(f"--opt names {', '.join(sorted(unknown))}, which is not in --method {args.method}")
+    methods = [get(m, **opts.get(m, {})) for m in chain]
+    config, data, info, test, chip_model = _prepare(args)
+    report = recover(chip_model, methods, TaskData(data.train, data.train[0]), test,
+                     batch_size=args.batch_size, progress=not args.quiet)
+    report.after.extra.update({"model": info, "dataset": data.name, "chip": config.name, "methods": chain,
+                               "degraded_accuracy": report.before.accuracy.to_dict(),
+                               "cost": report.cost.to_dict(), "recovery_ratio": report.recovery_ratio})
+    title = f"{args.model} on {data.name}, {config.name}, {args.method}: {args.chips} chips"
+    out = write_outputs(report.after, config, args.out, title)
+    print(f"{title}\n  {report.summary()}\n  cost: {report.cost.write_verify_pulses:.0f} write-verify pulses "
+          f"per chip, {report.cost.calibration_samples} calibration inputs, {report.cost.wall_time_s:.1f} s"
+          f"\n  wrote {out / 'result.json'}")
+    return 0
+
+
+def cmd_methods(args: argparse.Namespace) -> int:
+    from ..methods import get, names
+
+    for name in names():
+        doc = (type(get(name)).__doc__ or "").strip().splitlines()[0]
+        print(f"{name:14s} {doc}")
     return 0
 
 
@@ -122,8 +184,8 @@ def cmd_fields(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    handlers = {"demo": cmd_evaluate, "evaluate": cmd_evaluate, "train": cmd_train, "presets": cmd_presets,
-                "fields": cmd_fields}
+    handlers = {"demo": cmd_evaluate, "evaluate": cmd_evaluate, "recover": cmd_recover, "methods": cmd_methods,
+                "train": cmd_train, "presets": cmd_presets, "fields": cmd_fields}
     try:
         return handlers[args.cmd](args)
     except NvcimError as e:

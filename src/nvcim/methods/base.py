@@ -1,0 +1,139 @@
+"""The recovery-method interface, the cost report, and ``recover`` which composes methods.
+
+A method gets the :class:`~nvcim.chip.interface.Chip` (it talks to the chip through nothing else), the
+ideal digital model where its paper assumes it is known (as a teacher or for statistics), and the data
+it is allowed to use; it returns the :class:`Cost` it incurred. ``recover`` evaluates before and after.
+"""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from torch import Tensor
+
+from ..chip.interface import Chip, SimulatedChip
+from ..chip.model import AnalogModel
+from ..errors import NvcimError
+from ..evaluation import EvalResult, evaluate
+
+
+@dataclass
+class Cost:
+    """Hardware and compute cost of a recovery method (summed when methods compose)."""
+
+    sram_fraction: float = 0.0  # extra digital (SRAM) weights, as a fraction of the model's weights
+    write_verify_pulses: float = 0.0  # extra programming pulses per chip (mean over chips)
+    verified_fraction: float = 0.0  # fraction of weights write-verified
+    calibration_samples: int = 0  # unlabelled inputs used on each chip
+    labelled_samples: int = 0  # labelled inputs used
+    finetune_steps: int = 0
+    wall_time_s: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+    def __add__(self, other: Cost) -> Cost:
+        return Cost(self.sram_fraction + other.sram_fraction, self.write_verify_pulses + other.write_verify_pulses,
+                    self.verified_fraction + other.verified_fraction,
+                    self.calibration_samples + other.calibration_samples,
+                    self.labelled_samples + other.labelled_samples, self.finetune_steps + other.finetune_steps,
+                    self.wall_time_s + other.wall_time_s, self.notes + other.notes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class TaskData:
+    """What a method may use: labelled training data, and unlabelled inputs for on-chip calibration."""
+
+    train: tuple[Tensor, Tensor]
+    unlabelled: Tensor
+
+    def inputs(self, n: int) -> Tensor:
+        return self.unlabelled[:n]
+
+
+class Method(ABC):
+    """A recovery method. Subclasses set ``name`` and implement :meth:`apply`."""
+
+    name = ""
+
+    @abstractmethod
+    def apply(self, chip: Chip, model: AnalogModel, data: TaskData, progress: bool = False) -> Cost:
+        """Recover in place on every chip; ``model`` gives the ideal weights (``model.digital``)."""
+
+
+_REGISTRY: dict[str, Callable[..., Method]] = {}
+
+
+def register(cls: type[Method]) -> type[Method]:
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def names() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def get(name: str, **options: Any) -> Method:
+    """A method by name with its options, e.g. ``get("write-verify", fraction=0.1)``."""
+    if name not in _REGISTRY:
+        import difflib
+
+        near = difflib.get_close_matches(name, names(), n=1)
+        raise NvcimError(f"unknown method '{name}'." + (f" Did you mean '{near[0]}'?" if near else "")
+                         + f" Known methods: {', '.join(names())}")
+    try:
+        return _REGISTRY[name](**options)
+    except TypeError as e:
+        raise NvcimError(f"method '{name}': bad option ({e})") from None
+
+
+@dataclass
+class RecoveryReport:
+    """Accuracy before and after a chain of methods, and what it cost."""
+
+    methods: list[str]
+    before: EvalResult
+    after: EvalResult
+    cost: Cost
+
+    @property
+    def recovery_ratio(self) -> float:
+        """(after - degraded) / (ideal - degraded) of the mean accuracy; nan when nothing was lost."""
+        lost = self.after.ideal_accuracy - self.before.accuracy.mean
+        return (self.after.accuracy.mean - self.before.accuracy.mean) / lost if lost > 1e-12 else float("nan")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = self.after.to_dict()
+        d.update({"methods": self.methods, "degraded_accuracy": self.before.accuracy.to_dict(),
+                  "cost": self.cost.to_dict(), "recovery_ratio": self.recovery_ratio})
+        return d
+
+    def summary(self) -> str:
+        return (f"{'+'.join(self.methods)}: {100 * self.before.accuracy.mean:.2f} % -> "
+                f"{100 * self.after.accuracy.mean:.2f} ± {100 * self.after.accuracy.std:.2f} % "
+                f"(ideal {100 * self.after.ideal_accuracy:.2f} %, recovery ratio {self.recovery_ratio:.2f})")
+
+
+def recover(model: AnalogModel, methods: list[Method | str], data: TaskData, test: tuple[Tensor, Tensor],
+            batch_size: int = 500, progress: bool = True) -> RecoveryReport:
+    """Evaluate ``model``, apply ``methods`` in order on all its chips, evaluate again."""
+    chain = [get(m) if isinstance(m, str) else m for m in methods]
+    if not chain:
+        raise NvcimError("no recovery method given")
+    if not model.is_calibrated():
+        model.calibrate(data.inputs(256))
+    before = evaluate(model, test, batch_size=batch_size, progress=progress)
+    chip = SimulatedChip(model)
+    cost = Cost()
+    for m in chain:
+        t0 = time.perf_counter()
+        c = m.apply(chip, model, data, progress=progress)
+        c.wall_time_s = time.perf_counter() - t0
+        cost = cost + c
+    after = evaluate(model, test, batch_size=batch_size, progress=progress)
+    return RecoveryReport([m.name for m in chain], before, after, cost)

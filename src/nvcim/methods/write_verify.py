@@ -1,0 +1,128 @@
+"""Write-verify: full, or selective by sensitivity (SWIM, Yan et al. DAC 2022).
+
+The iterative loop (program -> verify read -> re-pulse until |G_read - G_t| <= tol, at most ``max_pulses``
+re-pulses) runs on the chip (:meth:`Chip.write_verify`). Selection ranks *weights* and verifies all cells
+of the chosen ones, with one global threshold across layers:
+
+- ``swim``: a diagonal Fisher (Gauss-Newton) estimate of the loss Hessian, H_ii ~ E[g_i^2], from the ideal
+  model's gradients on labelled training batches, times max|W|^2 of the layer, i.e. the expected loss
+  increase from a weight error proportional to the layer's range. (Our reading of SWIM's second-derivative
+  sensitivity; SWIM assumes the trained model and its data are known.)
+- ``magnitude``: |w| / max|W|;  ``random``: a fixed random order (baselines in SWIM).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..chip.interface import Chip
+from ..chip.layers import AnalogLayer
+from ..chip.model import AnalogModel
+from ..errors import NvcimError
+from .base import Cost, Method, TaskData, register
+
+
+def fisher_diagonal(model: AnalogModel, data: TaskData, batches: int = 32, batch_size: int = 16
+                    ) -> dict[str, Tensor]:
+    """E[(dL/dw)^2] per weight of every analog layer, on the ideal (digital) model."""
+    layers = model.analog_layers()
+    acc = {layer.layer_name: torch.zeros_like(layer.weight) for layer in layers}
+    x, y = data.train
+    gen = torch.Generator().manual_seed(0)
+    idx = torch.randperm(len(y), generator=gen)[: batches * batch_size]
+    from ..chip.layers import RunContext
+
+    model._set(RunContext("digital"))
+    try:
+        for i in range(0, len(idx), batch_size):
+            b = idx[i:i + batch_size]
+            model.net.zero_grad(set_to_none=True)
+            F.cross_entropy(model.net(x[b].to(model.device)), y[b].to(model.device)).backward()
+            for layer in layers:
+                if layer.weight.grad is not None:
+                    acc[layer.layer_name] += layer.weight.grad.detach() ** 2
+    finally:
+        model._set(None)
+        model.net.zero_grad(set_to_none=True)
+    n = max(1, (len(idx) + batch_size - 1) // batch_size)
+    return {k: v / n for k, v in acc.items()}
+
+
+@register
+class WriteVerify(Method):
+    """Program-verify-re-pulse loop on all weights (fraction = 1) or the most sensitive ones (SWIM).
+
+    Options: ``fraction`` (0, 1], ``sensitivity`` 'swim' | 'magnitude' | 'random', ``tol`` (fraction of
+    g_max - g_min), ``max_pulses``.
+    """
+
+    name = "write-verify"
+
+    def __init__(self, fraction: float = 1.0, sensitivity: str = "swim", tol: float = 0.03, max_pulses: int = 20,
+                 seed: int = 0) -> None:
+        if not 0.0 < fraction <= 1.0:
+            raise NvcimError(f"write-verify.fraction = {fraction} is invalid: allowed (0, 1]")
+        if sensitivity not in ("swim", "magnitude", "random"):
+            raise NvcimError(f"write-verify.sensitivity = {sensitivity!r} is invalid: allowed 'swim', "
+                             "'magnitude', 'random'")
+        if not 0.0 < tol <= 1.0:
+            raise NvcimError(f"write-verify.tol = {tol} is invalid: allowed (0, 1] of g_max - g_min")
+        if max_pulses < 1:
+            raise NvcimError(f"write-verify.max_pulses = {max_pulses} is invalid: allowed >= 1")
+        self.fraction, self.sensitivity, self.tol, self.max_pulses, self.seed = (
+            fraction, sensitivity, tol, max_pulses, seed)
+
+    def scores(self, model: AnalogModel, data: TaskData) -> dict[str, Tensor]:
+        """Sensitivity of every weight, comparable across layers."""
+        layers = model.analog_layers()
+        if self.sensitivity == "swim":
+            fisher = fisher_diagonal(model, data)
+            return {lay.layer_name: fisher[lay.layer_name] * lay.weight.detach().abs().max() ** 2
+                    for lay in layers}
+        if self.sensitivity == "magnitude":
+            return {lay.layer_name: lay.weight.detach().abs() / lay.weight.detach().abs().max().clamp_min(1e-30)
+                    for lay in layers}
+        gen = torch.Generator().manual_seed(self.seed)
+        return {lay.layer_name: torch.rand(lay.weight.shape, generator=gen) for lay in layers}
+
+    def select(self, model: AnalogModel, data: TaskData) -> dict[str, Tensor]:
+        """Boolean mask over each layer's weights: the global top ``fraction``."""
+        layers = model.analog_layers()
+        if self.fraction >= 1.0:
+            return {lay.layer_name: torch.ones_like(lay.weight, dtype=torch.bool) for lay in layers}
+        sc = self.scores(model, data)
+        flat = torch.cat([v.flatten().cpu() for v in sc.values()])
+        k = max(1, int(round(self.fraction * flat.numel())))
+        thresh = flat.topk(k).values.min()
+        return {name: (v >= thresh) for name, v in sc.items()}
+
+    def apply(self, chip: Chip, model: AnalogModel, data: TaskData, progress: bool = False) -> Cost:
+        masks = self.select(model, data)
+        layers = {lay.layer_name: lay for lay in model.analog_layers()}
+        n = chip.n_chips
+        pulses = torch.zeros(n)
+        chosen = total = 0
+        for name in chip.layer_names():
+            wmask = masks[name].reshape(layers[name].out_features, -1)
+            chosen += int(wmask.sum())
+            total += wmask.numel()
+            pos_t, neg_t = chip.targets(name)
+            mpos = wmask.unsqueeze(0).expand(pos_t.shape).unsqueeze(0).expand(n, *pos_t.shape)
+            mneg = _neg_mask(layers[name], wmask, neg_t.shape, n)
+            pulses += chip.write_verify(name, mpos, mneg, self.tol, self.max_pulses).double()
+        label = "full" if self.fraction >= 1 else f"{100 * self.fraction:g} % by {self.sensitivity}"
+        return Cost(write_verify_pulses=float(pulses.mean()), verified_fraction=chosen / max(1, total),
+                    labelled_samples=len(data.train[1]) if self.sensitivity == "swim" and self.fraction < 1 else 0,
+                    notes=[f"write-verify ({label}), tol {self.tol:g} of the range, <= {self.max_pulses} pulses"])
+
+
+def _neg_mask(layer: AnalogLayer, wmask: Tensor, shape: torch.Size, n: int) -> Tensor:
+    """Differential partners follow their weight; reference columns are verified whole when any weight of
+    their tile is chosen (they set every column's zero)."""
+    if layer.config.mapping.scheme == "differential":
+        return wmask.unsqueeze(0).expand(shape).unsqueeze(0).expand(n, *shape)
+    cols = layer.config.array.cols
+    tiles = torch.stack([wmask[t * cols:(t + 1) * cols].any(0) for t in range(shape[1])])
+    return tiles.unsqueeze(0).expand(shape).unsqueeze(0).expand(n, *shape)

@@ -1,0 +1,126 @@
+"""Recovery methods: each measurably improves on no mitigation, costs are counted, contracts hold."""
+
+import math
+
+import pytest
+import torch
+
+import nvcim
+from nvcim.chip import Chip, SimulatedChip
+from nvcim.experiments import load_dataset, trained_model
+from nvcim.methods import TaskData, get, recover
+
+SLICED = nvcim.preset("rram-sliced-1bit")  # SWIM's setting: big loss without write-verify
+BETWEEN = nvcim.override(nvcim.preset("ideal"), {
+    "device.bits_per_cell": 4, "device.programming.model": "lognormal", "device.programming.sigma": 0.05,
+    "variability.between_sigma": 0.5, "variability.scope": "array", "array.rows": 32})
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset("digits")
+
+
+def _chips(digits, config, chips=40, seed=0):
+    model, _ = trained_model("lenet5", digits, progress=False)
+    return nvcim.convert(model, config, chips=chips, seed=seed)
+
+
+def _improved(report, sigmas=3.0):
+    b, a = report.before.accuracy, report.after.accuracy
+    n = len(a.per_chip)
+    se = math.sqrt(b.std**2 / n + a.std**2 / n)
+    return a.mean - b.mean > sigmas * se
+
+
+class _NoLabels:
+    """Stands in for labels: any use of it fails the test."""
+
+    def __getattr__(self, name):
+        raise AssertionError("a label-free method read the labels")
+
+    def __len__(self):
+        raise AssertionError("a label-free method read the labels")
+
+    def __getitem__(self, item):
+        raise AssertionError("a label-free method read the labels")
+
+
+def test_simulator_implements_the_chip_interface(digits):
+    chip = SimulatedChip(_chips(digits, SLICED, chips=2))
+    assert isinstance(chip, Chip)
+    assert chip.n_chips == 2 and chip.layer_names() == ["0.0", "0.3", "2", "4", "6"]
+
+
+def test_read_back_has_read_noise_of_the_configured_spread(digits):
+    cfg = nvcim.override(BETWEEN, {"device.read_noise": 0.05})
+    chip = SimulatedChip(_chips(digits, cfg, chips=4))
+    true_pos, _ = chip.layer("2").effective()
+    a, _ = chip.read("2")
+    b, _ = chip.read("2")
+    rel = (a - true_pos) / true_pos
+    assert not torch.equal(a, b)
+    assert abs(rel.std().item() / 0.05 - 1) < 0.05
+
+
+def test_write_verify_brings_verified_cells_within_tolerance_and_counts_pulses(digits):
+    model = _chips(digits, SLICED, chips=6)
+    chip = SimulatedChip(model)
+    lay = chip.layer("2")
+    pos_t, _ = chip.targets("2")
+    before = lay.g_pos.clone()
+    mask = torch.zeros_like(lay.g_pos, dtype=torch.bool)
+    mask[:, :, :60] = True  # the first 60 output columns
+    pulses = chip.write_verify("2", mask, torch.zeros_like(lay.g_neg, dtype=torch.bool), tol=0.03, max_pulses=50)
+    span = SLICED.device.g_max - SLICED.device.g_min
+    err = (lay.g_pos - pos_t) / span
+    live = mask & (lay.faults_pos == 0)
+    assert err[live].abs().max() <= 0.03 + 1e-6  # no read noise in this preset: the verify read is exact
+    # sigma = 0.3 (clipped at 0 conductance for cells at g_min) before, within ±tol after
+    assert err[live].std() < 0.03 and (before - pos_t)[live].div(span).std() > 0.15
+    assert torch.equal(lay.g_pos[~mask], before[~mask])  # cells not asked for are untouched
+    # every cell that failed its first verify cost at least one pulse, and at most max_pulses
+    failed = (live & ((before - pos_t).abs() > 0.03 * span)).flatten(1).sum(1)
+    assert (pulses > failed).all() and (pulses <= 50 * failed).all()  # some cells needed several tries
+
+
+def test_full_write_verify_recovers_and_selective_beats_baselines(digits):
+    data = TaskData(digits.train, digits.train[0])
+    full = recover(_chips(digits, SLICED), [get("write-verify")], data, digits.test, progress=False)
+    assert _improved(full) and full.recovery_ratio > 0.9
+    sel = {s: recover(_chips(digits, SLICED), [get("write-verify", fraction=0.1, sensitivity=s)], data, digits.test,
+                      progress=False) for s in ("swim", "magnitude", "random")}
+    for rep in sel.values():
+        assert abs(rep.cost.verified_fraction - 0.1) < 0.002
+        assert rep.cost.write_verify_pulses < full.cost.write_verify_pulses / 5
+    assert _improved(sel["swim"])
+    s, r = sel["swim"].after.accuracy, sel["random"].after.accuracy
+    assert s.mean - r.mean > 3 * math.sqrt((s.std**2 + r.std**2) / len(s.per_chip))
+
+
+def test_self_tune_recovers_between_chip_loss_without_labels(digits):
+    data = TaskData((digits.train[0], _NoLabels()), digits.train[0])
+    report = recover(_chips(digits, BETWEEN), [get("self-tune")], data, digits.test, progress=False)
+    assert _improved(report) and report.recovery_ratio > 0.6
+    assert report.cost.calibration_samples == 256 and report.cost.labelled_samples == 0
+    assert report.cost.write_verify_pulses == 0
+
+
+def test_methods_compose(digits):
+    data = TaskData(digits.train, digits.train[0])
+    wv = recover(_chips(digits, SLICED), [get("write-verify", fraction=0.1)], data, digits.test, progress=False)
+    both = recover(_chips(digits, SLICED), [get("write-verify", fraction=0.1), get("self-tune")], data, digits.test,
+                   progress=False)
+    assert both.methods == ["write-verify", "self-tune"]
+    assert both.cost.calibration_samples == 256 and both.cost.write_verify_pulses == wv.cost.write_verify_pulses
+    b, a = both.after.accuracy, wv.after.accuracy
+    assert b.mean - a.mean > 3 * math.sqrt((a.std**2 + b.std**2) / len(a.per_chip))
+
+
+def test_bad_method_options():
+    with pytest.raises(nvcim.NvcimError, match="Did you mean 'self-tune'"):
+        get("selftune")
+    with pytest.raises(nvcim.NvcimError, match="fraction"):
+        get("write-verify", fraction=1.5)
+    with pytest.raises(nvcim.NvcimError, match="bad option"):
+        get("self-tune", nonsense=1)
