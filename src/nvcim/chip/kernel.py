@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..circuits.converters import ste_round
 from . import rng
 
 log = logging.getLogger(__name__)
@@ -51,7 +52,7 @@ def analog_epilogue(
         y = y * gain.view(1, 1, c, t, s, o) + offset.view(1, 1, c, t, s, o)
     if delta is not None:
         d = delta.view(1, 1, 1, t, s, o)
-        y = torch.clamp(torch.round(y / d), lo, hi) * d
+        y = torch.clamp(ste_round(y / d), lo, hi) * d
     y = (y * slice_w.view(1, 1, 1, 1, s, 1)).sum(dim=(3, 4)) * out_scale.view(1, 1, c, o)
     if bias is not None:
         y = y + bias.view(1, 1, c, o)

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..circuits import adc_codes, attenuation, dac
+from ..circuits import adc_codes, attenuation, dac, ste_round
 from ..config.schema import ChipConfig
 from ..devices import apply_faults, drift, fault_codes, get_model, round_to_levels
 from ..errors import ConversionError, NvcimError, ShapeError
@@ -32,13 +32,16 @@ from .kernel import epilogue
 class RunContext:
     """What the enclosing :class:`~nvcim.chip.model.AnalogModel` tells its layers for one forward pass."""
 
-    mode: str  # "chip", "digital", "nominal" (noise-free targets) or "calibrate"
+    mode: str  # "chip", "digital", "train" (fresh noisy chip, straight-through), "nominal" or "calibrate"
     chips: Tensor | None = None  # (c,) indices into the chip dimension of this pass
     batch: int = 0
     image_ids: Tensor | None = None  # (B,) global image indices, keys of the read noise
     read_key: int = 0
     compiled: bool = False
     cache: dict = field(default_factory=dict)  # per chip block: packed weights of each layer
+    train_chip: int = 0  # "train" mode: id of the fresh chip drawn for this step
+    censor: float = 0.0  # "train" mode: right-censor programming draws at this many sigma (0 = off)
+    act_quant: dict = field(default_factory=dict)  # "train" mode: layer name -> (step Parameter, bits, signed)
 
 
 class AnalogLayer(nn.Module):
@@ -151,7 +154,7 @@ class AnalogLayer(nn.Module):
         self.tune_gain = torch.ones(n, self.out_features, device=dev)
         self.tune_offset = torch.zeros(n, self.out_features, device=dev)
 
-    def _sample(self, side: str, ids: Tensor, purpose: str | tuple[str, int]) -> Tensor:
+    def _sample(self, side: str, ids: Tensor, purpose: str | tuple[str, int], censor: float = 0.0) -> Tensor:
         """One programming write of every cell of ``side`` on chips ``ids`` (fresh draws per purpose)."""
         cfg = self.config
         m = self.mapped()
@@ -162,6 +165,8 @@ class AnalogLayer(nn.Module):
         tag = purpose if isinstance(purpose, str) else f"{purpose[0]}-{purpose[1]}"
         z_cell = rng.draw("normal", rng.key(self.seed, self.layer_name, side, tag), ids, shape)
         z_chip = self._between(self.seed, ids, shape, side == "neg" and m.reference)
+        if censor:
+            z_cell, z_chip = z_cell.clamp(-censor, censor), z_chip.clamp(-censor, censor)
         g = model.sample(g_t.unsqueeze(0), None if lvl is None else lvl.unsqueeze(0), z_cell, z_chip)
         return g.to(self.weight.device)
 
@@ -182,6 +187,27 @@ class AnalogLayer(nn.Module):
             now = dict(zip(("pos", "neg"), self.effective()))
             self.drift_comp = self._drift_compensation(self.mapped(), g0, now).to(g)
         return live.flatten(1).sum(1)
+
+    @torch.no_grad()
+    def fresh_weights(self, chip_id: int, censor: float = 0.0) -> Tensor:
+        """Effective weights (shape of ``weight``) of a newly drawn chip ``chip_id`` programmed with the
+        current weights: levels, programming variation, faults, drift (and its compensation), IR drop."""
+        d = self.config.device
+        ids = torch.tensor([chip_id])
+        m = self.mapped()
+        g0, gt = {}, {}
+        for side, target in (("pos", m.pos), ("neg", m.neg)):
+            shape = tuple(target.shape)
+            codes = fault_codes(rng.draw("uniform", rng.key(self.seed, self.layer_name, side, "fault"), ids,
+                                         shape), d).to(self.weight.device)
+            g0[side] = apply_faults(self._sample(side, ids, "program", censor), codes, d)
+            z_nu = rng.draw("normal", rng.key(self.seed, self.layer_name, side, "drift"), ids, shape)
+            gt[side] = apply_faults(drift(g0[side], z_nu.to(g0[side]), d), codes, d)
+        w, _ = self.conductances(gt["pos"], gt["neg"])  # (1, S, O, K)
+        comp = self._drift_compensation(m, g0, gt).to(w)
+        sw = self.slice_w.to(w).view(1, -1, 1, 1)
+        eff = (w * sw).sum(1)[0] * self.scale.to(w).view(-1, 1) * comp
+        return eff.reshape(self.weight.shape)
 
     def effective(self, chips: Tensor | slice | None = None) -> tuple[Tensor, Tensor]:
         """Conductances (S) the array holds at read time (after drift) for ``chips`` (default all)."""
@@ -276,6 +302,10 @@ class AnalogLayer(nn.Module):
         raise NotImplementedError
 
     def digital(self, x: Tensor) -> Tensor:
+        return self.digital_with(x, self.weight)
+
+    def digital_with(self, x: Tensor, w: Tensor) -> Tensor:
+        """The digital layer with weights ``w``."""
         raise NotImplementedError
 
     def pack(self, w: Tensor, shared: bool) -> Tensor:
@@ -309,6 +339,8 @@ class AnalogLayer(nn.Module):
         self.check_input(x)
         if ctx is None or ctx.mode == "digital":
             return self.digital(x)
+        if ctx.mode == "train":
+            return self._train_forward(x, ctx)
         b = ctx.batch
         if ctx.mode in ("nominal", "calibrate"):
             c, shared = 1, True
@@ -359,6 +391,18 @@ class AnalogLayer(nn.Module):
         out = kernel(y, var, keys, gain, offset, delta, lo, hi, self.slice_w.to(y), scale.to(y),
                      None if bias is None else bias.to(y))
         return self.finish(out, x, shared)
+
+    def _train_forward(self, x: Tensor, ctx: RunContext) -> Tensor:
+        """Noise-injection training: the forward pass sees a freshly drawn chip's weights (and quantised
+        inputs), the backward pass treats them as the ideal weights (straight-through)."""
+        if self.layer_name in ctx.act_quant:
+            step, bits, signed = ctx.act_quant[self.layer_name]
+            lo, hi = (-(2 ** (bits - 1) - 1), 2 ** (bits - 1) - 1) if signed else (0, 2**bits - 1)
+            x = torch.clamp(ste_round(x / step), lo, hi) * step  # learned step size (LSQ-style)
+        elif self.config.circuit.dac_bits and bool(self.dac_fs > 0):
+            x = self.apply_dac(x)
+        w = self.weight + (self.fresh_weights(ctx.train_chip, ctx.censor) - self.weight).detach()
+        return self.digital_with(x, w)
 
     def _adc_range_for_offset(self) -> Tensor:
         fs = self.adc_fs if bool(self.adc_fs.any()) else self._signal_full_scale()
@@ -453,8 +497,8 @@ class AnalogLinear(AnalogLayer):
             raise ShapeError(f"layer '{self.layer_name}' expects inputs of shape (batch, ..., "
                              f"{self.in_features}), got {tuple(x.shape)}")
 
-    def digital(self, x: Tensor) -> Tensor:
-        return F.linear(x, self.weight, self.bias)
+    def digital_with(self, x: Tensor, w: Tensor) -> Tensor:
+        return F.linear(x, w, self.bias)
 
     def pack(self, w: Tensor, shared: bool) -> Tensor:
         t, r = self.row_tiles, self.rows_per_tile()
@@ -526,8 +570,8 @@ class AnalogConv2d(AnalogLayer):
             raise ShapeError(f"layer '{self.layer_name}' expects inputs of shape (batch, {self.in_channels}, H, W),"
                              f" got {tuple(x.shape)}")
 
-    def digital(self, x: Tensor) -> Tensor:
-        return F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation)
+    def digital_with(self, x: Tensor, w: Tensor) -> Tensor:
+        return F.conv2d(x, w, self.bias, self.stride, self.padding, self.dilation)
 
     def pack(self, w: Tensor, shared: bool) -> Tensor:
         t, ct = self.row_tiles, self.ch_per_tile

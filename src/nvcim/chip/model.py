@@ -110,6 +110,16 @@ class AnalogModel(nn.Module):
         finally:
             self._set(None)
 
+    def reprogram(self, calibration: Tensor | None = None) -> None:
+        """Program every chip again from the current ideal weights (same chips: same seed and ids, so the
+        same device draws), clearing tuned registers; re-calibrate converters on ``calibration``."""
+        for layer in self.analog_layers():
+            layer.program(self.seed, layer.chip_ids.cpu())
+            layer.dac_fs.zero_()
+            layer.adc_fs = torch.zeros((), device=layer.dac_fs.device)
+        if calibration is not None:
+            self.calibrate(calibration)
+
     def is_calibrated(self) -> bool:
         return all(layer.is_calibrated() for layer in self.analog_layers())
 

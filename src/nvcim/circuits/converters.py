@@ -6,6 +6,13 @@ import torch
 from torch import Tensor
 
 
+def ste_round(v: Tensor) -> Tensor:
+    """round(v); when gradients flow, a straight-through estimator (identity gradient)."""
+    if v.requires_grad and torch.is_grad_enabled():
+        return v + (torch.round(v) - v).detach()
+    return torch.round(v)
+
+
 def dac(x: Tensor, full_scale: Tensor, bits: int, signed: bool) -> Tensor:
     """Quantise inputs to ``bits``: signed codes in [-(2^(b-1)-1), 2^(b-1)-1] x full_scale/(2^(b-1)-1), or
     unsigned codes in [0, 2^b-1] x full_scale/(2^b-1). Values beyond full scale are clipped."""
@@ -15,7 +22,7 @@ def dac(x: Tensor, full_scale: Tensor, bits: int, signed: bool) -> Tensor:
     else:
         steps, lo = 2**bits - 1, 0
     delta = full_scale / steps
-    return torch.clamp(torch.round(x / delta), lo, steps) * delta
+    return torch.clamp(ste_round(x / delta), lo, steps) * delta
 
 
 def adc_codes(bits: int) -> tuple[int, int]:
@@ -27,4 +34,4 @@ def adc(y: Tensor, full_scale: Tensor, bits: int) -> Tensor:
     """q(y) = D clip(round(y/D), -2^(b-1), 2^(b-1)-1), D = full_scale / 2^(b-1): at most 2^b codes."""
     lo, hi = adc_codes(bits)
     delta = full_scale / 2 ** (bits - 1)
-    return torch.clamp(torch.round(y / delta), lo, hi) * delta
+    return torch.clamp(ste_round(y / delta), lo, hi) * delta

@@ -1,10 +1,11 @@
 """Accuracy-recovery methods behind one interface: ``nvcim.methods.get(name, **options)``.
 
-Implemented: ``write-verify`` (full and SWIM-selective), ``self-tune``. Composition: ``recover(model,
+Implemented: ``vat`` (and right-censored), ``qvat``, ``kd``, ``write-verify`` (full and SWIM-selective),
+``self-tune``. Composition: ``recover(model,
 ["write-verify", "self-tune"], data, test)``.
 """
 
-from . import self_tune, write_verify  # noqa: F401  (registration)
+from . import self_tune, training, write_verify  # noqa: F401  (registration)
 from .base import Cost, Method, RecoveryReport, TaskData, get, names, recover, register
 
 __all__ = ["Cost", "Method", "RecoveryReport", "TaskData", "get", "names", "recover", "register"]

@@ -103,20 +103,22 @@ class RecoveryReport:
 
     @property
     def recovery_ratio(self) -> float:
-        """(after - degraded) / (ideal - degraded) of the mean accuracy; nan when nothing was lost."""
-        lost = self.after.ideal_accuracy - self.before.accuracy.mean
+        """(after - degraded) / (ideal - degraded) of the mean accuracy, with the ideal accuracy of the
+        model as it was before recovery (training methods change the model); nan when nothing was lost."""
+        lost = self.before.ideal_accuracy - self.before.accuracy.mean
         return (self.after.accuracy.mean - self.before.accuracy.mean) / lost if lost > 1e-12 else float("nan")
 
     def to_dict(self) -> dict[str, Any]:
         d = self.after.to_dict()
         d.update({"methods": self.methods, "degraded_accuracy": self.before.accuracy.to_dict(),
+                  "ideal_accuracy_before": self.before.ideal_accuracy,
                   "cost": self.cost.to_dict(), "recovery_ratio": self.recovery_ratio})
         return d
 
     def summary(self) -> str:
         return (f"{'+'.join(self.methods)}: {100 * self.before.accuracy.mean:.2f} % -> "
                 f"{100 * self.after.accuracy.mean:.2f} ± {100 * self.after.accuracy.std:.2f} % "
-                f"(ideal {100 * self.after.ideal_accuracy:.2f} %, recovery ratio {self.recovery_ratio:.2f})")
+                f"(ideal {100 * self.before.ideal_accuracy:.2f} %, recovery ratio {self.recovery_ratio:.2f})")
 
 
 def recover(model: AnalogModel, methods: list[Method | str], data: TaskData, test: tuple[Tensor, Tensor],
