@@ -99,7 +99,7 @@ class AnalogLayer(nn.Module):
         z = torch.zeros(0)
         return dict(g_pos=z, g_neg=z, faults_pos=z.to(torch.int8), faults_neg=z.to(torch.int8),
                     drift_pos=z, drift_neg=z, adc_gain=z, adc_offset=z, drift_comp=z, scale=z, slice_w=z,
-                    chip_ids=z.long(), tune_gain=z, tune_offset=z)
+                    chip_ids=z.long(), tune_gain=z, tune_offset=z, sram_mask=z.bool(), sram_w=z)
 
     # ---- programming ----------------------------------------------------------------------------
     def w2d(self) -> Tensor:
@@ -312,9 +312,16 @@ class AnalogLayer(nn.Module):
         """Per-chip weights w (c, S, O, K) in the layout :meth:`mvm` multiplies with."""
         raise NotImplementedError
 
-    def mvm(self, x: Tensor, packed: Tensor, shared: bool, c: int) -> Tensor:
-        """Tile outputs (B, L, c, T, S, O) of inputs x and packed weights."""
+    def mvm(self, x: Tensor, packed: Tensor, shared: bool, c: int, s: int = 0) -> Tensor:
+        """Tile outputs (B, L, c, T, S, O) of inputs x and packed weights (``s`` slices; 0: the layer's)."""
         raise NotImplementedError
+
+    def sram_output(self, x: Tensor, ctx: RunContext, shared: bool, c: int) -> Tensor | None:
+        """Digital sparse-SRAM contribution (M * W_sram[chip]) x, shape (B, L, c, O), or None."""
+        if not self.sram_w.numel() or ctx.chips is None:
+            return None
+        w = (self.sram_w[ctx.chips] * self.sram_mask).reshape(c, 1, self.out_features, self.k)
+        return self.mvm(x, self.pack(w, shared), shared, c, 1).sum(dim=(3, 4))
 
     def packed_weights(self, ctx: RunContext, shared: bool) -> tuple[Tensor, Tensor | None]:
         """Packed (value, read-noise variance) weights of this pass's chips, computed once per chip block
@@ -390,6 +397,10 @@ class AnalogLayer(nn.Module):
         kernel = epilogue(ctx.compiled)
         out = kernel(y, var, keys, gain, offset, delta, lo, hi, self.slice_w.to(y), scale.to(y),
                      None if bias is None else bias.to(y))
+        if ctx.mode == "chip":
+            extra = self.sram_output(x, ctx, shared, c)
+            if extra is not None:
+                out = out + extra
         return self.finish(out, x, shared)
 
     def _train_forward(self, x: Tensor, ctx: RunContext) -> Tensor:
@@ -508,9 +519,9 @@ class AnalogLinear(AnalogLayer):
             return wt.permute(3, 4, 0, 1, 2).reshape(t, r, c * s * o)
         return wt.permute(0, 3, 4, 1, 2).reshape(c * t, r, s * o)
 
-    def mvm(self, x: Tensor, packed: Tensor, shared: bool, c: int) -> Tensor:
+    def mvm(self, x: Tensor, packed: Tensor, shared: bool, c: int, s: int = 0) -> Tensor:
         t, r = self.row_tiles, self.rows_per_tile()
-        s, o = self.n_slices, self.out_features
+        s, o = s or self.n_slices, self.out_features
         n = x.shape[0] // (1 if shared else c)
         xt = F.pad(x.reshape(x.shape[0], -1, self.k), (0, t * r - self.k))
         n_l = xt.shape[1]
@@ -584,9 +595,9 @@ class AnalogConv2d(AnalogLayer):
         wg = wk.permute(*order).reshape(c * t * s * o, ct, kh, kw)
         return wg.contiguous(memory_format=torch.channels_last)
 
-    def mvm(self, x: Tensor, packed: Tensor, shared: bool, c: int) -> Tensor:
+    def mvm(self, x: Tensor, packed: Tensor, shared: bool, c: int, s: int = 0) -> Tensor:
         t, ct = self.row_tiles, self.ch_per_tile
-        s, o = self.n_slices, self.out_features
+        s, o = s or self.n_slices, self.out_features
         pad_ch = t * ct - self.in_channels
         n = x.shape[0] // (1 if shared else c)
         h, wd = x.shape[-2:]

@@ -1,0 +1,95 @@
+"""Random (or importance-based) sparse SRAM adaptation (Charan et al., DAC 2020 / JxCDC 2020).
+
+A fixed set of x % of weight positions (the same on every chip, chosen at design time) gets a digital SRAM
+copy whose output is added to the crossbar's: y = chip(x) + (M * W_sram) x. On each chip, only W_sram is
+trained, with labels, through the chip's own forward pass (straight-through for the converters); the
+RRAM cells are never written. Positions are random, or the most important by a diagonal-Fisher saliency
+F_ii w_i^2 on the ideal model (the DAC 2020 follow-up's idea; our estimator).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from ..chip.interface import Chip
+from ..chip.model import AnalogModel
+from ..errors import NvcimError
+from .base import Cost, Method, TaskData, register
+from .write_verify import fisher_diagonal
+
+
+@register
+class RSA(Method):
+    """Sparse SRAM weights added to the crossbar output, trained per chip with labels; cells untouched.
+
+    Options: ``fraction`` (x, default 0.05), ``selection`` 'random' | 'importance', ``epochs``, ``lr``,
+    ``batch_size``.
+    """
+
+    name = "rsa"
+
+    def __init__(self, fraction: float = 0.05, selection: str = "random", epochs: int = 2, lr: float = 1e-2,
+                 batch_size: int = 32, seed: int = 0) -> None:
+        if not 0 < fraction <= 1:
+            raise NvcimError(f"rsa.fraction = {fraction} is invalid: allowed (0, 1]")
+        if selection not in ("random", "importance"):
+            raise NvcimError(f"rsa.selection = {selection!r} is invalid: allowed 'random', 'importance'")
+        if epochs < 1 or lr <= 0 or batch_size < 1:
+            raise NvcimError("rsa: epochs and batch_size must be >= 1 and lr > 0")
+        self.fraction, self.selection, self.epochs, self.lr, self.batch_size, self.seed = (
+            fraction, selection, epochs, lr, batch_size, seed)
+
+    def masks(self, model: AnalogModel, data: TaskData) -> dict[str, torch.Tensor]:
+        layers = model.analog_layers()
+        if self.selection == "random":
+            gen = torch.Generator().manual_seed(self.seed)
+            scores = {lay.layer_name: torch.rand(lay.out_features, lay.k, generator=gen) for lay in layers}
+        else:
+            fisher = fisher_diagonal(model, data)
+            scores = {lay.layer_name: (fisher[lay.layer_name] * lay.weight.detach() ** 2).reshape(
+                lay.out_features, -1).cpu() for lay in layers}
+        flat = torch.cat([v.flatten() for v in scores.values()])
+        k = max(1, int(round(self.fraction * flat.numel())))
+        thresh = flat.topk(k).values.min()
+        return {name: v >= thresh for name, v in scores.items()}
+
+    def apply(self, chip: Chip, model: AnalogModel, data: TaskData, progress: bool = False) -> Cost:
+        x, y = data.train
+        masks = self.masks(model, data)
+        params = []
+        total = chosen = 0
+        for lay in model.analog_layers():
+            m = masks[lay.layer_name].to(lay.weight.device)
+            lay.sram_mask = m
+            lay.sram_w = torch.zeros(model.chips, lay.out_features, lay.k, device=lay.weight.device,
+                                     requires_grad=True)
+            params.append(lay.sram_w)
+            total += m.numel()
+            chosen += int(m.sum())
+        opt = torch.optim.Adam(params, lr=self.lr)
+        gen = torch.Generator().manual_seed(self.seed)
+        compiled, model.compiled = model.compiled, False
+        steps = 0
+        bar = tqdm(range(self.epochs), desc="rsa", unit="epoch", disable=not progress, leave=False)
+        try:
+            for _ in bar:
+                perm = torch.randperm(len(y), generator=gen)
+                for i in range(0, len(y), self.batch_size):
+                    idx = perm[i:i + self.batch_size]
+                    xb, yb = x[idx].to(model.device), y[idx].to(model.device)
+                    logits = model(xb)  # (N, B, classes): every chip, on-chip, fresh read noise
+                    # one loss per chip, summed: each chip's SRAM weights get their own gradient
+                    loss = F.cross_entropy(logits.flatten(0, 1), yb.repeat(model.chips), reduction="sum") / len(idx)
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()
+                    steps += 1
+        finally:
+            model.compiled = compiled
+            for lay in model.analog_layers():
+                lay.sram_w = lay.sram_w.detach()
+        return Cost(sram_fraction=chosen / max(1, total), labelled_samples=len(y), finetune_steps=steps,
+                    notes=[f"rsa: {100 * chosen / max(1, total):.1f} % SRAM weights ({self.selection}), "
+                           f"{steps} on-chip steps per chip"])
