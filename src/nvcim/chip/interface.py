@@ -37,10 +37,24 @@ class Chip(Protocol):
         """Read every cell back once, with read noise: ``(N, S, out, K)`` for each side."""
         ...
 
+    def decode(self, layer: str, pos: Tensor, neg: Tensor) -> Tensor:
+        """Weights ``(N, out, K)`` that conductances represent under the layer's mapping (the periphery's
+        scale and shift-and-add, which the designer knows)."""
+        ...
+
+    def scheme(self, layer: str) -> str:
+        """'differential' or 'offset'."""
+        ...
+
     def write_verify(self, layer: str, mask_pos: Tensor, mask_neg: Tensor, tol: float, max_pulses: int
                      ) -> Tensor:
         """Program -> verify-read -> re-pulse the masked cells until within ``tol`` (fraction of
         g_max - g_min) or ``max_pulses``; returns the extra programming pulses per chip ``(N,)``."""
+        ...
+
+    def write(self, layer: str, side: str, mask: Tensor, targets: Tensor) -> Tensor:
+        """One (noisy) programming pulse to each masked cell of ``side`` ('pos' or 'neg') towards
+        ``targets`` (N, S, out, K) in siemens; returns pulses per chip ``(N,)``."""
         ...
 
     def infer(self, x: Tensor, capture: Sequence[str] = ()) -> tuple[Tensor, dict[str, Tensor]]:
@@ -86,6 +100,15 @@ class SimulatedChip:
                      tuple(g.shape[1:]))
         return g + sr * g * z.to(g)
 
+    def decode(self, layer: str, pos: Tensor, neg: Tensor) -> Tensor:
+        lay = self._layers[layer]
+        diff = pos - (lay._expand_ref(neg) if lay.config.mapping.scheme == "offset" else neg)
+        sw = lay.slice_w.to(diff).view(1, -1, 1, 1)
+        return (diff * sw).sum(1) * lay.scale.to(diff).view(1, -1, 1)
+
+    def scheme(self, layer: str) -> str:
+        return self._layers[layer].config.mapping.scheme
+
     def read(self, layer: str) -> tuple[Tensor, Tensor]:
         lay = self._layers[layer]
         pos, neg = lay.effective()
@@ -108,10 +131,15 @@ class SimulatedChip:
                 ok = (seen - targets[side].unsqueeze(0)).abs() <= tol_s
                 pending[side] &= ~ok
                 if attempt < max_pulses and bool(pending[side].any()):
-                    pulses += lay.rewrite(side, pending[side], attempt).cpu()
+                    pulses += lay.rewrite(side, pending[side]).cpu()
             if not any(bool(p.any()) for p in pending.values()):
                 break
         return pulses
+
+    def write(self, layer: str, side: str, mask: Tensor, targets: Tensor) -> Tensor:
+        if side not in ("pos", "neg"):
+            raise ValueError(f"side must be 'pos' or 'neg', got {side!r}")
+        return self._layers[layer].rewrite(side, mask, targets).cpu()
 
     def infer(self, x: Tensor, capture: Sequence[str] = ()) -> tuple[Tensor, dict[str, Tensor]]:
         outs: dict[str, list[Tensor]] = {name: [] for name in capture}

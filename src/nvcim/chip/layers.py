@@ -52,6 +52,7 @@ class AnalogLayer(nn.Module):
     dac_fs: Tensor
     dac_signed: Tensor
     adc_fs: Tensor
+    writes: Tensor
 
     def __init__(self, digital: nn.Module, config: ChipConfig, name: str) -> None:
         super().__init__()
@@ -69,6 +70,7 @@ class AnalogLayer(nn.Module):
         self.register_buffer("dac_fs", torch.zeros(()))
         self.register_buffer("dac_signed", torch.ones((), dtype=torch.bool))
         self.register_buffer("adc_fs", torch.zeros(()))
+        self.register_buffer("writes", torch.zeros((), dtype=torch.long))  # re-programming calls so far
 
     # ---- geometry -------------------------------------------------------------------------------
     @property
@@ -154,29 +156,33 @@ class AnalogLayer(nn.Module):
         self.tune_gain = torch.ones(n, self.out_features, device=dev)
         self.tune_offset = torch.zeros(n, self.out_features, device=dev)
 
-    def _sample(self, side: str, ids: Tensor, purpose: str | tuple[str, int], censor: float = 0.0) -> Tensor:
-        """One programming write of every cell of ``side`` on chips ``ids`` (fresh draws per purpose)."""
+    def _sample(self, side: str, ids: Tensor, purpose: str | tuple[str, int], censor: float = 0.0,
+                target: Tensor | None = None) -> Tensor:
+        """One programming write of every cell of ``side`` on chips ``ids`` (fresh draws per purpose), to
+        the mapped targets or to per-chip ``target`` conductances (N, S, O', K)."""
         cfg = self.config
         m = self.mapped()
         model = get_model(cfg.device, cfg.variability)
-        target = m.pos if side == "pos" else m.neg
-        g_t, lvl = round_to_levels(target, model.levels())
-        shape = tuple(target.shape)
+        if target is None:
+            target = (m.pos if side == "pos" else m.neg).unsqueeze(0)
+        g_t, lvl = round_to_levels(target.cpu().clamp(cfg.device.g_min, cfg.device.g_max), model.levels())
+        shape = tuple(target.shape[1:])
         tag = purpose if isinstance(purpose, str) else f"{purpose[0]}-{purpose[1]}"
         z_cell = rng.draw("normal", rng.key(self.seed, self.layer_name, side, tag), ids, shape)
         z_chip = self._between(self.seed, ids, shape, side == "neg" and m.reference)
         if censor:
             z_cell, z_chip = z_cell.clamp(-censor, censor), z_chip.clamp(-censor, censor)
-        g = model.sample(g_t.unsqueeze(0), None if lvl is None else lvl.unsqueeze(0), z_cell, z_chip)
-        return g.to(self.weight.device)
+        return model.sample(g_t, lvl, z_cell, z_chip).to(self.weight.device)
 
-    def rewrite(self, side: str, mask: Tensor, attempt: int) -> Tensor:
-        """Re-program the cells of ``side`` where ``mask`` (N, S, O', K) is true with a fresh noisy write
-        (attempt number ``attempt`` keys the draw). Stuck cells do not change. Returns pulses per chip."""
+    def rewrite(self, side: str, mask: Tensor, target: Tensor | None = None) -> Tensor:
+        """Re-program the cells of ``side`` where ``mask`` (N, S, O', K) is true with a fresh noisy write,
+        to the mapped targets or to ``target`` (N, S, O', K). Stuck cells do not change. Every call draws
+        anew (a per-layer write counter keys it). Returns the pulses spent per chip."""
         g = self.g_pos if side == "pos" else self.g_neg
         codes = self.faults_pos if side == "pos" else self.faults_neg
         live = mask & (codes == 0)
-        new = self._sample(side, self.chip_ids.cpu(), ("rewrite", attempt))
+        self.writes += 1
+        new = self._sample(side, self.chip_ids.cpu(), ("rewrite", int(self.writes)), target=target)
         g = torch.where(live, new, g)
         if side == "pos":
             self.g_pos = g

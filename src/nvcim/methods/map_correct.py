@@ -1,0 +1,114 @@
+"""Weight-mapping correction (after Han et al., Sci China Inf Sci 2025; the algorithm is our design).
+
+The array is read back (averaging ``reads`` reads against read noise) and its deterministic error is
+compensated, in two steps:
+
+1. ``partner``: for a differential pair whose read-back difference misses its target by more than
+   ``tol`` (fraction of g_max - g_min), the cell that is further off its own target is kept (it may be
+   stuck) and its partner is re-targeted to G_partner = G_kept -/+ D_target, one noisy write each.
+2. ``column``: per chip and output column, a digital gain g and offset b with
+   g = <W_rb, W> / <W_rb, W_rb> (least squares over the cells within ``tol`` x max|W| of their weight, so
+   that outliers such as stuck cells do not dominate) and
+   b = sum_k (W - g W_rb)_k E[x_k] + (1 - g) bias, where E[x] is the mean layer input on unlabelled data.
+
+Not yet implemented: IR-drop pre-distortion of targets and remapping rows away from stuck cells.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..chip.interface import Chip
+from ..chip.layers import AnalogConv2d, RunContext
+from ..chip.model import AnalogModel
+from ..errors import NvcimError
+from .base import Cost, Method, TaskData, register
+
+
+def mean_inputs(model: AnalogModel, x: Tensor) -> dict[str, Tensor]:
+    """Mean unrolled input E[x_k] (K,) of every analog layer on the ideal model."""
+    means: dict[str, Tensor] = {}
+
+    def hook(mod: torch.nn.Module, inp: tuple[Tensor, ...], out: Tensor) -> None:
+        v = inp[0].detach()
+        if isinstance(mod, AnalogConv2d):
+            cols = F.unfold(v, mod.kernel_size, mod.dilation, mod.padding, mod.stride)  # (B, K, L)
+            means[mod.layer_name] = cols.mean(dim=(0, 2))
+        else:
+            means[mod.layer_name] = v.reshape(-1, v.shape[-1]).mean(0)  # type: ignore[attr-defined]
+
+    hooks = [lay.register_forward_hook(hook) for lay in model.analog_layers()]
+    model._set(RunContext("digital"))
+    try:
+        with torch.no_grad():
+            model.net(x.to(model.device))
+    finally:
+        model._set(None)
+        for h in hooks:
+            h.remove()
+    return means
+
+
+@register
+class MapCorrect(Method):
+    """Read the array back and compensate its deterministic error: partner re-targeting, column gain/offset.
+
+    Options: ``partner`` (bool), ``column`` (bool), ``tol`` (fraction of the range), ``reads``, ``samples``.
+    """
+
+    name = "map-correct"
+
+    def __init__(self, partner: bool = True, column: bool = True, tol: float = 0.05, reads: int = 4,
+                 samples: int = 256) -> None:
+        if not partner and not column:
+            raise NvcimError("map-correct: enable at least one of partner, column")
+        if not 0 < tol <= 1 or reads < 1 or samples < 1:
+            raise NvcimError("map-correct: tol must be in (0, 1], reads and samples >= 1")
+        self.partner, self.column, self.tol, self.reads, self.samples = partner, column, tol, reads, samples
+
+    def _read(self, chip: Chip, name: str) -> tuple[Tensor, Tensor]:
+        acc = [chip.read(name) for _ in range(self.reads)]
+        return torch.stack([a[0] for a in acc]).mean(0), torch.stack([a[1] for a in acc]).mean(0)
+
+    def _retarget(self, chip: Chip, name: str, span: float) -> Tensor:
+        pos_t, neg_t = chip.targets(name)
+        pos, neg = self._read(chip, name)
+        d_t = (pos_t - neg_t).unsqueeze(0)
+        bad = ((pos - neg) - d_t).abs() > self.tol * span
+        keep_pos = (pos - pos_t).abs() >= (neg - neg_t).abs()  # the worse cell stays, its partner moves
+        pulses = chip.write(name, "neg", bad & keep_pos, pos - d_t)
+        pulses += chip.write(name, "pos", bad & ~keep_pos, neg + d_t)
+        return pulses
+
+    def apply(self, chip: Chip, model: AnalogModel, data: TaskData, progress: bool = False) -> Cost:
+        d = model.config.device
+        span = d.g_max - d.g_min
+        pulses = torch.zeros(chip.n_chips)
+        layers = {lay.layer_name: lay for lay in model.analog_layers()}
+        if self.partner:
+            for name in chip.layer_names():
+                if chip.scheme(name) == "differential":
+                    pulses += self._retarget(chip, name, span).double()
+        x = data.inputs(self.samples)
+        if self.column:
+            means = mean_inputs(model, x)
+            for name in chip.layer_names():
+                lay = layers[name]
+                w = lay.weight.detach().reshape(lay.out_features, -1).unsqueeze(0)  # (1, O, K)
+                w_rb = chip.decode(name, *self._read(chip, name))  # (N, O, K)
+                # gain from the cells that follow their target (outliers such as stuck cells would dominate
+                # a plain least-squares fit); their systematic part is what a column gain can fix
+                inlier = ((w_rb - w).abs() <= self.tol * w.abs().amax()).to(w)
+                g = (inlier * w_rb * w).sum(-1) / (inlier * w_rb * w_rb).sum(-1).clamp_min(1e-30)
+                g = torch.where(g.isfinite() & (g > 0), g, torch.ones_like(g)).clamp(0.2, 5.0)
+                resid = ((w - g.unsqueeze(-1) * w_rb) * means[name].to(w)).sum(-1)
+                bias = lay.bias.detach().view(1, -1) if lay.bias is not None else torch.zeros_like(g)
+                g0, b0 = chip.output_affine(name)
+                a, b = g, resid + (1 - g) * bias
+                chip.set_output_affine(name, a * g0, a * b0 + b)
+        return Cost(write_verify_pulses=float(pulses.mean()), calibration_samples=int(x.shape[0]) if self.column else 0,
+                    notes=[f"map-correct: {self.reads} read-backs per cell"
+                           + (", partner re-targeting" if self.partner else "")
+                           + (", column gain/offset" if self.column else "")])
