@@ -5,7 +5,7 @@ Implemented: ``vat`` (and right-censored), ``qvat``, ``kd``, ``write-verify`` (f
 ["write-verify", "self-tune"], data, test)``.
 """
 
-from . import map_correct, rsa, self_tune, training, write_verify  # noqa: F401  (registration)
+from . import chip_kd, map_correct, rsa, self_tune, training, write_verify  # noqa: F401  (registration)
 from .base import Cost, Method, RecoveryReport, TaskData, get, names, recover, register
 
 __all__ = ["Cost", "Method", "RecoveryReport", "TaskData", "get", "names", "recover", "register"]

@@ -1,0 +1,80 @@
+"""On-chip fine-tuning by knowledge distillation (after Lv, Zhang & Wang, TCAD 2024; our design).
+
+Hardware in the loop: each step runs a batch of unlabelled inputs on every chip and on the ideal model
+(the teacher), and updates the chip's digital parameters — each analog layer's per-chip, per-column gain
+and offset registers — to minimise tau^2 KL(teacher || chip) on the logits plus ``beta`` times the mean
+squared error of the measurable layer outputs. Cells are not re-programmed (re-programming within a
+write budget is not implemented yet).
+
+Simplification: gradients come from the simulator's autograd through the chip forward (straight-through
+for the converters). It uses the chips' true conductances, where a real deployment would back-propagate
+through a surrogate built from read-back conductances.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from ..chip.interface import Chip
+from ..chip.model import AnalogModel
+from ..errors import NvcimError
+from .base import Cost, Method, TaskData, register
+from .self_tune import SelfTune
+
+
+@register
+class ChipKD(Method):
+    """Fine-tune every chip's digital gain/offset registers by distillation from the ideal model; no labels.
+
+    Options: ``steps``, ``batch_size``, ``lr``, ``tau``, ``beta`` (layer-output term), ``samples``.
+    """
+
+    name = "chip-kd"
+
+    def __init__(self, steps: int = 150, batch_size: int = 64, lr: float = 5e-3, tau: float = 2.0,
+                 beta: float = 0.0, samples: int = 1024, seed: int = 0) -> None:
+        if steps < 1 or batch_size < 1 or lr <= 0 or tau <= 0 or beta < 0 or samples < 1:
+            raise NvcimError("chip-kd: steps, batch_size, samples >= 1; lr, tau > 0; beta >= 0")
+        self.steps, self.batch_size, self.lr, self.tau, self.beta, self.samples, self.seed = (
+            steps, batch_size, lr, tau, beta, samples, seed)
+
+    def apply(self, chip: Chip, model: AnalogModel, data: TaskData, progress: bool = False) -> Cost:
+        x = data.inputs(self.samples)
+        layers = model.analog_layers()
+        names = chip.layer_names()
+        params = []
+        for lay in layers:
+            lay.tune_gain = lay.tune_gain.detach().clone().requires_grad_(True)
+            lay.tune_offset = lay.tune_offset.detach().clone().requires_grad_(True)
+            params += [lay.tune_gain, lay.tune_offset]
+        opt = torch.optim.Adam(params, lr=self.lr)
+        gen = torch.Generator().manual_seed(self.seed)
+        ideal_out = SelfTune().ideal_outputs if self.beta else None
+        compiled, model.compiled = model.compiled, False
+        t = self.tau
+        try:
+            for step in tqdm(range(self.steps), desc="chip-kd", disable=not progress, leave=False):
+                idx = torch.randint(0, x.shape[0], (self.batch_size,), generator=gen)
+                xb = x[idx].to(model.device)
+                with torch.no_grad():
+                    teacher = model.digital(xb)
+                logits, outs = chip.infer(xb, capture=names if self.beta else ())
+                kl = F.kl_div(F.log_softmax(logits / t, -1).flatten(0, 1),
+                              F.log_softmax(teacher / t, -1).repeat(chip.n_chips, 1), log_target=True,
+                              reduction="batchmean")
+                loss = t * t * kl * chip.n_chips  # per-chip losses summed: independent registers
+                if ideal_out is not None:
+                    ref = ideal_out(model, xb)
+                    loss = loss + self.beta * sum(((outs[n] - ref[n]) ** 2).mean() for n in names) * chip.n_chips
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+        finally:
+            model.compiled = compiled
+            for lay in layers:
+                lay.tune_gain = lay.tune_gain.detach()
+                lay.tune_offset = lay.tune_offset.detach()
+        return Cost(calibration_samples=int(x.shape[0]), finetune_steps=self.steps,
+                    notes=[f"chip-kd: {self.steps} on-chip distillation steps on the gain/offset registers"])
