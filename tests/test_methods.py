@@ -124,3 +124,96 @@ def test_bad_method_options():
         get("write-verify", fraction=1.5)
     with pytest.raises(nvcim.NvcimError, match="bad option"):
         get("self-tune", nonsense=1)
+
+
+MLC = nvcim.preset("rram-mlc-4bit")  # Charan's chip: the digits LeNet-5 loses ~75 points on it
+
+
+@pytest.mark.parametrize("name, options", [
+    ("vat", {"epochs": 20}),
+    ("vat", {"epochs": 20, "censor": 1.5}),
+    ("kd", {"epochs": 20}),
+    ("qvat", {"epochs": 20}),
+])
+def test_training_methods_improve_on_no_mitigation(digits, name, options):
+    data = TaskData(digits.train, digits.train[0])
+    chips = _chips(digits, nvcim.override(MLC, {"device.faults.sa1": 0.02}), chips=40)
+    report = recover(chips, [get(name, **options)], data, digits.test, progress=False)
+    assert _improved(report), report.summary()
+    assert report.cost.finetune_steps > 0 and report.cost.labelled_samples == len(digits.train[1])
+
+
+def test_training_reprograms_the_same_devices(digits):
+    model = _chips(digits, MLC, chips=3)
+    faults = model.analog_layers()[0].faults_pos.clone()
+    recover(model, [get("vat", epochs=1)], TaskData(digits.train, digits.train[0]), digits.test, progress=False)
+    assert torch.equal(model.analog_layers()[0].faults_pos, faults)  # same chips, new targets
+
+
+def test_rsa_improves_and_leaves_crossbar_cells_untouched(digits):
+    model = _chips(digits, MLC, chips=12)
+    before = [(lay.g_pos.clone(), lay.g_neg.clone()) for lay in model.analog_layers()]
+    report = recover(model, [get("rsa", fraction=0.05, epochs=1)], TaskData(digits.train, digits.train[0]),
+                     digits.test, progress=False)
+    assert _improved(report)
+    assert abs(report.cost.sram_fraction - 0.05) < 0.002
+    for lay, (p, n) in zip(model.analog_layers(), before):
+        assert torch.equal(lay.g_pos, p) and torch.equal(lay.g_neg, n)
+        assert lay.sram_w.shape == (12, lay.out_features, lay.k) and not lay.sram_w.requires_grad
+        assert torch.all(lay.sram_w[:, ~lay.sram_mask] == 0)  # only the chosen positions exist
+
+
+def test_rsa_state_is_saved_with_the_chips(digits):
+    import io
+
+    model = _chips(digits, MLC, chips=3)
+    recover(model, [get("rsa", fraction=0.02, epochs=1)], TaskData(digits.train, digits.train[0]), digits.test,
+            progress=False)
+    buf = io.BytesIO()
+    torch.save(model.state_dict(), buf)
+    buf.seek(0)
+    fresh = _chips(digits, MLC, chips=3)
+    fresh.load_state_dict(torch.load(buf, weights_only=True))
+    x = digits.test[0][:20]
+    with torch.no_grad():
+        assert torch.equal(model(x, read_key=1), fresh(x, read_key=1))
+
+
+def test_map_correct_and_chip_kd_improve(digits):
+    data = TaskData(digits.train, digits.train[0])
+    mc = recover(_chips(digits, MLC, chips=20), [get("map-correct")], data, digits.test, progress=False)
+    assert _improved(mc) and mc.cost.write_verify_pulses > 0
+    kd = recover(_chips(digits, MLC, chips=20), [get("chip-kd", steps=60)],
+                 TaskData((digits.train[0], _NoLabels()), digits.train[0]), digits.test, progress=False)
+    assert _improved(kd) and kd.cost.labelled_samples == 0  # distillation from the ideal model, no labels
+    both = recover(_chips(digits, MLC, chips=20), [get("map-correct"), get("chip-kd", steps=60)], data, digits.test,
+                   progress=False)
+    a, b = both.after.accuracy, mc.after.accuracy
+    assert a.mean - b.mean > 3 * math.sqrt((a.std**2 + b.std**2) / len(a.per_chip))
+
+
+def test_map_correct_partner_retargeting_fixes_stuck_cells(digits):
+    cfg = nvcim.override(MLC, {"device.programming.sigma": 0.0, "device.faults.sa0": 0.0})
+    model = _chips(digits, cfg, chips=4)
+    chip = SimulatedChip(model)
+    lay = chip.layer("2")
+    pos_t, neg_t = chip.targets("2")
+    span = cfg.device.g_max - cfg.device.g_min
+
+    def pair_error():
+        pos, neg = lay.effective()
+        return ((pos - neg) - (pos_t - neg_t)).abs() / span
+
+    before = pair_error()
+    recover(model, [get("map-correct", column=False)], TaskData(digits.train, digits.train[0]), digits.test,
+            progress=False)
+    after = pair_error()
+    # one cell stuck at g_max, on the side of its weight's sign: the partner can be re-targeted to
+    # g_max - |D| exactly (noise-free writes here); on the other side it would have to exceed g_max
+    d_t = (pos_t - neg_t).unsqueeze(0)
+    fixable = ((lay.faults_pos == 2) & (lay.faults_neg == 0) & (d_t >= 0)) | \
+              ((lay.faults_neg == 2) & (lay.faults_pos == 0) & (d_t <= 0))
+    assert int(fixable.sum()) > 100
+    assert before[fixable & (before > 0.05)].numel() > 100
+    assert after[fixable].max() < 1e-4
+    assert after.mean() < 0.5 * before.mean()

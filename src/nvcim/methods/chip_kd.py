@@ -55,7 +55,7 @@ class ChipKD(Method):
         compiled, model.compiled = model.compiled, False
         t = self.tau
         try:
-            for step in tqdm(range(self.steps), desc="chip-kd", disable=not progress, leave=False):
+            for _ in tqdm(range(self.steps), desc="chip-kd", disable=not progress, leave=False):
                 idx = torch.randint(0, x.shape[0], (self.batch_size,), generator=gen)
                 xb = x[idx].to(model.device)
                 with torch.no_grad():

@@ -1,0 +1,85 @@
+"""Recovery-method table: ideal / degraded / each method and the best combinations, with cost.
+
+Usage:  .venv/bin/python bench/bench_recovery.py [--model lenet5] [--chips 100] [--limit 2000]
+Writes bench/results/recovery_<model>.json and prints a Markdown table per chip setting. Each method
+starts from freshly programmed chips (same seed, so the same devices) of the same trained model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+import nvcim
+from nvcim.experiments import load_dataset, trained_model
+from nvcim.methods import TaskData, get, recover
+
+SETTINGS = {
+    "rram-mlc-4bit": nvcim.preset("rram-mlc-4bit"),
+    "rram-sliced-1bit (SWIM)": nvcim.preset("rram-sliced-1bit"),
+    "between-chip (sigma_b 0.5/array)": nvcim.override(nvcim.preset("ideal"), {
+        "name": "between-chip", "device.bits_per_cell": 4, "device.programming.model": "lognormal",
+        "device.programming.sigma": 0.05, "variability.between_sigma": 0.5, "variability.scope": "array",
+        "array.rows": 32}),
+}
+
+CHAINS = [
+    ["vat"], ["vat:censor"], ["qvat"], ["kd"], ["rsa"], ["kd", "rsa"], ["write-verify"], ["write-verify:10"],
+    ["write-verify:10-magnitude"], ["write-verify:10-random"], ["self-tune"], ["chip-kd"], ["map-correct"],
+    ["vat", "chip-kd"], ["map-correct", "chip-kd"], ["write-verify:10", "self-tune"],
+    ["map-correct", "self-tune", "chip-kd"],
+]
+
+OPTIONS = {
+    "vat": ("vat", {"epochs": 3}), "vat:censor": ("vat", {"epochs": 3, "censor": 1.5}),
+    "qvat": ("qvat", {"epochs": 3}), "kd": ("kd", {"epochs": 3}), "rsa": ("rsa", {"fraction": 0.05, "epochs": 1}),
+    "write-verify": ("write-verify", {}), "write-verify:10": ("write-verify", {"fraction": 0.1}),
+    "write-verify:10-magnitude": ("write-verify", {"fraction": 0.1, "sensitivity": "magnitude"}),
+    "write-verify:10-random": ("write-verify", {"fraction": 0.1, "sensitivity": "random"}),
+    "self-tune": ("self-tune", {}), "chip-kd": ("chip-kd", {}), "map-correct": ("map-correct", {}),
+}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default="lenet5")
+    ap.add_argument("--dataset", default="fashion-mnist")
+    ap.add_argument("--chips", type=int, default=100)
+    ap.add_argument("--limit", type=int, default=2000, help="test images (the first N)")
+    ap.add_argument("--settings", default=",".join(SETTINGS))
+    ap.add_argument("--out", default="bench/results")
+    args = ap.parse_args()
+    data = load_dataset(args.dataset)
+    test = (data.test[0][:args.limit], data.test[1][:args.limit])
+    task = TaskData(data.train, data.train[0])
+    rows: dict[str, list[dict]] = {}
+    for sname in args.settings.split(","):
+        cfg = SETTINGS[sname]
+        rows[sname] = []
+        for chain in CHAINS:
+            model, _ = trained_model(args.model, data, epochs=3, progress=False)
+            chips = nvcim.convert(model, cfg, chips=args.chips, seed=0)
+            methods = [get(OPTIONS[c][0], **OPTIONS[c][1]) for c in chain]
+            t0 = time.perf_counter()
+            rep = recover(chips, methods, task, test, progress=False)
+            a, b = rep.after.accuracy, rep.before.accuracy
+            row = {"methods": "+".join(chain), "ideal": rep.before.ideal_accuracy, "degraded_mean": b.mean,
+                   "degraded_std": b.std, "degraded_kpp1": b.kpp, "mean": a.mean, "std": a.std, "kpp1": a.kpp,
+                   "recovery_ratio": rep.recovery_ratio, "cost": rep.cost.to_dict(),
+                   "total_s": time.perf_counter() - t0}
+            rows[sname].append(row)
+            print(f"{sname:34s} {row['methods']:32s} {100 * b.mean:6.2f} -> {100 * a.mean:6.2f} ± {100 * a.std:5.2f}"
+                  f"  kpp1 {100 * a.kpp:6.2f}  rr {rep.recovery_ratio:5.2f}  pulses {rep.cost.write_verify_pulses:9.0f}"
+                  f"  sram {rep.cost.sram_fraction:.3f}  {row['total_s']:.0f}s", flush=True)
+            Path(args.out).mkdir(parents=True, exist_ok=True)
+            (Path(args.out) / f"recovery_{args.model}.json").write_text(json.dumps(
+                {"model": args.model, "dataset": args.dataset, "chips": args.chips, "test_images": args.limit,
+                 "torch": torch.__version__, "rows": rows}, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
