@@ -35,8 +35,9 @@ CHAINS = [
 ]
 
 OPTIONS = {
-    "vat": ("vat", {"epochs": 3}), "vat:censor": ("vat", {"epochs": 3, "censor": 1.5}),
-    "qvat": ("qvat", {"epochs": 3}), "kd": ("kd", {"epochs": 3}), "rsa": ("rsa", {"fraction": 0.05, "epochs": 1}),
+    "vat": ("vat", {"epochs": 1}), "vat:censor": ("vat", {"epochs": 1, "censor": 1.5}),
+    "qvat": ("qvat", {"epochs": 1}), "kd": ("kd", {"epochs": 1}),
+    "rsa": ("rsa", {"fraction": 0.05, "epochs": 2, "samples": 2048}),
     "write-verify": ("write-verify", {}), "write-verify:10": ("write-verify", {"fraction": 0.1}),
     "write-verify:10-magnitude": ("write-verify", {"fraction": 0.1, "sensitivity": "magnitude"}),
     "write-verify:10-random": ("write-verify", {"fraction": 0.1, "sensitivity": "random"}),

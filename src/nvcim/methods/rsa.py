@@ -25,21 +25,21 @@ class RSA(Method):
     """Sparse SRAM weights added to the crossbar output, trained per chip with labels; cells untouched.
 
     Options: ``fraction`` (x, default 0.05), ``selection`` 'random' | 'importance', ``epochs``, ``lr``,
-    ``batch_size``.
+    ``batch_size``, ``samples`` (labelled examples used on chip, the first N of the training set).
     """
 
     name = "rsa"
 
     def __init__(self, fraction: float = 0.05, selection: str = "random", epochs: int = 2, lr: float = 1e-2,
-                 batch_size: int = 32, seed: int = 0) -> None:
+                 batch_size: int = 32, samples: int = 2048, seed: int = 0) -> None:
         if not 0 < fraction <= 1:
             raise NvcimError(f"rsa.fraction = {fraction} is invalid: allowed (0, 1]")
         if selection not in ("random", "importance"):
             raise NvcimError(f"rsa.selection = {selection!r} is invalid: allowed 'random', 'importance'")
-        if epochs < 1 or lr <= 0 or batch_size < 1:
-            raise NvcimError("rsa: epochs and batch_size must be >= 1 and lr > 0")
-        self.fraction, self.selection, self.epochs, self.lr, self.batch_size, self.seed = (
-            fraction, selection, epochs, lr, batch_size, seed)
+        if epochs < 1 or lr <= 0 or batch_size < 1 or samples < 1:
+            raise NvcimError("rsa: epochs, batch_size and samples must be >= 1 and lr > 0")
+        self.fraction, self.selection, self.epochs, self.lr, self.batch_size, self.samples, self.seed = (
+            fraction, selection, epochs, lr, batch_size, samples, seed)
 
     def masks(self, model: AnalogModel, data: TaskData) -> dict[str, torch.Tensor]:
         layers = model.analog_layers()
@@ -56,7 +56,7 @@ class RSA(Method):
         return {name: v >= thresh for name, v in scores.items()}
 
     def apply(self, chip: Chip, model: AnalogModel, data: TaskData, progress: bool = False) -> Cost:
-        x, y = data.train
+        x, y = data.train[0][: self.samples], data.train[1][: self.samples]
         masks = self.masks(model, data)
         params = []
         total = chosen = 0
