@@ -10,6 +10,7 @@ Quick use::
 
 __version__ = "0.1.0"
 
+from . import methods  # noqa: E402  (nvcim.methods.get)
 from .chip import AnalogModel, Runtime, convert  # noqa: E402
 from .config import ChipConfig, dumps, load_config, override, preset, preset_names, save_config  # noqa: E402
 from .errors import ConfigError, ConversionError, DatasetError, NvcimError, ShapeError  # noqa: E402
@@ -18,5 +19,5 @@ from .evaluation import EvalResult, evaluate  # noqa: E402
 __all__ = [
     "AnalogModel", "ChipConfig", "ConfigError", "ConversionError", "DatasetError", "EvalResult", "NvcimError",
     "Runtime", "ShapeError", "convert", "dumps", "evaluate", "load_config", "override", "preset",
-    "preset_names", "save_config",
+    "methods", "preset_names", "save_config",
 ]

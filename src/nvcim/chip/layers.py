@@ -53,6 +53,22 @@ class AnalogLayer(nn.Module):
     dac_signed: Tensor
     adc_fs: Tensor
     writes: Tensor
+    g_pos: Tensor
+    g_neg: Tensor
+    faults_pos: Tensor
+    faults_neg: Tensor
+    drift_pos: Tensor
+    drift_neg: Tensor
+    adc_gain: Tensor
+    adc_offset: Tensor
+    drift_comp: Tensor
+    scale: Tensor
+    slice_w: Tensor
+    chip_ids: Tensor
+    tune_gain: Tensor
+    tune_offset: Tensor
+    sram_mask: Tensor
+    sram_w: Tensor
 
     def __init__(self, digital: nn.Module, config: ChipConfig, name: str) -> None:
         super().__init__()

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..chip.interface import Chip
-from ..chip.layers import AnalogConv2d, RunContext
+from ..chip.layers import AnalogConv2d, AnalogLayer, RunContext
 from ..chip.model import AnalogModel
 from ..errors import NvcimError
 from .base import Cost, Method, TaskData, register
@@ -34,10 +34,10 @@ def mean_inputs(model: AnalogModel, x: Tensor) -> dict[str, Tensor]:
     def hook(mod: torch.nn.Module, inp: tuple[Tensor, ...], out: Tensor) -> None:
         v = inp[0].detach()
         if isinstance(mod, AnalogConv2d):
-            cols = F.unfold(v, mod.kernel_size, mod.dilation, mod.padding, mod.stride)  # (B, K, L)
-            means[mod.layer_name] = cols.mean(dim=(0, 2))
-        else:
-            means[mod.layer_name] = v.reshape(-1, v.shape[-1]).mean(0)  # type: ignore[attr-defined]
+            cols = F.unfold(v, mod.kernel_size, mod.dilation, mod.padding, mod.stride)  # type: ignore[arg-type]
+            means[mod.layer_name] = cols.mean(dim=(0, 2))  # (B, K, L) -> (K,)
+        elif isinstance(mod, AnalogLayer):
+            means[mod.layer_name] = v.reshape(-1, v.shape[-1]).mean(0)
 
     hooks = [lay.register_forward_hook(hook) for lay in model.analog_layers()]
     model._set(RunContext("digital"))
