@@ -102,9 +102,7 @@ class SimulatedChip:
 
     def decode(self, layer: str, pos: Tensor, neg: Tensor) -> Tensor:
         lay = self._layers[layer]
-        diff = pos - (lay._expand_ref(neg) if lay.config.mapping.scheme == "offset" else neg)
-        sw = lay.slice_w.to(diff).view(1, -1, 1, 1)
-        return (diff * sw).sum(1) * lay.scale.to(diff).view(1, -1, 1)
+        return lay.decode(pos - (lay._expand_ref(neg) if lay.config.mapping.scheme == "offset" else neg))
 
     def scheme(self, layer: str) -> str:
         return self._layers[layer].config.mapping.scheme

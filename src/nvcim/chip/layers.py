@@ -227,9 +227,13 @@ class AnalogLayer(nn.Module):
             gt[side] = apply_faults(drift(g0[side], z_nu.to(g0[side]), d), codes, d)
         w, _ = self.conductances(gt["pos"], gt["neg"])  # (1, S, O, K)
         comp = self._drift_compensation(m, g0, gt).to(w)
-        sw = self.slice_w.to(w).view(1, -1, 1, 1)
-        eff = (w * sw).sum(1)[0] * self.scale.to(w).view(-1, 1) * comp
-        return eff.reshape(self.weight.shape)
+        return (self.decode(w)[0] * comp).reshape(self.weight.shape)
+
+    def decode(self, diff: Tensor) -> Tensor:
+        """Weights (..., O, K) that conductance differences (..., S, O, K) stand for: shift-and-add over
+        slices, times the column scale (what the digital periphery does)."""
+        sw = self.slice_w.to(diff).view(-1, 1, 1)
+        return (diff * sw).sum(-3) * self.scale.to(diff).view(-1, 1)
 
     def effective(self, chips: Tensor | slice | None = None) -> tuple[Tensor, Tensor]:
         """Conductances (S) the array holds at read time (after drift) for ``chips`` (default all)."""
@@ -290,7 +294,8 @@ class AnalogLayer(nn.Module):
         return pos - neg, w2
 
     def _expand_ref(self, neg: Tensor) -> Tensor:
-        """Reference-column cells broadcast to the columns of their tile (as ``Mapped.expand_neg``)."""
+        """Reference-column cells broadcast to the columns of their tile (``Mapped.expand_neg`` for state
+        tensors with a leading chip dimension)."""
         tile = torch.arange(self.out_features, device=neg.device) // self.config.array.cols
         return neg.index_select(-2, tile)
 

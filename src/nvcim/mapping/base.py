@@ -37,12 +37,6 @@ class Mapped:
         tile = torch.arange(out, device=neg.device) // self.cols_per_tile
         return neg.index_select(-2, tile)
 
-    def weights(self, pos: Tensor, neg: Tensor) -> Tensor:
-        """Effective weights ``(..., out, K)`` from (possibly programmed) conductances."""
-        diff = pos - self.expand_neg(neg)
-        sw = self.slice_weights.to(diff).view(-1, 1, 1)
-        return self.scale.to(diff).view(-1, 1) * (diff * sw).sum(-3)
-
 
 class Mapping:
     """Interface of weight-to-conductance mappings."""
