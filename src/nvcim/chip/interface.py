@@ -37,6 +37,11 @@ class Chip(Protocol):
         """Read every cell back once, with read noise: ``(N, S, out, K)`` for each side."""
         ...
 
+    def program(self, calibration: Tensor | None = None) -> None:
+        """Program every cell of every chip to the mapping of the current ideal weights (one noisy write
+        each, the same devices), clear the digital registers, re-calibrate converters on ``calibration``."""
+        ...
+
     def decode(self, layer: str, pos: Tensor, neg: Tensor) -> Tensor:
         """Weights ``(N, out, K)`` that conductances represent under the layer's mapping (the periphery's
         scale and shift-and-add, which the designer knows)."""
@@ -99,6 +104,9 @@ class SimulatedChip:
         z = rng.draw("normal", rng.key(layer.seed, layer.layer_name, tag, self._reads), layer.chip_ids.cpu(),
                      tuple(g.shape[1:]))
         return g + sr * g * z.to(g)
+
+    def program(self, calibration: Tensor | None = None) -> None:
+        self.model.reprogram(calibration)
 
     def decode(self, layer: str, pos: Tensor, neg: Tensor) -> Tensor:
         lay = self._layers[layer]

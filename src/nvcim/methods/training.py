@@ -74,7 +74,7 @@ class NoiseAwareTraining(Method):
         finally:
             model._set(None)
             model.net.eval()
-        model.reprogram(data.inputs(256))
+        chip.program(data.inputs(256))
         self.finish(model, act_quant)
         return Cost(labelled_samples=len(y), finetune_steps=steps,
                     notes=[f"{self.name}: {self.epochs} epochs of noise-injection training, chips re-programmed"])
