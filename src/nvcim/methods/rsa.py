@@ -4,8 +4,9 @@ A fixed set of x % of weight positions (the same on every chip, chosen at design
 copy whose output is added to the crossbar's: y = chip(x) + (M * W_sram) x. On each chip, only W_sram is
 trained, with labels, through the chip's own forward pass (straight-through for the converters); the
 RRAM cells are never written. The SRAM weights are digital state the method owns; it places them in the
-simulated layers directly so that gradients flow through the chip's forward pass. Positions are random, or the most important by a diagonal-Fisher saliency
-F_ii w_i^2 on the ideal model (the DAC 2020 follow-up's idea; our estimator).
+simulated layers directly so that gradients flow through the chip's forward pass. Positions are random,
+or the most important by a diagonal-Fisher saliency F_ii w_i^2 on the ideal model (the DAC 2020
+follow-up's idea; our estimator).
 """
 
 from __future__ import annotations
