@@ -45,8 +45,31 @@ OPTIONS = {
 }
 
 
+def table(path: Path) -> str:
+    """Markdown tables (one per chip setting) from a results JSON written by this script."""
+    res = json.loads(path.read_text())
+    out = []
+    for sname, rows in res["rows"].items():
+        r0 = rows[0]
+        out.append(f"**{sname}** — ideal {100 * r0['ideal']:.2f} %, degraded {100 * r0['degraded_mean']:.2f} ± "
+                   f"{100 * r0['degraded_std']:.2f} % (worst 1 %: {100 * r0['degraded_kpp1']:.2f} %)\n")
+        out.append("| method | mean ± std (%) | worst 1 % (%) | recovery ratio | write-verify pulses / chip | "
+                   "SRAM | samples (labelled / unlabelled) | steps | time (s) |")
+        out.append("|---|---|---|---|---|---|---|---|---|")
+        for r in rows:
+            c = r["cost"]
+            out.append(f"| {r['methods']} | {100 * r['mean']:.2f} ± {100 * r['std']:.2f} | {100 * r['kpp1']:.2f} | "
+                       f"{r['recovery_ratio']:.2f} | {c['write_verify_pulses']:.0f} | "
+                       f"{100 * c['sram_fraction']:.1f} % | "
+                       f"{c['labelled_samples']} / {c['calibration_samples']} | {c['finetune_steps']} | "
+                       f"{r['total_s']:.0f} |")
+        out.append("")
+    return "\n".join(out)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
+    ap.add_argument("--table", default="", help="only print the Markdown tables of this results JSON")
     ap.add_argument("--model", default="lenet5")
     ap.add_argument("--dataset", default="fashion-mnist")
     ap.add_argument("--chips", type=int, default=100)
@@ -54,6 +77,9 @@ def main() -> None:
     ap.add_argument("--settings", default=",".join(SETTINGS))
     ap.add_argument("--out", default="bench/results")
     args = ap.parse_args()
+    if args.table:
+        print(table(Path(args.table)))
+        return
     data = load_dataset(args.dataset)
     test = (data.test[0][:args.limit], data.test[1][:args.limit])
     task = TaskData(data.train, data.train[0])

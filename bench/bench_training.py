@@ -1,0 +1,66 @@
+"""Training cost: one epoch of noise-injection training (vat) against one epoch of plain training.
+
+Same model (LeNet-5), data (Fashion-MNIST, 60k images), batch size, optimiser and machine, in one run.
+Usage: .venv/bin/python bench/bench_training.py [--chip rram-mlc-4bit] [--model lenet5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+import nvcim
+from nvcim.chip.layers import RunContext
+from nvcim.experiments import build_model, load_dataset
+from nvcim.methods.training import TRAIN_CHIP_BASE
+
+
+def epoch(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int, ctx_for_step=None) -> float:
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))
+    model.train()
+    t0 = time.perf_counter()
+    for step, i in enumerate(range(0, len(y), batch)):
+        idx = perm[i:i + batch]
+        if ctx_for_step is not None:
+            ctx_for_step(step, len(idx))
+        loss = F.cross_entropy(model(x[idx]), y[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return time.perf_counter() - t0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default="lenet5")
+    ap.add_argument("--chip", default="rram-mlc-4bit")
+    ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--out", default="bench/results")
+    args = ap.parse_args()
+    data = load_dataset("fashion-mnist")
+    x, y = data.train
+    plain = build_model(args.model, data.in_shape, data.classes)
+    t_plain = epoch(plain, x, y, args.batch)
+    net = build_model(args.model, data.in_shape, data.classes)
+    chips = nvcim.convert(net, args.chip, chips=1, seed=0)
+
+    def ctx(step: int, b: int) -> None:
+        chips._set(RunContext("train", batch=b, train_chip=TRAIN_CHIP_BASE + step))
+
+    t_vat = epoch(chips.net, x, y, args.batch, ctx)
+    chips._set(None)
+    out = {"model": args.model, "chip": args.chip, "batch": args.batch, "threads": torch.get_num_threads(),
+           "plain_epoch_s": t_plain, "vat_epoch_s": t_vat, "ratio": t_vat / t_plain}
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    (Path(args.out) / f"training_{args.model}.json").write_text(json.dumps(out, indent=2) + "\n")
+    print(json.dumps(out, indent=2))
+
+
+if __name__ == "__main__":
+    main()
