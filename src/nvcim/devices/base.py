@@ -41,6 +41,25 @@ class ProgrammingModel:
         """Programmed conductances (S) for ``target`` (S); ``z_*`` are standard normals of the same shape."""
         raise NotImplementedError
 
+    def write_spread(self, target: Tensor) -> Tensor:
+        """Datasheet std (S) of one write to ``target`` (S), within-chip part only (what a re-write re-rolls).
+
+        Estimated from the model itself (256 draws per level, or on a 65-point grid for a continuous
+        device, interpolated), so every device model has it without extra code.
+        """
+        levels = self.levels()
+        d = self.device
+        grid = levels if levels is not None else torch.linspace(d.g_min, d.g_max, 65)
+        idx = torch.arange(len(grid)) if levels is not None else None
+        z = torch.randn((256, len(grid)), generator=torch.Generator().manual_seed(0))
+        sd = self.sample(grid.expand_as(z), None if idx is None else idx.expand_as(z), z, torch.zeros(1)).std(0)
+        if levels is not None:
+            return sd[round_to_levels(target, levels)[1]]
+        pos = ((target - d.g_min) / (d.g_max - d.g_min) * 64).clamp(0, 64)
+        lo = pos.floor().long().clamp(max=63)
+        frac = pos - lo
+        return sd[lo] * (1 - frac) + sd[lo + 1] * frac
+
 
 def register(cls: type[ProgrammingModel]) -> type[ProgrammingModel]:
     """Class decorator that makes a model available by its ``name`` in ``device.programming.model``."""
