@@ -75,6 +75,9 @@ def main() -> None:
     ap.add_argument("--chips", type=int, default=100)
     ap.add_argument("--limit", type=int, default=2000, help="test images (the first N)")
     ap.add_argument("--settings", default=",".join(SETTINGS))
+    ap.add_argument("--chains", default="", help="comma-separated chains to run (default all), e.g. "
+                    "self-tune,map-correct+chip-kd")
+    ap.add_argument("--tag", default="", help="suffix of the results file name")
     ap.add_argument("--out", default="bench/results")
     args = ap.parse_args()
     if args.table:
@@ -87,7 +90,8 @@ def main() -> None:
     for sname in args.settings.split(","):
         cfg = SETTINGS[sname]
         rows[sname] = []
-        for chain in CHAINS:
+        wanted = [c.split("+") for c in args.chains.split(",")] if args.chains else CHAINS
+        for chain in wanted:
             model, _ = trained_model(args.model, data, epochs=3, progress=False)
             chips = nvcim.convert(model, cfg, chips=args.chips, seed=0)
             methods = [get(OPTIONS[c][0], **OPTIONS[c][1]) for c in chain]
@@ -103,7 +107,7 @@ def main() -> None:
                   f"  kpp1 {100 * a.kpp:6.2f}  rr {rep.recovery_ratio:5.2f}  pulses {rep.cost.write_verify_pulses:9.0f}"
                   f"  sram {rep.cost.sram_fraction:.3f}  {row['total_s']:.0f}s", flush=True)
             Path(args.out).mkdir(parents=True, exist_ok=True)
-            (Path(args.out) / f"recovery_{args.model}.json").write_text(json.dumps(
+            (Path(args.out) / f"recovery_{args.model}{args.tag}.json").write_text(json.dumps(
                 {"model": args.model, "dataset": args.dataset, "chips": args.chips, "test_images": args.limit,
                  "torch": torch.__version__, "rows": rows}, indent=2) + "\n")
 
