@@ -14,8 +14,11 @@ compensated, in two steps:
    that outliers such as stuck cells do not dominate) and
    b = sum_k (W - g W_rb)_k E[x_k] + (1 - g) bias, where E[x] is the mean layer input on unlabelled data.
 
-Known limitation: on bit-sliced 1-bit cells with large variation (the ``rram-sliced-1bit`` preset) the
-column offset makes accuracy worse (measured in bench/); the cause is not yet understood. Not yet
+Known limitations (measured in bench/, see docs/benchmarks.md): under strong between-chip or per-array
+variation, partner re-targeting hurts, because a re-write lands with the same systematic bias as the first
+write and the method does not yet estimate it per array; on bit-sliced 1-bit cells with large variation
+(``rram-sliced-1bit``) the column offset makes accuracy worse, for a reason not yet understood. Use
+``self-tune`` or ``chip-kd`` there. Not yet
 implemented: IR-drop pre-distortion of targets and remapping rows away from stuck cells.
 """
 

@@ -114,7 +114,8 @@ class WriteVerify(Method):
             pulses += chip.write_verify(name, mpos, mneg, self.tol, self.max_pulses).double()
         label = "full" if self.fraction >= 1 else f"{100 * self.fraction:g} % by {self.sensitivity}"
         return Cost(write_verify_pulses=float(pulses.mean()), verified_fraction=chosen / max(1, total),
-                    labelled_samples=len(data.train[1]) if self.sensitivity == "swim" and self.fraction < 1 else 0,
+                    labelled_samples=min(len(data.train[1]), 32 * 16)  # fisher_diagonal's default sample
+                    if self.sensitivity == "swim" and self.fraction < 1 else 0,
                     notes=[f"write-verify ({label}), tol {self.tol:g} of the range, <= {self.max_pulses} pulses"])
 
 
