@@ -39,7 +39,7 @@ def analog_epilogue(
 
     ``var``: read-noise variance of each element (same shape) and ``keys`` (B, c) int32 its random keys;
     ``gain``/``offset`` (c, T, S, O): ADC error; ``delta`` (T, S, O): ADC step, codes clipped to [lo, hi];
-    ``slice_w`` (S,); ``out_scale`` (c, O): weight scale times drift compensation; ``bias`` (c, O) digital.
+    ``slice_w`` (S,); ``out_scale`` (c, O): weight scale times drift compensation; ``bias`` (O,) digital.
     Positions lead and output columns are innermost, the order grouped convolutions produce in
     channels-last memory, so the fused kernel reads and writes in order.
     """
@@ -55,7 +55,7 @@ def analog_epilogue(
         y = torch.clamp(ste_round(y / d), lo, hi) * d
     y = (y * slice_w.view(1, 1, 1, 1, s, 1)).sum(dim=(3, 4)) * out_scale.view(1, 1, c, o)
     if bias is not None:
-        y = y + bias.view(1, 1, c, o)
+        y = y + bias.view(1, 1, 1, o)
     return y.contiguous()
 
 

@@ -415,15 +415,22 @@ class AnalogLayer(nn.Module):
             gain = self.adc_gain[ctx.chips]
             offset = self.adc_offset[ctx.chips] * self._adc_range_for_offset()
         scale = self.scale.view(1, -1).expand(c, -1)
-        bias = None if self.bias is None else self.bias.view(1, -1).expand(c, -1)
+        bias = self.bias if self.bias is not None else torch.zeros(self.out_features, device=y.device)
+        extra = None
         if ctx.mode == "chip":
-            # drift compensation and the self-tuning registers (y -> gain (y + bias) + offset) per chip
+            # drift compensation and the per-chip registers y -> gain (y + bias) + offset: the gain folds
+            # into the scale; the per-chip additive part is added outside the fused kernel, and only when a
+            # method has set it, because a (chip, column) operand inside made inductor's loop several
+            # times slower (bisected with bench/bench_core.py). A (column,) bias is always passed for the
+            # same reason.
             tg = self.tune_gain[ctx.chips]
             scale = scale * self.drift_comp[ctx.chips].view(-1, 1) * tg
-            bias = (bias * tg if bias is not None else 0.0) + self.tune_offset[ctx.chips]
+            if self.tune_offset.requires_grad or bool((self.tune_offset != 0).any() or (self.tune_gain != 1).any()):
+                extra = bias.view(1, -1) * (tg - 1) + self.tune_offset[ctx.chips]
         kernel = epilogue(ctx.compiled)
-        out = kernel(y, var, keys, gain, offset, delta, lo, hi, self.slice_w.to(y), scale.to(y),
-                     None if bias is None else bias.to(y))
+        out = kernel(y, var, keys, gain, offset, delta, lo, hi, self.slice_w.to(y), scale.to(y), bias.to(y))
+        if extra is not None:
+            out = out + extra.to(y).view(1, 1, c, -1)
         if ctx.mode == "chip":
             extra = self.sram_output(x, ctx, shared, c)
             if extra is not None:
