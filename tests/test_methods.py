@@ -26,11 +26,12 @@ def _chips(digits, config, chips=40, seed=0):
     return nvcim.convert(model, config, chips=chips, seed=seed)
 
 
-def _improved(report, sigmas=3.0):
-    b, a = report.before.accuracy, report.after.accuracy
-    n = len(a.per_chip)
-    se = math.sqrt(b.std**2 / n + a.std**2 / n)
-    return a.mean - b.mean > sigmas * se
+def _improved(report, sigmas=3.0, at_least=0.02):
+    """Paired test over the same chips (every method keeps the devices: same seed and ids): the mean
+    per-chip gain exceeds `sigmas` standard errors of the paired differences, and `at_least` accuracy."""
+    d = torch.tensor(report.after.accuracy.per_chip) - torch.tensor(report.before.accuracy.per_chip)
+    se = d.std() / math.sqrt(d.numel())
+    return bool(d.mean() > sigmas * se) and bool(d.mean() > at_least)
 
 
 class _NoLabels:

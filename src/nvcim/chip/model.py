@@ -101,6 +101,20 @@ class AnalogModel(nn.Module):
             self._set(None)
 
     @torch.no_grad()
+    def digital_layer_io(self, x: Tensor) -> dict[str, tuple[Tensor, Tensor]]:
+        """Input and output of every analog layer on the ideal (digital) model, by layer name."""
+        io: dict[str, tuple[Tensor, Tensor]] = {}
+        hooks = [lay.register_forward_hook(
+            lambda m, i, o, n=lay.layer_name: io.__setitem__(n, (i[0].detach(), o.detach())))
+            for lay in self.analog_layers()]
+        try:
+            self.digital(x)
+        finally:
+            for h in hooks:
+                h.remove()
+        return io
+
+    @torch.no_grad()
     def calibrate(self, x: Tensor) -> None:
         """Set DAC and ADC ranges from inputs ``x`` on the noise-free mapped model (no labels used)."""
         x = self._check(x)

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import torch
 from torch import Tensor
 
 from ..chip.interface import Chip, SimulatedChip
@@ -54,6 +55,13 @@ class TaskData:
 
     def inputs(self, n: int) -> Tensor:
         return self.unlabelled[:n]
+
+
+def shuffled_batches(n: int, batch_size: int, gen: torch.Generator) -> Iterator[Tensor]:
+    """Index batches of one epoch over ``n`` examples, in a seeded random order."""
+    perm = torch.randperm(n, generator=gen)
+    for i in range(0, n, batch_size):
+        yield perm[i:i + batch_size]
 
 
 class Method(ABC):

@@ -21,7 +21,6 @@ from ..chip.interface import Chip
 from ..chip.model import AnalogModel
 from ..errors import NvcimError
 from .base import Cost, Method, TaskData, register
-from .self_tune import SelfTune
 
 
 @register
@@ -51,7 +50,6 @@ class ChipKD(Method):
             params += [lay.tune_gain, lay.tune_offset]
         opt = torch.optim.Adam(params, lr=self.lr)
         gen = torch.Generator().manual_seed(self.seed)
-        ideal_out = SelfTune().ideal_outputs if self.beta else None
         compiled, model.compiled = model.compiled, False
         t = self.tau
         try:
@@ -65,8 +63,8 @@ class ChipKD(Method):
                               F.log_softmax(teacher / t, -1).repeat(chip.n_chips, 1), log_target=True,
                               reduction="batchmean")
                 loss = t * t * kl * chip.n_chips  # per-chip losses summed: independent registers
-                if ideal_out is not None:
-                    ref = ideal_out(model, xb)
+                if self.beta:
+                    ref = {n: out for n, (_, out) in model.digital_layer_io(xb).items()}
                     loss = loss + self.beta * sum(((outs[n] - ref[n]) ** 2).mean() for n in names) * chip.n_chips
                 opt.zero_grad(set_to_none=True)
                 loss.backward()

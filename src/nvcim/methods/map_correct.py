@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..chip.interface import Chip
-from ..chip.layers import AnalogConv2d, AnalogLayer, RunContext
+from ..chip.layers import AnalogConv2d
 from ..chip.model import AnalogModel
 from ..devices import ProgrammingModel, get_model, round_to_levels
 from ..errors import NvcimError
@@ -39,27 +39,16 @@ from .base import Cost, Method, TaskData, register
 def mean_inputs(model: AnalogModel, x: Tensor) -> dict[str, tuple[Tensor, Tensor]]:
     """Mean and mean square (E[x_k], E[x_k^2]), each (K,), of every analog layer's unrolled input on the
     ideal model."""
+    io = model.digital_layer_io(x)
     means: dict[str, tuple[Tensor, Tensor]] = {}
-
-    def hook(mod: torch.nn.Module, inp: tuple[Tensor, ...], out: Tensor) -> None:
-        v = inp[0].detach()
-        if isinstance(mod, AnalogConv2d):
-            cols = F.unfold(v, mod.kernel_size, mod.dilation, mod.padding, mod.stride)  # type: ignore[arg-type]
-            cols = cols.transpose(1, 2).reshape(-1, cols.shape[1])  # (B L, K)
-            means[mod.layer_name] = (cols.mean(0), (cols * cols).mean(0))
-        elif isinstance(mod, AnalogLayer):
+    for lay in model.analog_layers():
+        v = io[lay.layer_name][0]
+        if isinstance(lay, AnalogConv2d):
+            cols = F.unfold(v, lay.kernel_size, lay.dilation, lay.padding, lay.stride)  # type: ignore[arg-type]
+            flat = cols.transpose(1, 2).reshape(-1, cols.shape[1])  # (B L, K)
+        else:
             flat = v.reshape(-1, v.shape[-1])
-            means[mod.layer_name] = (flat.mean(0), (flat * flat).mean(0))
-
-    hooks = [lay.register_forward_hook(hook) for lay in model.analog_layers()]
-    model._set(RunContext("digital"))
-    try:
-        with torch.no_grad():
-            model.net(x.to(model.device))
-    finally:
-        model._set(None)
-        for h in hooks:
-            h.remove()
+        means[lay.layer_name] = (flat.mean(0), (flat * flat).mean(0))
     return means
 
 

@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 from ..chip.interface import Chip
 from ..chip.model import AnalogModel
 from ..errors import NvcimError
-from .base import Cost, Method, TaskData, register
+from .base import Cost, Method, TaskData, register, shuffled_batches
 from .write_verify import fisher_diagonal
 
 
@@ -77,9 +77,7 @@ class RSA(Method):
         bar = tqdm(range(self.epochs), desc="rsa", unit="epoch", disable=not progress, leave=False)
         try:
             for _ in bar:
-                perm = torch.randperm(len(y), generator=gen)
-                for i in range(0, len(y), self.batch_size):
-                    idx = perm[i:i + self.batch_size]
+                for idx in shuffled_batches(len(y), self.batch_size, gen):
                     xb, yb = x[idx].to(model.device), y[idx].to(model.device)
                     logits = model(xb)  # (N, B, classes): every chip, on-chip, fresh read noise
                     # one loss per chip, summed: each chip's SRAM weights get their own gradient

@@ -13,7 +13,6 @@ import torch
 from torch import Tensor
 
 from ..chip.interface import Chip
-from ..chip.layers import RunContext
 from ..chip.model import AnalogModel
 from ..errors import NvcimError
 from .base import Cost, Method, TaskData, register
@@ -50,24 +49,9 @@ class SelfTune(Method):
             raise NvcimError(f"self-tune.granularity = {granularity!r} is invalid: allowed 'channel', 'layer'")
         self.samples, self.per_channel = samples, granularity == "channel"
 
-    def ideal_outputs(self, model: AnalogModel, x: Tensor) -> dict[str, Tensor]:
-        """Each analog layer's output on the ideal (digital) model."""
-        outs: dict[str, Tensor] = {}
-        hooks = [lay.register_forward_hook(lambda m, i, o, n=lay.layer_name: outs.__setitem__(n, o.detach()))
-                 for lay in model.analog_layers()]
-        model._set(RunContext("digital"))
-        try:
-            with torch.no_grad():
-                model.net(x.to(model.device))
-        finally:
-            model._set(None)
-            for h in hooks:
-                h.remove()
-        return outs
-
     def apply(self, chip: Chip, model: AnalogModel, data: TaskData, progress: bool = False) -> Cost:
         x = data.inputs(self.samples)
-        ideal = self.ideal_outputs(model, x)
+        ideal = {n: out for n, (_, out) in model.digital_layer_io(x).items()}
         for name in chip.layer_names():
             conv = ideal[name].dim() == 4
             mu_i, sd_i = _channel_stats(ideal[name], 0, conv, self.per_channel)

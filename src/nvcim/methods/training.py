@@ -19,7 +19,7 @@ from ..chip.interface import Chip
 from ..chip.layers import RunContext
 from ..chip.model import AnalogModel
 from ..errors import NvcimError
-from .base import Cost, Method, TaskData, register
+from .base import Cost, Method, TaskData, register, shuffled_batches
 
 TRAIN_CHIP_BASE = 1 << 30  # ids of training chips; evaluated chips are 0..N-1
 
@@ -60,9 +60,7 @@ class NoiseAwareTraining(Method):
         bar = tqdm(range(self.epochs), desc=self.name, unit="epoch", disable=not progress, leave=False)
         try:
             for _ in bar:
-                perm = torch.randperm(len(y), generator=gen)
-                for i in range(0, len(y), self.batch_size):
-                    idx = perm[i:i + self.batch_size]
+                for idx in shuffled_batches(len(y), self.batch_size, gen):
                     xb, yb = x[idx].to(model.device), y[idx].to(model.device)
                     model._set(RunContext("train", batch=len(idx), train_chip=TRAIN_CHIP_BASE + steps,
                                           censor=self.censor, act_quant=act_quant))
@@ -148,18 +146,7 @@ class QVAT(NoiseAwareTraining):
 
     def prepare(self, model: AnalogModel, data: TaskData) -> dict:
         bits = self.act_bits or model.config.circuit.dac_bits or 4
-        x = data.inputs(256).to(model.device)
-        inputs: dict[str, Tensor] = {}
-        hooks = [lay.register_forward_hook(lambda m, i, o, n=lay.layer_name: inputs.__setitem__(n, i[0].detach()))
-                 for lay in model.analog_layers()]
-        model._set(RunContext("digital"))
-        try:
-            with torch.no_grad():
-                model.net(x)
-        finally:
-            model._set(None)
-            for h in hooks:
-                h.remove()
+        inputs = {n: inp for n, (inp, _) in model.digital_layer_io(data.inputs(256)).items()}
         quant = {}
         for name, v in inputs.items():
             signed = bool((v < 0).any())
