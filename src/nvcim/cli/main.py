@@ -1,10 +1,11 @@
-"""The ``nvcim`` command line: demo, train, evaluate, presets, fields."""
+"""The ``nvcim`` command line: demo, train, evaluate, recover, run, results, report, analyze, presets, fields."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from ..errors import NvcimError
 
@@ -53,6 +54,28 @@ def build_parser() -> argparse.ArgumentParser:
                    "(see `nvcim methods`)")
     p.add_argument("--opt", action="append", default=[], metavar="METHOD.OPTION=VALUE",
                    help="a method option, e.g. --opt write-verify.fraction=0.1 (repeatable)")
+    p = sub.add_parser("run", help="run an experiment file (sweeps x methods x seeds) into a resumable store")
+    p.add_argument("experiment", help="experiment file (.toml/.yaml/.json), see examples/")
+    p.add_argument("--out", default=None, help="run folder holding results.sqlite (default: runs/NAME)")
+    p.add_argument("--dry-run", action="store_true", help="print the grid and a time estimate, run nothing")
+    p.add_argument("--executor", choices=("local", "ray"), default="local")
+    p.add_argument("--address", default=None, help="Ray cluster address (default: start a local cluster)")
+    p.add_argument("--workers", type=int, default=0, help="CPUs of a local Ray cluster (default: all)")
+    p.add_argument("--report", action="store_true", help="write the HTML report when the run ends")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p = sub.add_parser("results", help="list or export a run's results store")
+    p.add_argument("run", help="run folder or results.sqlite file")
+    p.add_argument("--export", default=None, metavar="FILE", help="write the points to FILE (.csv, .json, .parquet)")
+    p.add_argument("--format", choices=("csv", "json", "parquet"), default=None)
+    p.add_argument("--experiment", default=None, help="only this experiment's points")
+    p.add_argument("--per-chip", action="store_true", help="export per-chip accuracies too (json/parquet)")
+    p = sub.add_parser("report", help="HTML report with figures for a run")
+    p.add_argument("run", help="run folder or results.sqlite file")
+    p.add_argument("--out", default=None, help="report folder (default: RUN/report)")
+    p.add_argument("--experiment", default=None)
+    p = sub.add_parser("analyze", help="attribute the accuracy loss to each non-ideality and each layer")
+    _common(p)
+    _eval_opts(p, 100, "rram-mlc-4bit", "out/analyze")
     sub.add_parser("methods", help="list the recovery methods")
     p = sub.add_parser("presets", help="list presets, or show one")
     p.add_argument("name", nargs="?")
@@ -61,8 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
-def _prepare(args: argparse.Namespace):  # type: ignore[no-untyped-def]
-    """Config, dataset, trained model and the converted, calibrated chips for evaluate/recover."""
+def _prepare(args: argparse.Namespace, convert_model: bool = True):  # type: ignore[no-untyped-def]
+    """Config, dataset, trained model and the converted, calibrated chips for evaluate/recover (the digital
+    model instead when ``convert_model`` is false)."""
     import torch
 
     from .. import convert
@@ -86,6 +110,8 @@ def _prepare(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     else:
         model, info = trained_model(args.model, data, args.epochs, args.seed, progress=not args.quiet)
     test = data.test if not args.limit else (data.test[0][:args.limit], data.test[1][:args.limit])
+    if not convert_model:
+        return config, data, info, test, model
     chip_model = convert(model, config, chips=args.chips, seed=args.seed,
                          runtime=Runtime(memory_mb=args.memory_mb, compile=args.compile))
     chip_model.calibrate(data.train[0][:256])
@@ -142,6 +168,80 @@ def cmd_recover(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_run(args: argparse.Namespace) -> int:
+    from ..experiments.runner import print_grid, run
+    from ..experiments.spec import load_experiment
+
+    exp = load_experiment(args.experiment)
+    run_dir = Path(args.out or Path("runs") / exp.name)
+    if args.dry_run:
+        print_grid(exp, run_dir)
+        return 0
+    executor = None
+    if args.executor == "ray":
+        from ..experiments.ray_executor import RayExecutor
+
+        if args.workers < 0:
+            raise NvcimError(f"--workers = {args.workers} is invalid: allowed an integer >= 0")
+        executor = RayExecutor(args.address, args.workers or None)
+    summary = run(exp, run_dir, executor, progress=not args.quiet)
+    print(f"{exp.name}: {summary.text()}\n  store: {run_dir / 'results.sqlite'}")
+    if summary.failed:
+        print("nvcim: error: the run stopped on a failure; finished points are kept in the store and a re-run "
+              "resumes", file=sys.stderr)
+        return 1
+    if args.report:
+        from ..experiments.report import write_report
+
+        print(f"  report: {write_report(run_dir)}")
+    return 0
+
+
+def cmd_results(args: argparse.Namespace) -> int:
+    from ..experiments.export import export, table
+
+    if args.export:
+        n = export(args.run, args.export, args.format, args.experiment, args.per_chip)
+        print(f"wrote {n} points to {args.export}")
+        return 0
+    rows = table(args.run, args.experiment)
+    if not rows:
+        print("the store holds no finished points")
+        return 0
+    params = sorted({k for r in rows for k in r if k.startswith("param.")})
+    head = ["experiment", "method", "seed"] + [p.rsplit(".", 1)[-1] for p in params] + ["ideal", "mean", "std",
+                                                                                       "worst1%", "recovery"]
+    print("  ".join(f"{h:>10s}" for h in head))
+    for r in rows:
+        rr = r["recovery_ratio"]
+        vals = [r["experiment"], r["method"], r["seed"]] + [r.get(p, "") for p in params] + [
+            f"{100 * r['ideal_accuracy']:.2f}", f"{100 * r['accuracy_mean']:.2f}", f"{100 * r['accuracy_std']:.2f}",
+            f"{100 * r['accuracy_kpp']:.2f}", "-" if rr is None else f"{rr:.2f}"]
+        print("  ".join(f"{str(v)[:10]:>10s}" for v in vals))
+    print(f"{len(rows)} points")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from ..experiments.report import write_report
+
+    print(f"wrote {write_report(args.run, args.out, args.experiment)}")
+    return 0
+
+
+def cmd_analyze(args: argparse.Namespace) -> int:
+    from ..experiments.analyze import analyze, write
+
+    config, data, info, test, chip_model = _prepare(args, convert_model=False)
+    result = analyze(chip_model, config, test, data.train[0][:256], chips=args.chips, seed=args.seed,
+                     batch_size=args.batch_size, progress=not args.quiet)
+    out = write(result, args.out, f"{args.model} on {data.name}, {config.name}: impact analysis "
+                f"({args.chips} chips, error bars 1 s.e.)")
+    print(result.table())
+    print(f"wrote {out / 'analysis.json'} and {out / 'impact.png'}")
+    return 0
+
+
 def cmd_methods(args: argparse.Namespace) -> int:
     from ..methods import get, names
 
@@ -185,7 +285,8 @@ def cmd_fields(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handlers = {"demo": cmd_evaluate, "evaluate": cmd_evaluate, "recover": cmd_recover, "methods": cmd_methods,
-                "train": cmd_train, "presets": cmd_presets, "fields": cmd_fields}
+                "train": cmd_train, "run": cmd_run, "results": cmd_results,
+                "report": cmd_report, "analyze": cmd_analyze, "presets": cmd_presets, "fields": cmd_fields}
     try:
         return handlers[args.cmd](args)
     except NvcimError as e:

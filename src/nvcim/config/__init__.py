@@ -7,6 +7,7 @@ from .schema import (
     ArrayConfig,
     ChipConfig,
     CircuitConfig,
+    CostConfig,
     DeviceConfig,
     DriftConfig,
     FaultConfig,
@@ -16,7 +17,7 @@ from .schema import (
 )
 
 __all__ = [
-    "ArrayConfig", "ChipConfig", "CircuitConfig", "DeviceConfig", "DriftConfig", "FaultConfig",
+    "ArrayConfig", "ChipConfig", "CircuitConfig", "CostConfig", "DeviceConfig", "DriftConfig", "FaultConfig",
     "MappingConfig", "ProgrammingConfig", "VariabilityConfig", "describe", "dumps", "load_config",
     "override", "parse_sets", "preset", "preset_names", "save_config",
 ]

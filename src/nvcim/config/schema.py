@@ -171,6 +171,44 @@ class CircuitConfig:
 
 
 @dataclass(frozen=True)
+class CostConfig:
+    """Per-operation constants of the closed-form energy/latency/area estimate (``nvcim.evaluation.hardware``).
+
+    Defaults: ISAAC (Shafiee et al., ISCA 2016, 32 nm: 8-bit ADC at 1.28 GS/s, 2 mW, 0.0012 mm^2; 1-bit DACs
+    4 mW / 1024, 0.00017 mm^2 / 1024; 128x128 crossbar read in 100 ns at 0.3 mW), Horowitz (ISSCC 2014,
+    45 nm: 32-bit integer add 0.1 pJ, SRAM ~1.25 pJ/byte read), NeuroSim defaults (Peng et al., IEDM 2019:
+    2 V, 10 ns write pulse) and Charan 2020 (an RRAM write-verify step takes >= 6.5 us).
+    """
+
+    feature_nm: float = spec(32.0, "technology feature size F; a cell occupies 4F^2", unit="nm", lo=1.0, hi=1000.0)
+    adc_energy_pj: float = spec(1.56, "energy of one 8-bit ADC conversion; scales as 2^(bits-8)", unit="pJ",
+                                lo=0.0)
+    adc_area_mm2: float = spec(0.0012, "area of one 8-bit ADC; scales as 2^(bits-8)", unit="mm^2", lo=0.0)
+    adc_rate_gsps: float = spec(1.28, "conversions per second of one ADC", unit="GS/s", lo=0.0, lo_open=True)
+    adcs_per_array: int = spec(1, "ADCs per crossbar array, shared by its columns", unit="-", lo=1, hi=65536)
+    dac_energy_fj: float = spec(0.39, "energy of one 1-bit DAC drive of a row; scales as 2^(bits-1)",
+                                unit="fJ", lo=0.0)
+    dac_area_um2: float = spec(0.17, "area of one 1-bit row DAC; scales as 2^(bits-1)", unit="um^2", lo=0.0)
+    cell_read_energy_fj: float = spec(1.83, "energy per cell per array read (ISAAC: 0.3 mW x 100 ns / 128^2)",
+                                      unit="fJ", lo=0.0)
+    array_read_ns: float = spec(100.0, "time of one array read (row drive and settle)", unit="ns", lo=0.0,
+                                lo_open=True)
+    digital_add_pj: float = spec(0.1, "one 32-bit digital add (partial sums, shift-and-add)", unit="pJ", lo=0.0)
+    sram_read_pj_per_byte: float = spec(1.25, "SRAM read energy per byte", unit="pJ", lo=0.0)
+    sram_area_um2_per_byte: float = spec(1.2, "SRAM area per byte (6T cell ~0.15 um^2 per bit)", unit="um^2",
+                                         lo=0.0)
+    write_voltage: float = spec(2.0, "programming pulse amplitude", unit="V", lo=0.0, hi=10.0)
+    write_pulse_ns: float = spec(10.0, "programming pulse width; pulse energy = V^2 g_max t", unit="ns", lo=0.0)
+    write_step_us: float = spec(6.5, "time of one program-and-verify step of one cell", unit="us", lo=0.0)
+    unmodelled_adc_bits: int = spec(8, "ADC bits costed when circuit.adc_bits = 0 (ideal in simulation)",
+                                    unit="bit", lo=1, hi=16)
+    unmodelled_dac_bits: int = spec(8, "DAC bits costed when circuit.dac_bits = 0", unit="bit", lo=1, hi=16)
+
+    def __post_init__(self) -> None:
+        check(self)
+
+
+@dataclass(frozen=True)
 class ChipConfig:
     """A whole chip: what the ``--chip`` option and :func:`nvcim.preset` describe."""
 
@@ -181,6 +219,7 @@ class ChipConfig:
     mapping: MappingConfig = field(default_factory=MappingConfig)
     array: ArrayConfig = field(default_factory=ArrayConfig)
     circuit: CircuitConfig = field(default_factory=CircuitConfig)
+    cost: CostConfig = field(default_factory=CostConfig)
 
     def __post_init__(self) -> None:
         check(self)

@@ -1,0 +1,235 @@
+"""``nvcim report RUN``: one self-contained HTML page (figures inlined) plus PNG and SVG figures.
+
+Figures: accuracy against each swept parameter (mean line, +-1 std band and worst-1 % line per method;
+points that differ in other axes or seeds are pooled chip by chip), per-chip accuracy histograms, and
+the hardware cost. The table compares methods at every grid point with recovery ratio and cost.
+Every user-supplied string (names, methods, parameters) is HTML-escaped.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import math
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from ..errors import NvcimError
+from .store import Store
+
+COLORS = ["#4C72B0", "#DD8452", "#55A868", "#C44E52", "#8172B3", "#937860", "#DA8BC3", "#8C8C8C", "#CCB974",
+          "#64B5CD"]
+
+
+def _kpp(values: list[float], k: float = 1.0) -> float:
+    s = sorted(values)
+    if not s:
+        return math.nan
+    pos = (len(s) - 1) * k / 100.0
+    lo = int(math.floor(pos))
+    hi = min(lo + 1, len(s) - 1)
+    return s[lo] + (s[hi] - s[lo]) * (pos - lo)
+
+
+def _stats(per_chip: list[float]) -> dict[str, float]:
+    n = len(per_chip)
+    mean = sum(per_chip) / n
+    std = math.sqrt(sum((a - mean) ** 2 for a in per_chip) / max(1, n - 1))
+    return {"mean": mean, "std": std, "kpp": _kpp(per_chip), "min": min(per_chip), "n": n}
+
+
+def axis_label(path: str) -> str:
+    """An axis label with the field's unit, from the config schema."""
+    from ..config import ChipConfig, describe
+
+    for p, _default, allowed, doc in describe(ChipConfig):
+        if p == path:
+            unit = allowed.rsplit(" ", 1)[-1] if allowed and not allowed.endswith(("]", ")")) else ""
+            unit = "" if unit in ("true/false", "text") or "'" in unit else unit
+            short = doc.split(";")[0].split(",")[0]
+            return f"{path}: {short}" + (f" ({unit})" if unit else " (dimensionless)")
+    return path
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:g}" if isinstance(v, float) else str(v)
+
+
+def _plt() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig: Any, out: Path, stem: str) -> tuple[Path, Path]:
+    png, svg = out / f"{stem}.png", out / f"{stem}.svg"
+    fig.savefig(png, dpi=120)
+    fig.savefig(svg)
+    _plt().close(fig)
+    return png, svg
+
+
+def sweep_figure(rows: list[dict[str, Any]], axis: str, out: Path) -> tuple[Path, Path]:
+    """Accuracy against one swept parameter: mean, +-1 std band and worst-1 % per method, ideal dashed."""
+    plt = _plt()
+    pooled: dict[str, dict[Any, list[float]]] = defaultdict(lambda: defaultdict(list))
+    ideal: dict[Any, list[float]] = defaultdict(list)
+    for r in rows:
+        v = r["params"].get(axis)
+        pooled[r["method"]][v] += r["result"]["accuracy"]["per_chip"]
+        ideal[v].append(r["result"]["ideal_accuracy"])
+    values = sorted({v for m in pooled.values() for v in m}, key=lambda v: (isinstance(v, str), v))
+    numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+    xs = values if numeric else list(range(len(values)))
+    pos = dict(zip(values, xs))
+    fig, ax = plt.subplots(figsize=(7.0, 4.4))
+    for i, (method, by_v) in enumerate(sorted(pooled.items())):
+        c = COLORS[i % len(COLORS)]
+        vs = [v for v in values if v in by_v]
+        st = [_stats(by_v[v]) for v in vs]
+        x = [pos[v] for v in vs]
+        mean = [100 * s["mean"] for s in st]
+        ax.plot(x, mean, "-o", color=c, label=f"{method}: mean")
+        ax.fill_between(x, [m - 100 * s["std"] for m, s in zip(mean, st)],
+                        [m + 100 * s["std"] for m, s in zip(mean, st)], color=c, alpha=0.18)
+        ax.plot(x, [100 * s["kpp"] for s in st], ":", marker="v", color=c, label=f"{method}: worst 1 %")
+    ax.plot([pos[v] for v in values], [100 * sum(ideal[v]) / len(ideal[v]) for v in values], "--", color="k",
+            label="ideal (digital)")
+    if not numeric:
+        ax.set_xticks(xs, [_fmt(v) for v in values])
+    ax.set_xlabel(axis_label(axis))
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(f"accuracy vs {axis.rsplit('.', 1)[-1]} (band: mean ± 1 std over chips)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    return _save(fig, out, "sweep_" + axis.replace(".", "_"))
+
+
+def histogram_figure(rows: list[dict[str, Any]], axis: str | None, out: Path) -> tuple[Path, Path]:
+    """Per-chip accuracy histograms, one panel per method, one colour per value of ``axis``."""
+    plt = _plt()
+    methods = sorted({r["method"] for r in rows})
+    n = len(methods)
+    cols = min(3, n)
+    nrows = math.ceil(n / cols)
+    fig, axes = plt.subplots(nrows, cols, figsize=(4.2 * cols, 3.2 * nrows), squeeze=False)
+    for i, method in enumerate(methods):
+        ax = axes[i // cols][i % cols]
+        groups: dict[Any, list[float]] = defaultdict(list)
+        for r in rows:
+            if r["method"] == method:
+                groups[r["params"].get(axis) if axis else "all"] += [100 * a for a in
+                                                                     r["result"]["accuracy"]["per_chip"]]
+        for j, (v, acc) in enumerate(sorted(groups.items(), key=lambda kv: (isinstance(kv[0], str), kv[0]))):
+            ax.hist(acc, bins=min(30, max(8, len(acc) // 5)), histtype="stepfilled", alpha=0.45,
+                    color=COLORS[j % len(COLORS)],
+                    label=(f"{axis.rsplit('.', 1)[-1]}={_fmt(v)}" if axis else f"{len(acc)} chips"))
+        ax.set_title(method, fontsize=9)
+        ax.set_xlabel("test accuracy per chip (%)")
+        ax.set_ylabel("number of chips")
+        ax.legend(fontsize=7)
+    for j in range(n, nrows * cols):
+        axes[j // cols][j % cols].axis("off")
+    fig.tight_layout()
+    return _save(fig, out, "histograms")
+
+
+def _table(rows: list[dict[str, Any]], axes: list[str]) -> tuple[list[str], list[list[str]]]:
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+    for r in rows:
+        groups[(r["method"], repr(sorted(r["params"].items())))].append(r)
+    head = ["method"] + [a.rsplit(".", 1)[-1] for a in axes] + [
+        "seeds", "chips", "ideal %", "mean ± std %", "worst 1 %", "recovery ratio", "SRAM %", "WV pulses/chip",
+        "calib. inputs", "steps", "energy/inf (nJ)", "area (mm²)", "method time (s)"]
+    body = []
+    for (method, _), rs in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1])):
+        per_chip = [a for r in rs for a in r["result"]["accuracy"]["per_chip"]]
+        st = _stats(per_chip)
+        res = [r["result"] for r in rs]
+        rr = [x["recovery_ratio"] for x in res if isinstance(x.get("recovery_ratio"), (int, float))]
+        rr_ok = [x for x in rr if math.isfinite(x)]
+        cost = [x.get("cost") or {} for x in res]
+        hw = [x.get("hardware", {}).get("totals", {}) for x in res]
+
+        def avg(vals: list[float]) -> float:
+            return sum(vals) / len(vals) if vals else math.nan
+
+        body.append([method] + [_fmt(rs[0]["params"].get(a, "")) for a in axes] + [
+            str(len(rs)), str(len(per_chip)), f"{100 * avg([x['ideal_accuracy'] for x in res]):.2f}",
+            f"{100 * st['mean']:.2f} ± {100 * st['std']:.2f}", f"{100 * st['kpp']:.2f}",
+            f"{avg(rr_ok):.2f}" if rr_ok else "–", f"{100 * avg([c.get('sram_fraction', 0.0) for c in cost]):.2f}",
+            f"{avg([c.get('write_verify_pulses', 0.0) for c in cost]):.0f}",
+            f"{avg([c.get('calibration_samples', 0) for c in cost]):.0f}",
+            f"{avg([c.get('finetune_steps', 0) for c in cost]):.0f}",
+            f"{avg([h.get('energy_pj', math.nan) for h in hw]) / 1e3:.2f}",
+            f"{avg([h.get('area_mm2', math.nan) for h in hw]):.3f}",
+            f"{avg([c.get('wall_time_s', 0.0) for c in cost]):.1f}"])
+    return head, body
+
+
+def _img(path: Path, alt: str) -> str:
+    data = base64.b64encode(path.read_bytes()).decode()
+    return f'<figure><img alt="{html.escape(alt)}" src="data:image/png;base64,{data}"></figure>'
+
+
+def write_report(run_dir: str | Path, out: str | Path | None = None, experiment: str | None = None) -> Path:
+    """Write ``report.html`` and the figures (PNG+SVG) for the run in ``run_dir``; returns the page's path."""
+    run_dir = Path(run_dir)
+    with Store(run_dir, readonly=True) as store:
+        rows = store.rows(experiment)
+    if not rows:
+        raise NvcimError(f"the store in {run_dir} holds no finished points" +
+                         (f" of experiment '{experiment}'" if experiment else ""))
+    out_dir = Path(out) if out else (run_dir if run_dir.is_dir() else run_dir.parent) / "report"
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise NvcimError(f"cannot write the report to {out_dir}: {e.strerror or e}") from None
+    axes = sorted({a for r in rows for a in r["params"]})
+    figs = [(sweep_figure(rows, a, out_dir)[0], f"accuracy against {a}") for a in axes]
+    figs.append((histogram_figure(rows, axes[0] if axes else None, out_dir)[0], "per-chip accuracy histograms"))
+    head, body = _table(rows, axes)
+    names = sorted({r["experiment"] for r in rows})
+    first = rows[0]["result"]
+    e = html.escape
+    model = first.get("model", {}).get("name", "?") if isinstance(first.get("model"), dict) else first.get("model")
+    hw_rows = first.get("hardware", {}).get("layers", [])
+    hw_head = ["layer", "arrays", "cells", "cells/weight", "utilisation", "ADC conv.", "energy (nJ)",
+               "latency (µs)", "area (mm²)"]
+    hw_body = [[x["name"], str(x["arrays"]), str(x["cells"]), f"{x['cells_per_weight']:.1f}",
+                f"{x['utilisation']:.2f}", str(x["adc_conversions"]), f"{x['energy_pj'] / 1e3:.3f}",
+                f"{x['latency_ns'] / 1e3:.2f}", f"{x['area_mm2']:.4f}"] for x in hw_rows]
+
+    def table(h: list[str], b: list[list[str]]) -> str:
+        return ("<table><thead><tr>" + "".join(f"<th>{e(c)}</th>" for c in h) + "</tr></thead><tbody>"
+                + "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in row) + "</tr>" for row in b)
+                + "</tbody></table>")
+
+    versions = sorted({r["code_version"] for r in rows})
+    page = f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>nvcim report: {e(', '.join(names))}</title>
+<style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}}
+table{{border-collapse:collapse;font-size:13px;margin:1em 0}}td,th{{border:1px solid #ccc;padding:3px 7px;
+text-align:right}}th{{background:#f3f3f3}}td:first-child{{text-align:left}}figure{{margin:1em 0}}
+img{{max-width:100%}}.meta{{color:#666;font-size:13px}}</style></head><body>
+<h1>nvcim report: {e(', '.join(names))}</h1>
+<p class="meta">model {e(str(model))} on {e(str(first.get('dataset', '?')))}; {len(rows)} grid points;
+code {e(', '.join(versions))}; generated {e(time.strftime('%Y-%m-%d %H:%M:%S'))}.</p>
+<h2>Accuracy</h2>{''.join(_img(p, alt) for p, alt in figs)}
+<h2 id="methods">Method comparison</h2>
+<p>Pooled over seeds; recovery ratio = (after − degraded) / (ideal − degraded); costs per chip.</p>
+{table(head, body)}
+<h2>Hardware cost per inference (first grid point)</h2>
+<p>Closed-form estimate; constants and formulas in nvcim.evaluation.hardware and docs/user-guide.md.</p>
+{table(hw_head, hw_body)}
+</body></html>
+"""
+    path = out_dir / "report.html"
+    path.write_text(page, encoding="utf-8")
+    return path

@@ -1,0 +1,228 @@
+"""An experiment file: model, dataset, chip, sweep axes, methods, chip count and seeds; and its grid.
+
+Example (TOML; YAML and JSON work the same)::
+
+    name = "sigma-sweep"
+    model = "lenet5"
+    dataset = "fashion-mnist"
+    chip = "rram-mlc-4bit"              # a preset or a config file (relative to the experiment file)
+    chips = 100
+    seeds = [0, 1]
+    methods = ["none", "write-verify", "self-tune", "write-verify+self-tune"]
+
+    [set]                                # fixed overrides of the chip config
+    "circuit.adc_bits" = 6
+
+    [sweep]                              # any config field by its dotted path -> values (full grid)
+    "device.programming.sigma" = [0.05, 0.1, 0.2]
+
+    [options.write-verify]               # method options
+    fraction = 0.1
+
+The file is data: it is parsed, never executed (a ``pkg.module:factory`` model or dataset name does import
+and run that module, as on the command line).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..config import ChipConfig, override
+from ..config.io import parse_text
+from ..errors import ConfigError, NvcimError
+
+_FIELDS = {
+    "name": "run name; also the default run folder runs/NAME",
+    "model": "mlp, lenet5, vgg, resnet, or pkg.module:factory",
+    "dataset": "digits, fashion-mnist, mnist, an IDX folder, or pkg.module:factory",
+    "epochs": "digital training epochs (0 = the default: 40 on digits, else 5)",
+    "train_seed": "seed of the digital training (shared by every grid point)",
+    "chip": "preset name or config file",
+    "chips": "simulated chips per grid point",
+    "seeds": "chip seeds; each is its own grid point",
+    "methods": "method chains, 'none' for no mitigation, e.g. 'write-verify+self-tune'",
+    "limit": "evaluate on the first N test images only (0 = all)",
+    "batch_size": "images per evaluation batch",
+    "memory_mb": "memory budget per chip chunk (MiB)",
+    "set": "fixed config overrides {dotted.path: value}",
+    "sweep": "sweep axes {dotted.path: [values]}",
+    "options": "method options {method: {option: value}}",
+}
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """A validated experiment description (see the module docstring for the file format)."""
+
+    name: str
+    model: str = "lenet5"
+    dataset: str = "digits"
+    epochs: int = 0
+    train_seed: int = 0
+    chip: str = "rram-mlc-4bit"
+    chips: int = 100
+    seeds: tuple[int, ...] = (0,)
+    methods: tuple[str, ...] = ("none",)
+    limit: int = 0
+    batch_size: int = 500
+    memory_mb: float = 1024.0
+    set: dict[str, Any] = field(default_factory=dict)
+    sweep: dict[str, list[Any]] = field(default_factory=dict)
+    options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    base_dir: str = "."  # where relative chip config paths are resolved (the experiment file's folder)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["seeds"], d["methods"] = list(self.seeds), list(self.methods)
+        return d
+
+    def base_config(self) -> ChipConfig:
+        from ..chip.model import resolve_config
+
+        chip = self.chip
+        if Path(self.base_dir, chip).is_file():
+            chip = str(Path(self.base_dir, chip))
+        cfg = resolve_config(chip)
+        return override(cfg, self.set) if self.set else cfg
+
+    def points(self) -> list[Point]:
+        """The full grid: every combination of sweep values x method chain x seed, in a stable order."""
+        base = self.base_config()
+        axes = list(self.sweep)
+        out = []
+        for values in itertools.product(*(self.sweep[a] for a in axes)):
+            params = dict(zip(axes, values))
+            try:
+                cfg = override(base, params) if params else base
+            except ConfigError as e:
+                raise ConfigError(f"sweep: {e.path}", e.value, e.allowed, e.hint) from None
+            for method in self.methods:
+                for seed in self.seeds:
+                    out.append(Point(self, params, method, seed, cfg))
+        return out
+
+
+@dataclass(frozen=True)
+class Point:
+    """One grid point: swept values, a method chain and a chip seed, with its resolved chip config."""
+
+    experiment: Experiment
+    params: dict[str, Any]
+    method: str
+    seed: int
+    config: ChipConfig
+
+    def identity(self) -> dict[str, Any]:
+        """Everything that determines this point's result (not the experiment's name or folder)."""
+        e = self.experiment
+        chain = self.chain()
+        return {"model": e.model, "dataset": e.dataset, "epochs": e.epochs, "train_seed": e.train_seed,
+                "chips": e.chips, "limit": e.limit, "seed": self.seed, "method": self.method,
+                "options": {m: e.options.get(m, {}) for m in chain}, "config": self.config.to_dict()}
+
+    @property
+    def key(self) -> str:
+        """Stable id: a hash of :meth:`identity` (same inputs, same key, in any run)."""
+        blob = json.dumps(self.identity(), sort_keys=True, default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()[:24]
+
+    def chain(self) -> list[str]:
+        return [] if self.method == "none" else [m.strip() for m in self.method.split("+")]
+
+    def label(self) -> str:
+        p = ", ".join(f"{k.rsplit('.', 1)[-1]}={v}" for k, v in self.params.items())
+        return f"{self.method} seed={self.seed}" + (f" {p}" if p else "")
+
+
+def _need(cond: bool, name: str, value: Any, allowed: str) -> None:
+    if not cond:
+        raise ConfigError(name, value, allowed)
+
+
+def _int(d: dict[str, Any], name: str, lo: int, default: int) -> int:
+    v = d.get(name, default)
+    _need(isinstance(v, int) and not isinstance(v, bool) and v >= lo, name, v, f"an integer >= {lo}")
+    return int(v)
+
+
+def from_dict(d: dict[str, Any], base_dir: str = ".", origin: str = "experiment") -> Experiment:
+    """Validate a parsed experiment file; errors name the field and the allowed values."""
+    try:
+        return _from_dict(d, base_dir)
+    except ConfigError as e:
+        raise ConfigError(f"{origin}: {e.path}", e.value, e.allowed, e.hint) from None
+
+
+def _from_dict(d: dict[str, Any], base_dir: str) -> Experiment:
+    unknown = set(d) - set(_FIELDS)
+    if unknown:
+        import difflib
+
+        k = sorted(unknown)[0]
+        near = difflib.get_close_matches(k, list(_FIELDS), n=1)
+        raise ConfigError(k, d[k], "a known field: " + ", ".join(_FIELDS), f"Did you mean '{near[0]}'?" if near else "")
+    name = d.get("name", "")
+    _need(isinstance(name, str) and bool(name.strip()), "name", name, "a non-empty string")
+    for s in ("model", "dataset", "chip"):
+        _need(isinstance(d.get(s, ""), str) and bool(str(d.get(s, "x")).strip()), s, d.get(s), "a non-empty string")
+    seeds = d.get("seeds", [0])
+    _need(isinstance(seeds, list) and len(seeds) > 0 and all(isinstance(s, int) and not isinstance(s, bool)
+                                                            for s in seeds), "seeds", seeds,
+          "a non-empty list of integers")
+    _need(len(set(seeds)) == len(seeds), "seeds", seeds, "distinct integers")
+    methods = d.get("methods", ["none"])
+    _need(isinstance(methods, list) and len(methods) > 0 and all(isinstance(m, str) for m in methods),
+          "methods", methods, "a non-empty list of method chains such as 'none' or 'write-verify+self-tune'")
+    from ..methods import names
+
+    known = set(names())
+    for m in methods:
+        for part in ([] if m == "none" else m.split("+")):
+            if part.strip() not in known:
+                raise ConfigError("methods", m, "'none' or chains of: " + ", ".join(sorted(known)))
+    sweep = d.get("sweep", {})
+    _need(isinstance(sweep, dict), "sweep", sweep, "a table {dotted.path = [values]}")
+    for k, v in sweep.items():
+        _need(isinstance(v, list) and len(v) > 0, f"sweep.{k}", v, "a non-empty list of values")
+    sets = d.get("set", {})
+    _need(isinstance(sets, dict), "set", sets, "a table {dotted.path = value}")
+    options = d.get("options", {})
+    _need(isinstance(options, dict) and all(isinstance(v, dict) for v in options.values()), "options", options,
+          "a table of tables {method = {option = value}}")
+    chains = {p.strip() for m in methods for p in m.split("+")}
+    for m in options:
+        _need(m in chains, f"options.{m}", options[m], "options of a method named in 'methods'")
+    memory = d.get("memory_mb", 1024.0)
+    _need(isinstance(memory, (int, float)) and not isinstance(memory, bool) and memory >= 1, "memory_mb", memory,
+          "a number >= 1 (MiB)")
+    exp = Experiment(name=name.strip(), model=d.get("model", "lenet5"), dataset=d.get("dataset", "digits"),
+                     epochs=_int(d, "epochs", 0, 0), train_seed=_int(d, "train_seed", 0, 0),
+                     chip=d.get("chip", "rram-mlc-4bit"), chips=_int(d, "chips", 1, 100),
+                     seeds=tuple(seeds), methods=tuple(methods), limit=_int(d, "limit", 0, 0),
+                     batch_size=_int(d, "batch_size", 1, 500), memory_mb=float(memory), set=dict(sets),
+                     sweep={k: list(v) for k, v in sweep.items()}, options={k: dict(v) for k, v in options.items()},
+                     base_dir=base_dir)
+    for m, opts in exp.options.items():  # options are checked by building the method once
+        from ..methods import get
+
+        get(m, **opts)
+    exp.points()  # validates the chip, the fixed overrides and every swept value now, not mid-run
+    return exp
+
+
+def load_experiment(path: str | Path) -> Experiment:
+    """Load and validate an experiment file (.toml, .yaml/.yml or .json)."""
+    p = Path(path)
+    if not p.is_file():
+        raise NvcimError(f"experiment file not found: {p}")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise NvcimError(f"cannot read experiment file {p}: {e}") from None
+    data = parse_text(text, p.suffix.lstrip(".").lower(), str(p))
+    return from_dict(data, str(p.parent.resolve()), p.name)
