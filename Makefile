@@ -23,7 +23,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check src tests bench
 
 typecheck: $(STAMP)
-	$(BIN)/mypy src/nvcim/config src/nvcim/chip src/nvcim/devices src/nvcim/mapping src/nvcim/circuits src/nvcim/evaluation src/nvcim/methods
+	$(BIN)/mypy src/nvcim/config src/nvcim/chip src/nvcim/devices src/nvcim/mapping src/nvcim/circuits src/nvcim/evaluation src/nvcim/methods src/nvcim/experiments
 
 bench: $(STAMP)
 	$(BIN)/python bench/bench_core.py

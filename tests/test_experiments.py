@@ -7,6 +7,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -118,14 +119,14 @@ def _count(db: Path) -> int:
     if not db.exists():
         return 0
     try:
-        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as c:
+        with closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)) as c:
             return c.execute("SELECT count(*) FROM points").fetchone()[0]
     except sqlite3.OperationalError:
         return 0
 
 
 def _check_store(db: Path, expected_keys: set) -> None:
-    with sqlite3.connect(db) as c:
+    with closing(sqlite3.connect(db)) as c:
         assert c.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
         keys = [k for (k,) in c.execute("SELECT key FROM points")]
     assert len(keys) == len(set(keys)), "duplicated points"
@@ -156,7 +157,7 @@ def kill_and_resume(tmp_path: Path, kills: int, seed: int) -> list[int]:
         at_kill.append(_count(db))
         stored = _keys(db)
         assert set(stored) <= keys and len(stored) == len(set(stored))
-        with sqlite3.connect(db) as c:
+        with closing(sqlite3.connect(db)) as c:
             assert c.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     proc = _nvcim("run", str(f), "--out", str(out), "--quiet")
     stdout, stderr = proc.communicate(timeout=300)
@@ -168,7 +169,7 @@ def kill_and_resume(tmp_path: Path, kills: int, seed: int) -> list[int]:
 
 
 def _keys(db: Path) -> list[str]:
-    with sqlite3.connect(db) as c:
+    with closing(sqlite3.connect(db)) as c:
         return [k for (k,) in c.execute("SELECT key FROM points")]
 
 
@@ -196,10 +197,11 @@ def test_damaged_rows_are_detected_and_rerun(tmp_path):
     exp = from_dict(SMALL)
     run(exp, tmp_path, progress=False)
     db = tmp_path / "results.sqlite"
-    with sqlite3.connect(db) as c:
+    with closing(sqlite3.connect(db)) as c:
         k1, k2 = [k for (k,) in c.execute("SELECT key FROM points LIMIT 2")]
         c.execute("UPDATE points SET result = replace(result, '\"mean\"', '\"maen\"') WHERE key = ?", (k1,))
         c.execute("UPDATE points SET result = substr(result, 1, 50) WHERE key = ?", (k2,))
+        c.commit()
     s = run(exp, tmp_path, progress=False)
     assert s.computed == 2 and s.skipped == 14
     assert sum("checksum" in m for m in s.repaired) == 2
@@ -210,7 +212,7 @@ def test_a_corrupted_store_file_is_moved_aside_and_salvaged(tmp_path):
     exp = from_dict(SMALL)
     run(exp, tmp_path, progress=False)
     db = tmp_path / "results.sqlite"
-    with sqlite3.connect(db) as c:
+    with closing(sqlite3.connect(db)) as c:
         c.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     raw = bytearray(db.read_bytes())
     raw[:16] = b"garbage garbage!"  # the header: SQLite no longer recognises the file
@@ -240,7 +242,7 @@ def test_read_only_run_folder_gets_a_clear_error(tmp_path):
         assert main(["run", str(_write(tmp_path / "e.json", SMALL)), "--out", str(ro), "--quiet"]) == 2
     finally:
         if mounted:
-            subprocess.run(["umount", str(ro)])
+            subprocess.run(["umount", "-l", str(ro)])
 
 
 def test_disk_full_gets_a_clear_error_and_keeps_stored_points(tmp_path, monkeypatch):
@@ -262,12 +264,12 @@ def test_disk_full_gets_a_clear_error_and_keeps_stored_points(tmp_path, monkeypa
             s = run(exp, full, progress=False)
         assert s.failed and "no space left" in s.failed[0]
         assert 0 < s.computed < 16
-        with sqlite3.connect(full / "results.sqlite") as c:
+        with closing(sqlite3.connect(full / "results.sqlite")) as c:
             assert c.execute("PRAGMA quick_check").fetchone()[0] == "ok"
             assert c.execute("SELECT count(*) FROM points").fetchone()[0] == s.computed
     finally:
         if mounted:
-            subprocess.run(["umount", str(full)])
+            subprocess.run(["umount", "-l", str(full)])
 
 
 def test_results_export_csv_json_parquet(tmp_path, capsys):

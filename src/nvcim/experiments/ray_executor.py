@@ -9,6 +9,7 @@ cluster is started on this machine. For Slurm or Kubernetes, start the cluster w
 
 from __future__ import annotations
 
+import socket
 import time
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -35,6 +36,20 @@ def _task(point: Point) -> tuple[dict[str, Any], float, float]:
     return result, started, time.perf_counter() - t0
 
 
+def _probe(address: str, timeout: float = 5.0) -> None:
+    """Fail fast, with a clear message, when a host:port address does not answer (Ray itself retries for
+    minutes). Other forms ('auto', 'local') go to Ray unchanged."""
+    hostport = address.split("://", 1)[-1]
+    host, sep, port = hostport.rpartition(":")
+    if not sep or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host or "127.0.0.1", int(port)), timeout=timeout).close()
+    except OSError as e:
+        raise NvcimError(f"cannot reach the Ray cluster at {address}: {e.strerror or e}. Start it with "
+                         "`ray start --head` (see docs/user-guide.md) or leave --address out for a local one") from None
+
+
 class RayExecutor:
     """Callable executor: ``run(exp, dir, executor=RayExecutor(address))``."""
 
@@ -47,6 +62,7 @@ class RayExecutor:
         if not ray.is_initialized():
             kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
             if self.address:
+                _probe(self.address)
                 kwargs["address"] = self.address
             elif self.num_cpus:
                 kwargs["num_cpus"] = self.num_cpus

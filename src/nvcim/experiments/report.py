@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import html
 import math
+import re
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -47,9 +48,12 @@ def axis_label(path: str) -> str:
     for p, _default, allowed, doc in describe(ChipConfig):
         if p == path:
             unit = allowed.rsplit(" ", 1)[-1] if allowed and not allowed.endswith(("]", ")")) else ""
-            unit = "" if unit in ("true/false", "text") or "'" in unit else unit
-            short = doc.split(";")[0].split(",")[0]
-            return f"{path}: {short}" + (f" ({unit})" if unit else " (dimensionless)")
+            if allowed == "true/false":
+                unit = "false/true"
+            elif unit == "text" or "'" in unit:
+                unit = "category"
+            short = re.split(r"[.;:,]", doc)[0].strip()[:48]
+            return f"{path.rsplit('.', 1)[-1]}: {short}" + f" ({unit or 'dimensionless'})"
     return path
 
 
@@ -197,7 +201,7 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, experiment:
     head, body = _table(rows, axes)
     names = sorted({r["experiment"] for r in rows})
     first = rows[0]["result"]
-    e = html.escape
+    esc = html.escape
     model = first.get("model", {}).get("name", "?") if isinstance(first.get("model"), dict) else first.get("model")
     hw_rows = first.get("hardware", {}).get("layers", [])
     hw_head = ["layer", "arrays", "cells", "cells/weight", "utilisation", "ADC conv.", "energy (nJ)",
@@ -207,20 +211,20 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, experiment:
                 f"{x['latency_ns'] / 1e3:.2f}", f"{x['area_mm2']:.4f}"] for x in hw_rows]
 
     def table(h: list[str], b: list[list[str]]) -> str:
-        return ("<table><thead><tr>" + "".join(f"<th>{e(c)}</th>" for c in h) + "</tr></thead><tbody>"
-                + "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in row) + "</tr>" for row in b)
+        return ("<table><thead><tr>" + "".join(f"<th>{esc(c)}</th>" for c in h) + "</tr></thead><tbody>"
+                + "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in row) + "</tr>" for row in b)
                 + "</tbody></table>")
 
     versions = sorted({r["code_version"] for r in rows})
     page = f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>nvcim report: {e(', '.join(names))}</title>
+<html lang="en"><head><meta charset="utf-8"><title>nvcim report: {esc(', '.join(names))}</title>
 <style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}}
 table{{border-collapse:collapse;font-size:13px;margin:1em 0}}td,th{{border:1px solid #ccc;padding:3px 7px;
 text-align:right}}th{{background:#f3f3f3}}td:first-child{{text-align:left}}figure{{margin:1em 0}}
 img{{max-width:100%}}.meta{{color:#666;font-size:13px}}</style></head><body>
-<h1>nvcim report: {e(', '.join(names))}</h1>
-<p class="meta">model {e(str(model))} on {e(str(first.get('dataset', '?')))}; {len(rows)} grid points;
-code {e(', '.join(versions))}; generated {e(time.strftime('%Y-%m-%d %H:%M:%S'))}.</p>
+<h1>nvcim report: {esc(', '.join(names))}</h1>
+<p class="meta">model {esc(str(model))} on {esc(str(first.get('dataset', '?')))}; {len(rows)} grid points;
+code {esc(', '.join(versions))}; generated {esc(time.strftime('%Y-%m-%d %H:%M:%S'))}.</p>
 <h2>Accuracy</h2>{''.join(_img(p, alt) for p, alt in figs)}
 <h2 id="methods">Method comparison</h2>
 <p>Pooled over seeds; recovery ratio = (after − degraded) / (ideal − degraded); costs per chip.</p>

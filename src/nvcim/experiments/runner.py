@@ -57,7 +57,7 @@ def compute_point(point: Point, device: str = "cpu") -> dict[str, Any]:
     from ..chip.model import Runtime, convert
     from ..evaluation import evaluate
     from ..evaluation.hardware import hardware_cost
-    from ..methods import Cost, TaskData, get, recover
+    from ..methods import Cost, Method, TaskData, get, recover
 
     e = point.experiment
     data = _dataset(e.dataset)
@@ -70,7 +70,7 @@ def compute_point(point: Point, device: str = "cpu") -> dict[str, Any]:
     model.calibrate(train[0][:256])
     chain = point.chain()
     if chain:
-        methods = [get(m, **e.options.get(m, {})) for m in chain]
+        methods: list[Method | str] = [get(m, **e.options.get(m, {})) for m in chain]
         rep = recover(model, methods, TaskData(train, train[0]), test, batch_size=e.batch_size, progress=False)
         result = rep.to_dict()
         cost = rep.cost
