@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck bench clean
+.PHONY: demo test lint typecheck bench fuzz stress clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -24,6 +24,13 @@ lint: $(STAMP)
 
 typecheck: $(STAMP)
 	$(BIN)/mypy src/nvcim/config src/nvcim/chip src/nvcim/devices src/nvcim/mapping src/nvcim/circuits src/nvcim/evaluation src/nvcim/methods src/nvcim/experiments
+
+# Bounded reliability runs (docs/reliability.md): FUZZ_SECONDS, STRESS_KILLS, STRESS_ROUNDS, STRESS_RUNNERS.
+fuzz: $(STAMP)
+	FUZZ_SECONDS=$${FUZZ_SECONDS:-240} timeout 900 $(BIN)/python tests/fuzz_main.py
+
+stress: $(STAMP)
+	timeout 1800 $(BIN)/python tests/stress_main.py
 
 bench: $(STAMP)
 	$(BIN)/python bench/bench_core.py

@@ -89,6 +89,8 @@ class AnalogModel(nn.Module):
             raise ShapeError(f"expected a batch of inputs (B, ...), got shape {tuple(x.shape)}")
         if x.is_floating_point() and not bool(torch.isfinite(x).all()):
             raise ShapeError("the input contains NaN or inf")
+        if x.is_floating_point():  # float64 reference path: model.double() takes float32 inputs too
+            return x.to(self.device, self.analog_layers()[0].weight.dtype)
         return x.to(self.device)
 
     @torch.no_grad()
@@ -272,10 +274,51 @@ def convert(
                               + (" that filter_fn accepts" if filter_fn else ""))
     model.eval()
     wrapper = AnalogModel(model, cfg, chips, seed, runtime or Runtime())
+    _check_state_fits(wrapper)
     ids = torch.arange(chips)
     for layer in wrapper.analog_layers():
         layer.program(seed, ids)
     return wrapper.eval()
+
+
+def available_bytes(device: torch.device) -> int | None:
+    """Memory free for new tensors on ``device`` (MemAvailable on CPU), or None where unknown."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def state_bytes_per_chip(model: AnalogModel) -> int:
+    """Bytes of programmed state per chip: conductance (4), fault code (1) and drift factor (4, if any) per
+    cell, for both sides of every analog layer."""
+    d = model.config.device
+    has_drift = d.drift.t_read != d.drift.t0 and (d.drift.nu_mean > 0 or d.drift.nu_std > 0)
+    per_cell = 5 + (4 if has_drift else 0)
+    total = 0
+    for lay in model.analog_layers():
+        m = lay.mapped()
+        total += (m.pos.numel() + m.neg.numel()) * per_cell
+    return total
+
+
+def _check_state_fits(model: AnalogModel) -> None:
+    """Refuse, before allocating, a chip count whose programmed state cannot fit in memory (programming
+    briefly holds it twice, while chunks are concatenated), instead of dying of out-of-memory."""
+    need = 2 * model.chips * state_bytes_per_chip(model)
+    free = available_bytes(model.device)
+    if free is not None and need > 0.9 * free:
+        per = state_bytes_per_chip(model)
+        fit = max(1, int(0.9 * free // (2 * per)))
+        raise ConversionError(f"chips = {model.chips} needs about {need / 2**30:.1f} GiB to program "
+                              f"({per / 2**20:.1f} MiB of state per chip) but only {free / 2**30:.1f} GiB is "
+                              f"free on {model.device}: use at most about {fit} chips per run")
 
 
 def with_runtime(model: AnalogModel, **changes: Any) -> Runtime:

@@ -104,8 +104,10 @@ def _prepare(args: argparse.Namespace, convert_model: bool = True):  # type: ign
         model = build_model(args.model, data.in_shape, data.classes)
         try:
             model.load_state_dict(torch.load(args.weights, map_location="cpu", weights_only=True))
-        except (OSError, RuntimeError) as e:
-            raise NvcimError(f"cannot load weights {args.weights}: {e}") from None
+        except Exception as e:  # noqa: BLE001 - unreadable, not a state_dict, or refused by weights_only
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise NvcimError(f"cannot load weights {args.weights}: {first} (only plain state_dicts of tensors "
+                             "are accepted: they are loaded with weights_only=True)") from None
         info = {"model": args.model, "weights": args.weights}
     else:
         model, info = trained_model(args.model, data, args.epochs, args.seed, progress=not args.quiet)

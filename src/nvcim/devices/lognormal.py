@@ -2,6 +2,9 @@
 
 theta_cell ~ N(0, sigma^2) per cell, theta_chip ~ N(0, between_sigma^2) shared by a chip or an array. The
 mean is biased: E[G] = G_t exp((sigma^2 + between_sigma^2)/2); ``correct_bias`` divides that factor out.
+
+A cell cannot conduct without bound: G is capped at ``G_CEILING`` x g_max (and theta at 80, so that float32
+never overflows). The cap only matters for sigma of order 1 or more (exp(0.3 z) > 10 needs z > 7.7).
 """
 
 
@@ -9,6 +12,9 @@ import torch
 from torch import Tensor
 
 from .base import ProgrammingModel, register
+
+
+G_CEILING = 10.0
 
 
 @register
@@ -20,4 +26,5 @@ class Lognormal(ProgrammingModel):
         theta = s_w * z_cell + s_b * z_chip
         if self.device.programming.correct_bias:
             theta = theta - (s_w**2 + s_b**2) / 2
-        return target * torch.exp(theta)
+        g = target * torch.exp(theta.clamp(max=80.0))
+        return g.clamp(max=G_CEILING * self.device.g_max)

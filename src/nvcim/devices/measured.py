@@ -7,6 +7,7 @@ device's levels. The between-chip component shifts every cell by between_sigma x
 from __future__ import annotations
 
 import csv
+import io
 from functools import lru_cache
 from pathlib import Path
 
@@ -23,22 +24,34 @@ def load_table(path: str) -> tuple[tuple[float, float, float], ...]:
     p = Path(path)
     if not p.is_file():
         raise NvcimError(f"device.programming.table: file not found: {p}")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise NvcimError(f"{p}: not a UTF-8 text CSV file (byte {e.start}: {e.reason})") from None
+    except OSError as e:
+        raise NvcimError(f"{p}: cannot read the measured table: {e.strerror or e}") from None
+    try:
+        return _parse(p, text)
+    except csv.Error as e:
+        raise NvcimError(f"{p}: malformed CSV: {e}") from None
+
+
+def _parse(p: Path, text: str) -> tuple[tuple[float, float, float], ...]:
     rows: list[tuple[float, float, float]] = []
-    with p.open(newline="", encoding="utf-8") as fh:
-        reader = csv.reader(fh)
-        header = [h.strip().lower() for h in next(reader, [])]
-        if header[:3] != ["target", "mean", "std"]:
-            raise NvcimError(f"{p}:1: expected the header 'target,mean,std', got {','.join(header)!r}")
-        for line, row in enumerate(reader, start=2):
-            if not row or not "".join(row).strip():
-                continue
-            try:
-                t, m, s = (float(v) for v in row[:3])
-            except ValueError:
-                raise NvcimError(f"{p}:{line}: expected three numbers target,mean,std, got {row!r}") from None
-            if len(row) < 3 or min(t, m) < 0 or s < 0 or not all(map(_finite, (t, m, s))):
-                raise NvcimError(f"{p}:{line}: target, mean and std must be finite and >= 0, got {row!r}")
-            rows.append((t, m, s))
+    reader = csv.reader(io.StringIO(text, newline=""))
+    header = [h.strip().lower() for h in next(reader, [])]
+    if header[:3] != ["target", "mean", "std"]:
+        raise NvcimError(f"{p}:1: expected the header 'target,mean,std', got {','.join(header)!r}")
+    for line, row in enumerate(reader, start=2):
+        if not row or not "".join(row).strip():
+            continue
+        try:
+            t, m, s = (float(v) for v in row[:3])
+        except ValueError:
+            raise NvcimError(f"{p}:{line}: expected three numbers target,mean,std, got {row!r}") from None
+        if len(row) < 3 or min(t, m) < 0 or s < 0 or not all(map(_finite, (t, m, s))):
+            raise NvcimError(f"{p}:{line}: target, mean and std must be finite and >= 0, got {row!r}")
+        rows.append((t, m, s))
     if len(rows) < 2:
         raise NvcimError(f"{p}: a measured table needs at least 2 levels, found {len(rows)}")
     if any(b[0] <= a[0] for a, b in zip(rows, rows[1:])):
@@ -65,4 +78,4 @@ class Measured(ProgrammingModel):
         tab = self._table().to(target.device)
         g = tab[level, 1] + tab[level, 2] * z_cell
         g = g + self.device.g_max * self.variability.between_sigma * z_chip
-        return g.clamp_min(0.0)
+        return g.clamp(0.0, 10.0 * self.device.g_max)  # the same physical ceiling as the lognormal model

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gzip
 import struct
 import zlib
 from pathlib import Path
@@ -16,13 +15,34 @@ _DTYPES = {0x08: (torch.uint8, 1), 0x09: (torch.int8, 1), 0x0B: (torch.int16, 2)
            0x0D: (torch.float32, 4), 0x0E: (torch.float64, 8)}
 
 
+MAX_BYTES = 4 * 2**30  # refuse to inflate more than this (a gzip bomb, or a header that lies)
+
+
+def _gunzip(raw: bytes, p: Path) -> bytes:
+    """Decompress in bounded steps, so that a gzip bomb gets an error instead of exhausting memory."""
+    d = zlib.decompressobj(wbits=31)
+    out, total, buf = [], 0, raw
+    while buf:
+        chunk = d.decompress(buf, 64 * 2**20)
+        total += len(chunk)
+        if total > MAX_BYTES:
+            raise DatasetError(f"{p}: inflates to more than {MAX_BYTES // 2**30} GiB; not a dataset file")
+        out.append(chunk)
+        buf = d.unconsumed_tail
+        if not chunk and not buf:
+            break
+    if not d.eof:
+        raise DatasetError(f"{p}: corrupt gzip data (truncated stream)")
+    return b"".join(out)
+
+
 def read_idx(path: str | Path) -> Tensor:
     """Read one IDX file into a tensor; truncation, bad magic and gzip corruption raise DatasetError."""
     p = Path(path)
     try:
         raw = p.read_bytes()
         if raw[:2] == b"\x1f\x8b":
-            raw = gzip.decompress(raw)
+            raw = _gunzip(raw, p)
     except FileNotFoundError:
         raise DatasetError(f"file not found: {p}") from None
     except (OSError, EOFError, zlib.error) as e:
@@ -40,6 +60,8 @@ def read_idx(path: str | Path) -> Tensor:
     body = raw[4 + 4 * ndim:]
     if len(body) != count * size:
         raise DatasetError(f"{p}: header says {dims} ({count * size} bytes) but the file holds {len(body)} bytes")
+    if count == 0:  # torch.frombuffer refuses an empty buffer
+        return torch.zeros(dims, dtype=dtype)
     t = torch.frombuffer(bytearray(body), dtype=torch.uint8)
     if size > 1:  # IDX is big-endian
         t = t.view(-1, size).flip(-1).contiguous().view(dtype)
