@@ -13,7 +13,6 @@ from torch import Tensor
 
 from .base import ProgrammingModel, register
 
-
 G_CEILING = 10.0
 
 
