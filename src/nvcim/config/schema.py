@@ -14,6 +14,7 @@ from typing import Any
 from ..errors import ConfigError
 from .fields import check, spec
 
+MIN_ON_OFF = 1.001  # smallest g_max / g_min: float32 conductances resolve no narrower window
 PROGRAMMING_MODELS = ("none", "lognormal", "additive", "state-dependent", "measured")
 
 
@@ -73,8 +74,8 @@ class DriftConfig:
 class DeviceConfig:
     """One memory cell: conductance range, levels, variation, read noise, faults, drift."""
 
-    g_min: float = spec(1e-6, "lowest programmable conductance (HRS)", unit="S", lo=0.0)
-    g_max: float = spec(1e-4, "highest programmable conductance (LRS)", unit="S", lo=0.0, lo_open=True)
+    g_min: float = spec(1e-6, "lowest programmable conductance (HRS)", unit="S", lo=0.0, hi=1.0)
+    g_max: float = spec(1e-4, "highest programmable conductance (LRS)", unit="S", lo=1e-12, hi=1.0)
     bits_per_cell: int = spec(4, "uniform levels per cell = 2^bits; 0 = continuous (analog)", unit="bit",
                               lo=1, hi=8, zero_ok=True)
     levels: tuple[float, ...] = spec((), "explicit level conductances, ascending (overrides bits_per_cell)",
@@ -87,8 +88,9 @@ class DeviceConfig:
 
     def __post_init__(self) -> None:
         check(self)
-        if self.g_min >= self.g_max:
-            raise ConfigError("g_min", self.g_min, f"[0, {self.g_max:g}) S, below g_max")
+        if self.g_min * MIN_ON_OFF > self.g_max:  # float32 cannot resolve a narrower conductance window
+            raise ConfigError("g_min", self.g_min, f"[0, {self.g_max / MIN_ON_OFF:g}] S, below g_max by an "
+                              f"on/off ratio of at least {MIN_ON_OFF:g}")
         if self.levels:
             if len(self.levels) < 2:
                 raise ConfigError("levels", list(self.levels), "at least 2 levels")
@@ -153,11 +155,11 @@ class CircuitConfig:
 
     dac_bits: int = spec(0, "input DAC resolution; 0 = ideal", unit="bit", lo=1, hi=16, zero_ok=True)
     dac_range: float = spec(0.0, "input full scale in activation units; 0 = calibrate on data",
-                            unit="activation", lo=0.0)
+                            unit="activation", lo=1e-6, hi=1e6, zero_ok=True)
     adc_bits: int = spec(0, "column ADC resolution; 0 = ideal", unit="bit", lo=1, hi=16, zero_ok=True)
     adc_range: float = spec(0.0, "ADC full scale as a fraction of the largest possible tile column "
                             "signal (rows x (g_max-g_min) x input full scale); 0 = calibrate on data",
-                            unit="-", lo=0.0, hi=1.0)
+                            unit="-", lo=1e-6, hi=1.0, zero_ok=True)
     adc_percentile: float = spec(99.99, "calibration: percentile of |column signal| taken as ADC range",
                                  unit="%", lo=50.0, hi=100.0)
     adc_per_column: bool = spec(False, "calibrate one ADC range per column instead of per tile")
@@ -260,7 +262,9 @@ def _build(cls: type, data: Any, prefix: str) -> Any:
     fields = {f.name: f for f in dataclasses.fields(cls)}
     kwargs: dict[str, Any] = {}
     for key, val in data.items():
-        path = f"{prefix}.{key}" if prefix else key
+        path = f"{prefix}.{key}" if prefix else str(key)
+        if not isinstance(key, str):  # YAML allows numbers, nulls and lists as keys
+            raise ConfigError(path, val, "a table whose keys are field names: " + ", ".join(fields))
         if key not in fields:
             import difflib
 

@@ -91,7 +91,7 @@ def sweep_figure(rows: list[dict[str, Any]], axis: str, out: Path) -> tuple[Path
     numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
     xs = values if numeric else list(range(len(values)))
     pos = dict(zip(values, xs))
-    fig, ax = plt.subplots(figsize=(7.0, 4.4))
+    fig, ax = plt.subplots(figsize=(9.0, 4.4))
     for i, (method, by_v) in enumerate(sorted(pooled.items())):
         c = COLORS[i % len(COLORS)]
         vs = [v for v in values if v in by_v]
@@ -110,7 +110,7 @@ def sweep_figure(rows: list[dict[str, Any]], axis: str, out: Path) -> tuple[Path
     ax.set_ylabel("test accuracy (%)")
     ax.set_title(f"accuracy vs {axis.rsplit('.', 1)[-1]} (band: mean ± 1 std over chips)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="best")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
     fig.tight_layout()
     return _save(fig, out, "sweep_" + axis.replace(".", "_"))
 

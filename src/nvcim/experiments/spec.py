@@ -163,7 +163,9 @@ def _from_dict(d: dict[str, Any], base_dir: str) -> Experiment:
     if unknown:
         import difflib
 
-        k = sorted(unknown)[0]
+        k = sorted(unknown, key=str)[0]
+        if not isinstance(k, str):
+            raise ConfigError(str(k), d[k], "a known field: " + ", ".join(_FIELDS))
         near = difflib.get_close_matches(k, list(_FIELDS), n=1)
         raise ConfigError(k, d[k], "a known field: " + ", ".join(_FIELDS), f"Did you mean '{near[0]}'?" if near else "")
     name = d.get("name", "")
