@@ -205,3 +205,27 @@ def test_model_filter_keeps_other_layers_digital():
     net = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2))
     m = nvcim.convert(net, "ideal", chips=1, filter_fn=lambda mod, name: name == "2")
     assert [lay.layer_name for lay in m.analog_layers()] == ["2"]
+
+
+def test_a_store_with_a_malicious_model_name_renders_escaped(tmp_path):
+    """Stores are data, possibly from someone else: every string in a row is escaped on the page."""
+    run(from_dict(dict(GRID, name="plain", methods=["none"], sweep={})), tmp_path, progress=False)
+    import sqlite3
+    from contextlib import closing
+
+    from nvcim.experiments.store import checksum
+
+    with closing(sqlite3.connect(tmp_path / "results.sqlite")) as c:
+        (key, res), = c.execute("SELECT key, result FROM points").fetchall()
+        import json
+
+        r = json.loads(res)
+        r["model"]["name"] = "<script>alert('model')</script>"
+        r["dataset"] = "<b onmouseover=alert(1)>digits</b>"
+        res = json.dumps(r, sort_keys=True)
+        c.execute("UPDATE points SET result = ?, checksum = ?, method = ?, code_version = ? WHERE key = ?",
+                  (res, checksum(res), "none<script>", "0.1<i>", key))
+        c.commit()
+    page = write_report(tmp_path).read_text()
+    assert "<script" not in page and "<b onmouseover" not in page and "<i>" not in page
+    assert "&lt;script&gt;alert(&#x27;model&#x27;)&lt;/script&gt;" in page
