@@ -106,6 +106,12 @@ def sweep_figure(rows: list[dict[str, Any]], axis: str, out: Path) -> tuple[Path
             label="ideal (digital)")
     if not numeric:
         ax.set_xticks(xs, [_fmt(v) for v in values])
+    else:
+        if all(v > 0 for v in values) and max(values) / min(values) > 100:
+            ax.set_xscale("log")  # e.g. drift time from minutes to months
+        if len(values) <= 12:
+            ax.set_xticks(values, [_fmt(v) for v in values])
+            ax.minorticks_off()
     ax.set_xlabel(axis_label(axis))
     ax.set_ylabel("test accuracy (%)")
     ax.set_title(f"accuracy vs {axis.rsplit('.', 1)[-1]} (band: mean ± 1 std over chips)")

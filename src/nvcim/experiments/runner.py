@@ -46,10 +46,10 @@ def _dataset(name: str):  # type: ignore[no-untyped-def]
 
 
 @functools.lru_cache(maxsize=8)
-def _trained(model: str, dataset: str, epochs: int, seed: int):  # type: ignore[no-untyped-def]
+def _trained(model: str, dataset: str, epochs: int, seed: int, progress: bool = False):  # type: ignore[no-untyped-def]
     from .training import trained_model
 
-    return trained_model(model, _dataset(dataset), epochs or None, seed, progress=False)
+    return trained_model(model, _dataset(dataset), epochs or None, seed, progress=progress)
 
 
 def compute_point(point: Point, device: str = "cpu") -> dict[str, Any]:
@@ -143,6 +143,15 @@ def run(exp: Experiment, run_dir: str | Path, executor: Executor | None = None, 
                 else:
                     summary.busy += 1
 
+        if todo:  # train (or load) the model here once, with a progress bar, before any worker needs it
+            try:
+                net, info = _trained(exp.model, exp.dataset, exp.epochs, exp.train_seed, progress)
+            except NvcimError as err:
+                summary.failed.append(str(err))
+                summary.wall_time_s = time.perf_counter() - start
+                return summary
+            if not info["cached"]:
+                log(f"trained {exp.model} on {exp.dataset} and cached it: {info['cache']}")
         bar = tqdm(total=len(points), initial=summary.skipped, desc=exp.name, unit="point", disable=not progress,
                    dynamic_ncols=True)
         try:
