@@ -59,7 +59,8 @@ def test_report_has_figures_table_and_escapes_user_strings(report):
     svg = (page.parent / "sweep_device_programming_sigma.svg").read_text()
     # readable figures: axis labels with units, and a legend per method
     assert "test accuracy (%)" in svg and "within-chip (cell-to-cell) spread (dimensionless)" in svg
-    assert "self-tune: mean" in svg and "none: worst 1 %" in svg and "ideal (digital)" in svg
+    assert "self-tune (compensate=False): mean" in svg and "none (compensate=True): worst 1 %" in svg
+    assert "ideal (digital)" in svg
     assert "recovery ratio" in text and "WV pulses/chip" in text
 
 

@@ -20,6 +20,7 @@ from typing import Any
 from ..errors import NvcimError
 from .store import Store
 
+MAX_SERIES = 8  # lines per sweep figure before other axes are pooled
 COLORS = ["#4C72B0", "#DD8452", "#55A868", "#C44E52", "#8172B3", "#937860", "#DA8BC3", "#8C8C8C", "#CCB974",
           "#64B5CD"]
 
@@ -57,6 +58,10 @@ def axis_label(path: str) -> str:
     return path
 
 
+def _short(path: str) -> str:
+    return path.rsplit(".", 1)[-1]
+
+
 def _fmt(v: Any) -> str:
     return f"{v:g}" if isinstance(v, float) else str(v)
 
@@ -79,13 +84,23 @@ def _save(fig: Any, out: Path, stem: str) -> tuple[Path, Path]:
 
 
 def sweep_figure(rows: list[dict[str, Any]], axis: str, out: Path) -> tuple[Path, Path]:
-    """Accuracy against one swept parameter: mean, +-1 std band and worst-1 % per method, ideal dashed."""
+    """Accuracy against one swept parameter: mean, +-1 std band and worst-1 % per method (and per value of
+    the other axes while that gives at most MAX_SERIES lines; beyond, they are pooled), ideal dashed."""
     plt = _plt()
+    others = sorted({a for r in rows for a in r["params"]} - {axis})
+
+    def series(r: dict[str, Any], split: bool) -> str:
+        if not split or not others:
+            return str(r["method"])
+        where = ", ".join(_short(a) + "=" + _fmt(r["params"].get(a)) for a in others)
+        return f"{r['method']} ({where})"
+
+    split = len({series(r, True) for r in rows}) <= MAX_SERIES
     pooled: dict[str, dict[Any, list[float]]] = defaultdict(lambda: defaultdict(list))
     ideal: dict[Any, list[float]] = defaultdict(list)
     for r in rows:
         v = r["params"].get(axis)
-        pooled[r["method"]][v] += r["result"]["accuracy"]["per_chip"]
+        pooled[series(r, split)][v] += r["result"]["accuracy"]["per_chip"]
         ideal[v].append(r["result"]["ideal_accuracy"])
     values = sorted({v for m in pooled.values() for v in m}, key=lambda v: (isinstance(v, str), v))
     numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
@@ -114,7 +129,8 @@ def sweep_figure(rows: list[dict[str, Any]], axis: str, out: Path) -> tuple[Path
             ax.minorticks_off()
     ax.set_xlabel(axis_label(axis))
     ax.set_ylabel("test accuracy (%)")
-    ax.set_title(f"accuracy vs {axis.rsplit('.', 1)[-1]} (band: mean ± 1 std over chips)")
+    pooled_note = "" if split or not others else "; pooled over " + ", ".join(_short(a) for a in others)
+    ax.set_title(f"accuracy vs {axis.rsplit('.', 1)[-1]} (band: mean ± 1 std over chips{pooled_note})")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
     fig.tight_layout()
