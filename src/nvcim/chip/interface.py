@@ -51,6 +51,13 @@ class Chip(Protocol):
         """'differential' or 'offset'."""
         ...
 
+    def ir_attenuation(self, layer: str, pos: Tensor, neg: Tensor) -> tuple[Tensor, Tensor]:
+        """The design's IR-drop model: the factor in (0, 1] by which each cell's contribution to the column
+        current shrinks when the array holds conductances ``pos``/``neg`` (any leading dims, then
+        ``(S, out, K)``); ones when the wires are ideal. It uses the array geometry and wire resistance,
+        which a designer knows, not the cells' hidden state."""
+        ...
+
     def write_verify(self, layer: str, mask_pos: Tensor, mask_neg: Tensor, tol: float, max_pulses: int
                      ) -> Tensor:
         """Program -> verify-read -> re-pulse the masked cells until within ``tol`` (fraction of
@@ -114,6 +121,14 @@ class SimulatedChip:
 
     def scheme(self, layer: str) -> str:
         return self._layers[layer].config.mapping.scheme
+
+    def ir_attenuation(self, layer: str, pos: Tensor, neg: Tensor) -> tuple[Tensor, Tensor]:
+        lay = self._layers[layer]
+        r = lay.config.array.wire_resistance
+        if not r:
+            return torch.ones_like(pos), torch.ones_like(neg)
+        a_neg = lay._ir(neg, r) if lay.config.mapping.scheme == "differential" else torch.ones_like(neg)
+        return lay._ir(pos, r), a_neg
 
     def read(self, layer: str) -> tuple[Tensor, Tensor]:
         lay = self._layers[layer]

@@ -1,8 +1,15 @@
 """Weight-mapping correction (after Han et al., Sci China Inf Sci 2025; the algorithm is our design).
 
 The array is read back (averaging ``reads`` reads against read noise) and its deterministic error is
-compensated, in two steps:
+compensated, in up to three steps:
 
+0. ``ir`` (when the array has wire resistance): IR-drop pre-distortion. The design's first-order IR-drop
+   model (``Chip.ir_attenuation``: geometry and wire resistance, known at design time) gives each cell's
+   attenuation a; targets become G' = G / a(G') (a fixed point, 3 iterations, clipped to [g_min, g_max]),
+   and every cell whose target moves by more than ``ir_tol`` x (g_max - g_min) gets one write to G'.
+   A layer is left alone when the model does not predict at least a halving of the error of the
+   effective differences (large drops, where the first-order model breaks down, or targets beyond g_max).
+   The later steps then work on effective conductances a x G.
 1. ``partner``: for a differential pair whose read-back difference misses its target by more than
    ``tol`` (fraction of g_max - g_min), the cell that is further off its own target is kept (it may be
    stuck) and its partner is re-targeted to G_partner = G_kept -/+ D_target, one noisy write each. A
@@ -18,8 +25,10 @@ Known limitations (measured in bench/, see docs/benchmarks.md): under strong bet
 variation, partner re-targeting hurts, because a re-write lands with the same systematic bias as the first
 write and the method does not yet estimate it per array; on bit-sliced 1-bit cells with large variation
 (``rram-sliced-1bit``) the column offset makes accuracy worse, for a reason not yet understood. Use
-``self-tune`` or ``chip-kd`` there. Not yet
-implemented: IR-drop pre-distortion of targets and remapping rows away from stuck cells.
+``self-tune`` or ``chip-kd`` there. The IR-drop step inverts the same first-order model that the
+simulator uses, so in simulation it is near exact; on silicon the model's own error (docs: a few percent
+of the drop while the drop is under ~10 %) remains. Not yet implemented: remapping rows away from stuck
+cells (it needs spare rows in the simulated arrays).
 """
 
 from __future__ import annotations
@@ -61,28 +70,74 @@ class MapCorrect(Method):
 
     name = "map-correct"
 
-    def __init__(self, partner: bool = True, column: bool = True, tol: float = 0.05, reads: int = 4,
-                 samples: int = 256) -> None:
-        if not partner and not column:
-            raise NvcimError("map-correct: enable at least one of partner, column")
-        if not 0 < tol <= 1 or reads < 1 or samples < 1:
-            raise NvcimError("map-correct: tol must be in (0, 1], reads and samples >= 1")
-        self.partner, self.column, self.tol, self.reads, self.samples = partner, column, tol, reads, samples
+    def __init__(self, partner: bool = True, column: bool = True, ir: bool = True, tol: float = 0.05,
+                 ir_tol: float = 0.002, reads: int = 4, samples: int = 256) -> None:
+        if not partner and not column and not ir:
+            raise NvcimError("map-correct: enable at least one of partner, column, ir")
+        if not 0 < tol <= 1 or not 0 <= ir_tol <= 1 or reads < 1 or samples < 1:
+            raise NvcimError("map-correct: tol must be in (0, 1], ir_tol in [0, 1], reads and samples >= 1")
+        self.partner, self.column, self.ir, self.tol, self.ir_tol = partner, column, ir, tol, ir_tol
+        self.reads, self.samples = reads, samples
+        self._targets: dict[str, tuple[Tensor, Tensor]] = {}  # pre-distorted targets, by layer
+        self.skipped: list[str] = []  # layers where the IR-drop model was not trusted
+        self._headroom: dict[str, float] = {}  # h of the pre-distorted layers
 
     def _read(self, chip: Chip, name: str) -> tuple[Tensor, Tensor]:
         acc = [chip.read(name) for _ in range(self.reads)]
         return torch.stack([a[0] for a in acc]).mean(0), torch.stack([a[1] for a in acc]).mean(0)
 
-    def _retarget(self, chip: Chip, name: str, span: float, device: ProgrammingModel) -> Tensor:
+    def _predistort(self, chip: Chip, name: str, span: float, device: ProgrammingModel) -> Tensor:
+        """Write IR-drop pre-distorted targets G' = g_min + h (G / a(G') - g_min) where they differ enough
+        from G. The headroom h <= 1 keeps the boosted cells within g_max; the digital column gain takes
+        1/h, so the layer's output is unchanged."""
         pos_t, neg_t = chip.targets(name)
+        d = device.device
+        new_pos, new_neg, h = pos_t, neg_t, 1.0
+        for _ in range(4):  # a depends on the conductances themselves: a short fixed-point iteration
+            a_pos, a_neg = chip.ir_attenuation(name, new_pos, new_neg)
+            q_pos, q_neg = pos_t / a_pos.clamp_min(0.05), neg_t / a_neg.clamp_min(0.05)
+            top = float(torch.maximum(q_pos.max(), q_neg.max()))
+            h = min(1.0, (d.g_max - d.g_min) / max(top - d.g_min, 1e-30))
+            new_pos = (d.g_min + h * (q_pos - d.g_min)).clamp(d.g_min, d.g_max)
+            new_neg = (d.g_min + h * (q_neg - d.g_min)).clamp(d.g_min, d.g_max)
+
+        # the first-order model is only trusted where it predicts that the distorted array does at least
+        # twice better (it breaks down when the drop is large)
+        def miss(gp: Tensor, gn: Tensor, scale: float) -> float:
+            ap, an = chip.ir_attenuation(name, gp, gn)
+            return float(((ap * gp - an * gn) / scale - (pos_t - neg_t)).norm())
+
+        if h < 0.5 or miss(new_pos, new_neg, h) >= 0.5 * miss(pos_t, neg_t, 1.0):
+            self.skipped.append(name)
+            return torch.zeros(chip.n_chips, dtype=torch.long)
+        self._headroom[name] = h
+        g0, b0 = chip.output_affine(name)
+        chip.set_output_affine(name, g0 / h, b0)
+        self._targets[name] = (new_pos, new_neg)
+        n = chip.n_chips
+        pulses = torch.zeros(n, dtype=torch.long)
+        for side, new, old in (("pos", new_pos, pos_t), ("neg", new_neg, neg_t)):
+            mask = ((new - old).abs() > self.ir_tol * span).unsqueeze(0).expand(n, *new.shape)
+            if side == "neg" and chip.scheme(name) != "differential":
+                continue  # reference columns are not attenuated
+            pulses += chip.write(name, side, mask, new.unsqueeze(0).expand(n, *new.shape))
+        return pulses
+
+    def _retarget(self, chip: Chip, name: str, span: float, device: ProgrammingModel) -> Tensor:
+        """Keep the worse cell of a pair that misses its target and re-target its partner so that the
+        effective difference a+ G+ - a- G- (IR drop included) hits the target."""
+        pos_0, neg_0 = chip.targets(name)
+        pos_t, neg_t = self._targets.get(name, (pos_0, neg_0))
         pos, neg = self._read(chip, name)
-        d_t = (pos_t - neg_t).unsqueeze(0)
-        err = ((pos - neg) - d_t).abs()
+        a_pos, a_neg = chip.ir_attenuation(name, pos, neg)
+        d_t = self._headroom.get(name, 1.0) * (pos_0 - neg_0).unsqueeze(0)
+        err = ((a_pos * pos - a_neg * neg) - d_t).abs()
         keep_pos = (pos - pos_t).abs() >= (neg - neg_t).abs()  # the worse cell stays, its partner moves
         d = device.device
-        new = torch.where(keep_pos, pos - d_t, neg + d_t).clamp(d.g_min, d.g_max)
+        new = torch.where(keep_pos, (a_pos * pos - d_t) / a_neg.clamp_min(0.05),
+                          (a_neg * neg + d_t) / a_pos.clamp_min(0.05)).clamp(d.g_min, d.g_max)
         landed = round_to_levels(new.cpu(), device.levels())[0].to(new)
-        after = torch.where(keep_pos, (pos - landed) - d_t, (landed - neg) - d_t).abs()
+        after = torch.where(keep_pos, (a_pos * pos - a_neg * landed) - d_t, (a_pos * landed - a_neg * neg) - d_t).abs()
         worth = (err > self.tol * span) & (err - after > 2 * device.write_spread(landed.cpu()).to(new))
         pulses = chip.write(name, "neg", worth & keep_pos, new)
         pulses += chip.write(name, "pos", worth & ~keep_pos, new)
@@ -93,8 +148,13 @@ class MapCorrect(Method):
         span = d.g_max - d.g_min
         pulses = torch.zeros(chip.n_chips)
         layers = {lay.layer_name: lay for lay in model.analog_layers()}
+        device = get_model(model.config.device, model.config.variability)
+        self._targets, self.skipped, self._headroom = {}, [], {}
+        use_ir = self.ir and model.config.array.wire_resistance > 0
+        if use_ir:
+            for name in chip.layer_names():
+                pulses += self._predistort(chip, name, span, device).double()
         if self.partner:
-            device = get_model(model.config.device, model.config.variability)
             for name in chip.layer_names():
                 if chip.scheme(name) == "differential":
                     pulses += self._retarget(chip, name, span, device).double()
@@ -104,7 +164,10 @@ class MapCorrect(Method):
             for name in chip.layer_names():
                 lay = layers[name]
                 w = lay.weight.detach().reshape(lay.out_features, -1).unsqueeze(0)  # (1, O, K)
-                w_rb = chip.decode(name, *self._read(chip, name))  # (N, O, K)
+                pos, neg = self._read(chip, name)
+                a_pos, a_neg = chip.ir_attenuation(name, pos, neg)
+                # (N, O, K) effective weights, with the headroom of IR pre-distortion taken out
+                w_rb = chip.decode(name, a_pos * pos, a_neg * neg) / self._headroom.get(name, 1.0)
                 # gain from the cells that follow their target (outliers such as stuck cells would dominate
                 # a plain least-squares fit); their systematic part is what a column gain can fix
                 inlier = ((w_rb - w).abs() <= self.tol * w.abs().amax()).to(w)
@@ -128,5 +191,7 @@ class MapCorrect(Method):
                 chip.set_output_affine(name, a * g0, a * b0 + b)
         return Cost(write_verify_pulses=float(pulses.mean()), calibration_samples=int(x.shape[0]) if self.column else 0,
                     notes=[f"map-correct: {self.reads} read-backs per cell"
+                           + (", IR-drop pre-distortion" if use_ir else "")
+                           + (f" (not on {', '.join(self.skipped)}: drop beyond the model)" if self.skipped else "")
                            + (", partner re-targeting" if self.partner else "")
                            + (", column gain/offset" if self.column else "")])
