@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 import gzip
 import struct
+import tempfile
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -14,6 +16,10 @@ from torch import nn
 import nvcim
 from nvcim.config import ChipConfig
 from nvcim.errors import ConfigError, DatasetError, NvcimError
+
+# a valid measured level table, so that random configs also exercise the 'measured' model
+TABLE = Path(tempfile.mkdtemp()) / "levels.csv"
+TABLE.write_text("target,mean,std\n1e-6,1.1e-6,2e-7\n3e-5,2.9e-5,3e-6\n6e-5,6.1e-5,4e-6\n1e-4,0.98e-4,5e-6\n")
 
 # upper caps that keep a random chip small enough to simulate in a test (the schema allows more)
 CAPS = {"array.rows": 300, "array.cols": 300, "cost.adcs_per_array": 64}
@@ -39,12 +45,11 @@ PATHS = {p for p, _, _ in FIELDS}
 def value_for(path: str, default: Any, meta: dict[str, Any]) -> st.SearchStrategy[Any]:
     """Values inside the field's declared range (and sometimes its 'off' zero)."""
     if meta.get("choices"):
-        choices = [c for c in meta["choices"] if c != "measured"]  # needs a table file: tested on its own
-        return st.sampled_from(choices)
+        return st.sampled_from(meta["choices"])
     if isinstance(default, bool):
         return st.booleans()
     if isinstance(default, str):
-        return st.just("") if path.endswith("table") else st.text(max_size=20)
+        return st.sampled_from(["", str(TABLE)]) if path.endswith("table") else st.text(max_size=20)
     lo, hi = meta.get("lo"), meta.get("hi")
     if isinstance(default, tuple):
         return st.lists(st.floats(lo or 0.0, hi if hi is not None else 1e-3, allow_nan=False), max_size=5)

@@ -39,6 +39,15 @@ def test_every_config_either_validates_and_simulates_or_names_its_field(data):
     check_config_property(data)
 
 
+@FAST
+@given(config_dicts())
+def test_every_measured_device_config_either_validates_and_simulates_or_names_its_field(data):
+    from properties import TABLE
+
+    data["device"]["programming"].update(model="measured", table=str(TABLE))
+    check_config_property(data)
+
+
 @pytest.mark.parametrize("path, default, meta", [f for f in FIELDS if "doc" in f[2]], ids=lambda v: str(v)[:40])
 def test_every_field_rejects_bad_values_by_name(path, default, meta):
     @settings(max_examples=12, deadline=None)
