@@ -308,11 +308,11 @@ def test_a_failing_point_exits_nonzero_and_keeps_finished_points(tmp_path, monke
     real = runner.compute_point
     calls = {"n": 0}
 
-    def flaky(point, device="cpu"):
+    def flaky(point, device="cpu", progress=False):
         calls["n"] += 1
         if calls["n"] == 3:
             raise RuntimeError("simulated worker crash")
-        return real(point, device)
+        return real(point, device, progress)
 
     monkeypatch.setattr(runner, "compute_point", flaky)
     f = _write(tmp_path / "e.json", SMALL)

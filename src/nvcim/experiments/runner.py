@@ -52,8 +52,9 @@ def _trained(model: str, dataset: str, epochs: int, seed: int, progress: bool = 
     return trained_model(model, _dataset(dataset), epochs or None, seed, progress=progress)
 
 
-def compute_point(point: Point, device: str = "cpu") -> dict[str, Any]:
-    """Evaluate (and recover, if the point has methods) one grid point; returns its result dict."""
+def compute_point(point: Point, device: str = "cpu", progress: bool = False) -> dict[str, Any]:
+    """Evaluate (and recover, if the point has methods) one grid point; returns its result dict.
+    ``progress`` shows the inner bars (chips x images, method steps) under the run's bar."""
     from ..chip.model import Runtime, convert
     from ..evaluation import evaluate
     from ..evaluation.hardware import hardware_cost
@@ -71,11 +72,11 @@ def compute_point(point: Point, device: str = "cpu") -> dict[str, Any]:
     chain = point.chain()
     if chain:
         methods: list[Method | str] = [get(m, **e.options.get(m, {})) for m in chain]
-        rep = recover(model, methods, TaskData(train, train[0]), test, batch_size=e.batch_size, progress=False)
+        rep = recover(model, methods, TaskData(train, train[0]), test, batch_size=e.batch_size, progress=progress)
         result = rep.to_dict()
         cost = rep.cost
     else:
-        result = evaluate(model, test, batch_size=e.batch_size, progress=False).to_dict()
+        result = evaluate(model, test, batch_size=e.batch_size, progress=progress).to_dict()
         result.update({"methods": [], "recovery_ratio": None, "degraded_accuracy": None})
         cost = Cost()
         result["cost"] = cost.to_dict()
@@ -107,12 +108,14 @@ class RunSummary:
 Executor = Callable[[Iterable[Point]], Iterator[tuple[Point, dict[str, Any], float, float]]]
 
 
-def local_executor(points: Iterable[Point]) -> Iterator[tuple[Point, dict[str, Any], float, float]]:
-    """Points one after the other in this process; yields (point, result, started, seconds)."""
+def local_executor(points: Iterable[Point], progress: bool = False
+                   ) -> Iterator[tuple[Point, dict[str, Any], float, float]]:
+    """Points one after the other in this process (on the GPU if there is one); yields (point, result,
+    started, seconds)."""
     device = "cuda" if torch.cuda.is_available() else "cpu"
     for p in points:
         t0, started = time.perf_counter(), time.time()
-        yield p, compute_point(p, device), started, time.perf_counter() - t0
+        yield p, compute_point(p, device, progress), started, time.perf_counter() - t0
 
 
 def run(exp: Experiment, run_dir: str | Path, executor: Executor | None = None, progress: bool = True,
@@ -155,7 +158,8 @@ def run(exp: Experiment, run_dir: str | Path, executor: Executor | None = None, 
         bar = tqdm(total=len(points), initial=summary.skipped, desc=exp.name, unit="point", disable=not progress,
                    dynamic_ncols=True)
         try:
-            for p, result, started, secs in (executor or local_executor)(claimed()):
+            execute = executor or functools.partial(local_executor, progress=progress)
+            for p, result, started, secs in execute(claimed()):
                 store.put(p.key, exp.name, p.params, p.method, p.seed, p.config.to_dict(), result, code_version(),
                           started, secs)
                 summary.computed += 1
