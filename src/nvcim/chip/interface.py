@@ -58,6 +58,20 @@ class Chip(Protocol):
         which a designer knows, not the cells' hidden state."""
         ...
 
+    def row_tiles(self, layer: str) -> Tensor:
+        """The crossbar tile of every logical row ``(K,)`` (the floorplan, which a designer knows)."""
+        ...
+
+    def row_routing(self, layer: str) -> Tensor:
+        """The physical row of every logical row, per chip ``(N, K)`` (identity until remapped)."""
+        ...
+
+    def remap_rows(self, layer: str, perm: Tensor) -> Tensor:
+        """Route logical row k of chip n to physical row ``perm[n, k]`` of the same tile (the input
+        driver's routing). Cells keep their physical state, so moved rows must be programmed afterwards.
+        Returns the number of moved rows per chip ``(N,)``."""
+        ...
+
     def write_verify(self, layer: str, mask_pos: Tensor, mask_neg: Tensor, tol: float, max_pulses: int
                      ) -> Tensor:
         """Program -> verify-read -> re-pulse the masked cells until within ``tol`` (fraction of
@@ -156,6 +170,15 @@ class SimulatedChip:
             if not any(bool(p.any()) for p in pending.values()):
                 break
         return pulses
+
+    def row_tiles(self, layer: str) -> Tensor:
+        return self._layers[layer].row_tile_index()
+
+    def row_routing(self, layer: str) -> Tensor:
+        return self._layers[layer].row_perm.cpu().clone()
+
+    def remap_rows(self, layer: str, perm: Tensor) -> Tensor:
+        return self._layers[layer].remap_rows(perm)
 
     def write(self, layer: str, side: str, mask: Tensor, targets: Tensor) -> Tensor:
         if side not in ("pos", "neg"):

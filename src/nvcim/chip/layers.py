@@ -68,6 +68,7 @@ class AnalogLayer(nn.Module):
     tune_gain: Tensor
     tune_offset: Tensor
     sram_mask: Tensor
+    row_perm: Tensor  # (N, K): physical row of each logical row (identity unless rows were remapped)
     sram_w: Tensor
 
     def __init__(self, digital: nn.Module, config: ChipConfig, name: str) -> None:
@@ -117,7 +118,8 @@ class AnalogLayer(nn.Module):
         z = torch.zeros(0)
         return dict(g_pos=z, g_neg=z, faults_pos=z.to(torch.int8), faults_neg=z.to(torch.int8),
                     drift_pos=z, drift_neg=z, adc_gain=z, adc_offset=z, drift_comp=z, scale=z, slice_w=z,
-                    chip_ids=z.long(), tune_gain=z, tune_offset=z, sram_mask=z.bool(), sram_w=z)
+                    chip_ids=z.long(), tune_gain=z, tune_offset=z, sram_mask=z.bool(), sram_w=z,
+                    row_perm=z.long())
 
     # ---- programming ----------------------------------------------------------------------------
     def w2d(self) -> Tensor:
@@ -137,6 +139,10 @@ class AnalogLayer(nn.Module):
         m = self.mapped()
         self.seed = seed
         self.scale, self.slice_w = m.scale.to(dev), m.slice_weights.to(dev)
+        n = len(chip_ids)
+        if tuple(self.row_perm.shape) != (n, self.k):  # a fresh chip: logical row k on physical row k
+            self.row_perm = torch.arange(self.k, device=dev).expand(n, -1).clone()
+        perm = self.row_perm.cpu()
         self.chip_ids = chip_ids.to(dev)
         self._nominal = None
         has_drift = d.drift.t_read != d.drift.t0 and (d.drift.nu_mean > 0 or d.drift.nu_std > 0)
@@ -146,12 +152,17 @@ class AnalogLayer(nn.Module):
             g0, gt = {}, {}
             for side, target in (("pos", m.pos), ("neg", m.neg)):
                 shape = tuple(target.shape)
+                # faults and drift exponents belong to physical cells: drawn in physical order, then seen
+                # through the row routing (identity unless map-correct moved rows)
+                rows = perm[start:start + chunk].view(len(ids), *([1] * (len(shape) - 1)), -1).expand(
+                    len(ids), *shape)
                 codes = fault_codes(rng.draw("uniform", rng.key(seed, self.layer_name, side, "fault"), ids,
-                                             shape), d)
+                                             shape), d).gather(-1, rows)
                 g0[side] = apply_faults(self._sample(side, ids, "program"), codes, d)
                 factor = torch.ones(0)
                 if has_drift:
-                    z_nu = rng.draw("normal", rng.key(seed, self.layer_name, side, "drift"), ids, shape)
+                    z_nu = rng.draw("normal", rng.key(seed, self.layer_name, side, "drift"), ids,
+                                    shape).gather(-1, rows)
                     factor = drift(torch.ones_like(z_nu), z_nu, d).masked_fill(codes != 0, 1.0)
                 gt[side] = g0[side] * factor if has_drift else g0[side]
                 out[side].append(g0[side])
@@ -162,7 +173,6 @@ class AnalogLayer(nn.Module):
         self.faults_pos, self.faults_neg = torch.cat(out["fpos"]).to(dev), torch.cat(out["fneg"]).to(dev)
         self.drift_pos, self.drift_neg = torch.cat(out["dpos"]).to(dev), torch.cat(out["dneg"]).to(dev)
         self.drift_comp = torch.cat(out["comp"]).to(dev)
-        n = len(chip_ids)
         shape = (self.row_tiles, self.n_slices, self.out_features)
         c = cfg.circuit
         self.adc_gain = (1.0 + c.adc_gain_sigma * rng.draw(
@@ -209,6 +219,36 @@ class AnalogLayer(nn.Module):
             now = dict(zip(("pos", "neg"), self.effective()))
             self.drift_comp = self._drift_compensation(self.mapped(), g0, now).to(g)
         return live.flatten(1).sum(1)
+
+    @torch.no_grad()
+    def remap_rows(self, perm: Tensor) -> Tensor:
+        """Route logical row k of chip n to physical row ``perm[n, k]`` (a permutation within each row tile,
+        as the input driver's routing would do). The cells keep their physical state: a moved row now sees
+        the conductances, faults and drift of its new cells (re-program them afterwards). Returns the
+        number of moved rows per chip."""
+        n = self.n_chips
+        if tuple(perm.shape) != (n, self.k):
+            raise NvcimError(f"{self.layer_name}: row permutation must have shape ({n}, {self.k})")
+        perm = perm.to(self.row_perm.device).long()
+        tiles = self.row_tile_index().to(perm.device)
+        ok = (perm.sort(-1).values == torch.arange(self.k, device=perm.device)).all() and bool(
+            (tiles[perm] == tiles.view(1, -1)).all())
+        if not ok:
+            raise NvcimError(f"{self.layer_name}: a row permutation must reorder rows within their tiles")
+        inv_old = torch.empty_like(self.row_perm).scatter_(
+            -1, self.row_perm, torch.arange(self.k, device=perm.device).expand(n, -1).contiguous())
+        idx = inv_old.gather(-1, perm)  # logical row now at perm[k] held it before: take its state
+        for name in ("g_pos", "g_neg", "faults_pos", "faults_neg", "drift_pos", "drift_neg"):
+            t = getattr(self, name)
+            if t.numel():
+                setattr(self, name, t.gather(-1, idx.view(n, *([1] * (t.dim() - 2)), -1).expand_as(t)))
+        moved = (perm != self.row_perm).sum(-1)
+        self.row_perm = perm
+        if self.drift_pos.numel():
+            g0 = {"pos": self.g_pos, "neg": self.g_neg}
+            now = dict(zip(("pos", "neg"), self.effective()))
+            self.drift_comp = self._drift_compensation(self.mapped(), g0, now).to(self.g_pos)
+        return moved.cpu()
 
     @torch.no_grad()
     def fresh_weights(self, chip_id: int, censor: float = 0.0) -> Tensor:
@@ -512,6 +552,9 @@ class AnalogLayer(nn.Module):
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # type: ignore[no-untyped-def]
         # Buffers change shape when chips are programmed: take the saved shapes before the copy.
+        if prefix + "row_perm" not in state_dict and prefix + "g_pos" in state_dict:  # saved before remapping
+            g = state_dict[prefix + "g_pos"]
+            state_dict[prefix + "row_perm"] = torch.arange(g.shape[-1]).expand(g.shape[0], -1).clone()
         for name in list(self._buffers):
             key = prefix + name
             if key in state_dict and self._buffers[name] is not None:

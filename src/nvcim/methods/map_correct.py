@@ -45,6 +45,15 @@ from ..errors import NvcimError
 from .base import Cost, Method, TaskData, register
 
 
+def _placed(target: Tensor, low: Tensor, high: Tensor, g_min: float, g_max: float) -> Tensor:
+    """Conductance that logical row k's target (S, O, R) gets on physical row p, given the stuck maps
+    (c, S, O, R) of the physical rows: (c, k, p, S, O)."""
+    s, o, r = target.shape
+    v = target.permute(2, 0, 1).view(1, r, 1, s, o)
+    lo, hi = (m.permute(0, 3, 1, 2).unsqueeze(1) for m in (low, high))
+    return torch.where(lo, torch.full_like(v, g_min), torch.where(hi, torch.full_like(v, g_max), v))
+
+
 def mean_inputs(model: AnalogModel, x: Tensor) -> dict[str, tuple[Tensor, Tensor]]:
     """Mean and mean square (E[x_k], E[x_k^2]), each (K,), of every analog layer's unrolled input on the
     ideal model."""
@@ -70,17 +79,20 @@ class MapCorrect(Method):
 
     name = "map-correct"
 
-    def __init__(self, partner: bool = True, column: bool = True, ir: bool = True, tol: float = 0.05,
-                 ir_tol: float = 0.002, reads: int = 4, samples: int = 256) -> None:
-        if not partner and not column and not ir:
-            raise NvcimError("map-correct: enable at least one of partner, column, ir")
+    def __init__(self, partner: bool = True, column: bool = True, ir: bool = True, remap: bool = False,
+                 tol: float = 0.05, ir_tol: float = 0.002, reads: int = 4, samples: int = 256) -> None:
+        if not partner and not column and not ir and not remap:
+            raise NvcimError("map-correct: enable at least one of partner, column, ir, remap")
         if not 0 < tol <= 1 or not 0 <= ir_tol <= 1 or reads < 1 or samples < 1:
             raise NvcimError("map-correct: tol must be in (0, 1], ir_tol in [0, 1], reads and samples >= 1")
         self.partner, self.column, self.ir, self.tol, self.ir_tol = partner, column, ir, tol, ir_tol
+        self.remap = remap
         self.reads, self.samples = reads, samples
         self._targets: dict[str, tuple[Tensor, Tensor]] = {}  # pre-distorted targets, by layer
         self.skipped: list[str] = []  # layers where the IR-drop model was not trusted
         self._headroom: dict[str, float] = {}  # h of the pre-distorted layers
+        self._mid = self._quarter = 0.0
+        self.moved = 0.0  # rows moved per chip by the remap step
 
     def _read(self, chip: Chip, name: str) -> tuple[Tensor, Tensor]:
         acc = [chip.read(name) for _ in range(self.reads)]
@@ -123,6 +135,72 @@ class MapCorrect(Method):
             pulses += chip.write(name, side, mask, new.unsqueeze(0).expand(n, *new.shape))
         return pulses
 
+    def _stuck_map(self, chip: Chip, name: str, level: float, targets: tuple[Tensor, Tensor]
+                   ) -> tuple[Tensor, Tensor]:
+        """Write every cell towards ``level`` (g_min or g_max) and read back: cells that stay on the other
+        half of the range are stuck. Returns boolean maps (N, S, O, K) for each side."""
+        n = chip.n_chips
+        out = []
+        for side, t in zip(("pos", "neg"), targets):
+            full = torch.full((n, *t.shape), level, dtype=t.dtype)
+            chip.write(name, side, torch.ones_like(full, dtype=torch.bool), full)
+        pos, neg = self._read(chip, name)
+        for g in (pos, neg):
+            out.append(g < self._mid - self._quarter if level > self._mid else g > self._mid + self._quarter)
+        return out[0], out[1]
+
+    def _remap(self, chip: Chip, name: str, importance: Tensor, device: ProgrammingModel) -> Tensor:
+        """Find stuck cells with two test patterns, move logical rows onto the physical rows (same tile)
+        where their stuck cells do the least harm, then program every cell. Returns pulses per chip."""
+        d = device.device
+        pos_t, neg_t = chip.targets(name)
+        n, (s_, o_, k_) = chip.n_chips, pos_t.shape
+        self._mid, self._quarter = (d.g_min + d.g_max) / 2, (d.g_max - d.g_min) / 4
+        low_p, low_n = self._stuck_map(chip, name, d.g_max, (pos_t, neg_t))  # stuck at g_min (HRS)
+        high_p, high_n = self._stuck_map(chip, name, d.g_min, (pos_t, neg_t))  # stuck at g_max (LRS)
+        pulses = torch.full((n,), 4 * pos_t.numel(), dtype=torch.long)  # 2 test writes x 2 sides
+        # weight per unit conductance difference of each (slice, column): the periphery's decode
+        f = torch.stack([chip.decode(name, F.one_hot(torch.tensor(si), s_).to(pos_t).view(1, s_, 1, 1).expand(
+            1, s_, o_, k_), torch.zeros(1, s_, o_, k_))[0, :, 0] for si in range(s_)])  # (S, O)
+        perm_now = chip.row_routing(name)
+        inv = torch.empty_like(perm_now).scatter_(-1, perm_now, torch.arange(k_).expand(n, -1).contiguous())
+
+        def physical(m: Tensor) -> Tensor:  # logical-order maps -> physical-row order
+            return m.gather(-1, inv.view(n, 1, 1, k_).expand_as(m))
+
+        state = [physical(m) for m in (low_p, high_p, low_n, high_n)]
+        tiles = chip.row_tiles(name)
+        new_perm = perm_now.clone()
+        for t in tiles.unique():
+            rows = (tiles == t).nonzero().flatten()
+            r = len(rows)
+            tp, tn = pos_t[..., rows], neg_t[..., rows]  # (S, O, R) targets of the logical rows
+            lp, hp, ln, hn = (m[..., rows] for m in state)  # (N, S, O, R) stuck maps of the physical rows
+            cost = torch.empty(n, r, r)
+            for c0 in range(0, n, 4):  # (c, k, p, S, O) is large: a few chips at a time
+                sl = slice(c0, c0 + 4)
+                dg = (_placed(tp, lp[sl], hp[sl], d.g_min, d.g_max) - _placed(tn, ln[sl], hn[sl], d.g_min, d.g_max)
+                      - (tp - tn).permute(2, 0, 1).view(1, r, 1, s_, o_))
+                dw = (dg * f.view(1, 1, 1, s_, o_)).sum(3)  # (c, k, p, O)
+                cost[sl] = (dw * dw).sum(-1) * importance[rows].view(1, r, 1)
+            # greedy: the most important logical rows choose first
+            taken = torch.zeros(n, r, dtype=torch.bool)
+            choice = torch.empty(n, r, dtype=torch.long)
+            for k in importance[rows].argsort(descending=True).tolist():
+                p = cost[:, k].masked_fill(taken, float("inf")).argmin(-1)
+                choice[:, k] = p
+                taken[torch.arange(n), p] = True
+            current = (rows.view(1, -1) == perm_now[:, rows].view(n, r, 1)).float().argmax(-1)
+            before = cost.gather(-1, current.unsqueeze(-1)).sum((1, 2))
+            after = cost.gather(-1, choice.unsqueeze(-1)).sum((1, 2))
+            better = after < before
+            new_perm[:, rows] = torch.where(better.view(-1, 1), rows[choice], perm_now[:, rows])
+        self.moved += float(chip.remap_rows(name, new_perm).double().mean())
+        for side, t in (("pos", pos_t), ("neg", neg_t)):  # the test patterns erased every cell: program all
+            full = t.unsqueeze(0).expand(n, *t.shape)
+            pulses += chip.write(name, side, torch.ones_like(full, dtype=torch.bool), full)
+        return pulses
+
     def _retarget(self, chip: Chip, name: str, span: float, device: ProgrammingModel) -> Tensor:
         """Keep the worse cell of a pair that misses its target and re-target its partner so that the
         effective difference a+ G+ - a- G- (IR drop included) hits the target."""
@@ -151,6 +229,12 @@ class MapCorrect(Method):
         device = get_model(model.config.device, model.config.variability)
         self._targets, self.skipped, self._headroom = {}, [], {}
         use_ir = self.ir and model.config.array.wire_resistance > 0
+        self.moved = 0.0
+        if self.remap:
+            means = mean_inputs(model, data.inputs(self.samples))
+            for name in chip.layer_names():
+                if chip.scheme(name) == "differential":
+                    pulses += self._remap(chip, name, means[name][1].cpu(), device).double()
         if use_ir:
             for name in chip.layer_names():
                 pulses += self._predistort(chip, name, span, device).double()
@@ -191,6 +275,7 @@ class MapCorrect(Method):
                 chip.set_output_affine(name, a * g0, a * b0 + b)
         return Cost(write_verify_pulses=float(pulses.mean()), calibration_samples=int(x.shape[0]) if self.column else 0,
                     notes=[f"map-correct: {self.reads} read-backs per cell"
+                           + (f", row remapping ({self.moved:.0f} rows moved per chip)" if self.remap else "")
                            + (", IR-drop pre-distortion" if use_ir else "")
                            + (f" (not on {', '.join(self.skipped)}: drop beyond the model)" if self.skipped else "")
                            + (", partner re-targeting" if self.partner else "")
