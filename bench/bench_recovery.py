@@ -31,7 +31,7 @@ CHAINS = [
     ["vat"], ["vat:censor"], ["qvat"], ["kd"], ["rsa"], ["kd", "rsa"], ["write-verify"], ["write-verify:10"],
     ["write-verify:10-magnitude"], ["write-verify:10-random"], ["self-tune"], ["chip-kd"], ["map-correct"],
     ["vat", "chip-kd"], ["map-correct", "chip-kd"], ["write-verify:10", "self-tune"],
-    ["map-correct", "self-tune", "chip-kd"],
+    ["map-correct", "self-tune", "chip-kd"], ["map-correct:remap"], ["map-correct:remap", "chip-kd"],
 ]
 
 OPTIONS = {
@@ -42,6 +42,7 @@ OPTIONS = {
     "write-verify:10-magnitude": ("write-verify", {"fraction": 0.1, "sensitivity": "magnitude"}),
     "write-verify:10-random": ("write-verify", {"fraction": 0.1, "sensitivity": "random"}),
     "self-tune": ("self-tune", {}), "chip-kd": ("chip-kd", {}), "map-correct": ("map-correct", {}),
+    "map-correct:remap": ("map-correct", {"remap": True}),
 }
 
 

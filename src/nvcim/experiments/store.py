@@ -15,6 +15,7 @@ import contextlib
 import hashlib
 import json
 import os
+import random
 import socket
 import sqlite3
 import time
@@ -108,15 +109,31 @@ class Store:
         return db
 
     def _open(self) -> sqlite3.Connection:
+        # Two runs creating one store at the same moment race on the journal-mode switch, where SQLite
+        # answers "locked" at once instead of waiting: retry for a while.
+        for _ in range(600):
+            try:
+                return self._open_once()
+            except sqlite3.OperationalError as e:
+                if "locked" not in str(e) and "busy" not in str(e):
+                    raise NvcimError(_os_message(e, self.path)) from None
+                time.sleep(0.05 + random.random() * 0.05)
+        raise NvcimError(f"the results store {self.path} stayed locked by another process for a minute")
+
+    def _open_once(self) -> sqlite3.Connection:
         try:
             db = self._connect()
-            ok = db.execute("PRAGMA quick_check").fetchone()[0] == "ok"
+            ok = db.execute("PRAGMA quick_check").fetchall() == [("ok",)]  # fetchall: no read txn left open
             if not self.readonly:
                 db.execute("PRAGMA journal_mode = WAL")
                 db.execute("PRAGMA synchronous = FULL")
                 db.executescript(_SCHEMA)
                 db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
         except sqlite3.DatabaseError as e:
+            if isinstance(e, sqlite3.OperationalError) and ("locked" in str(e) or "busy" in str(e)):
+                with contextlib.suppress(Exception):
+                    db.close()
+                raise
             if isinstance(e, sqlite3.OperationalError) and "malformed" not in str(e) and "not a database" not in str(e):
                 raise NvcimError(_os_message(e, self.path)) from None
             ok = False

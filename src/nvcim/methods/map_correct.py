@@ -1,7 +1,7 @@
 """Weight-mapping correction (after Han et al., Sci China Inf Sci 2025; the algorithm is our design).
 
 The array is read back (averaging ``reads`` reads against read noise) and its deterministic error is
-compensated, in up to three steps:
+compensated, in up to four steps (row remapping, below, first when enabled):
 
 0. ``ir`` (when the array has wire resistance): IR-drop pre-distortion. The design's first-order IR-drop
    model (``Chip.ir_attenuation``: geometry and wire resistance, known at design time) gives each cell's
@@ -27,8 +27,15 @@ write and the method does not yet estimate it per array; on bit-sliced 1-bit cel
 (``rram-sliced-1bit``) the column offset makes accuracy worse, for a reason not yet understood. Use
 ``self-tune`` or ``chip-kd`` there. The IR-drop step inverts the same first-order model that the
 simulator uses, so in simulation it is near exact; on silicon the model's own error (docs: a few percent
-of the drop while the drop is under ~10 %) remains. Not yet implemented: remapping rows away from stuck
-cells (it needs spare rows in the simulated arrays).
+of the drop while the drop is under ~10 %) remains.
+
+``remap`` (off by default: it costs three writes per cell): stuck cells are found with two test patterns
+(write every cell to g_max and read: cells left in the lower quarter of the range are stuck at g_min; then
+to g_min: cells in the upper quarter are stuck at g_max). Within each tile, logical rows are then routed
+(``Chip.remap_rows``, the input driver's routing) onto physical rows greedily, the rows with the largest
+mean-square input first, each to the free physical row where its stuck cells cost least: sum over columns
+of the squared weight error times E[x_k^2]. A chip keeps its old routing where the new one is not better.
+Every cell is then programmed again (the test patterns erased it). Runs before the other steps.
 """
 
 from __future__ import annotations
