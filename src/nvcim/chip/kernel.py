@@ -69,6 +69,13 @@ def epilogue(compiled: bool) -> Callable[..., Tensor]:
     if not compiled or _compile_failed:
         return analog_epilogue
     if _compiled is None:
+        # one graph per layer kind (size-1 dims and strides specialise); a deep model has more kinds than
+        # dynamo's default limit of 8, after which every call would silently run eager
+        import torch._dynamo
+
+        cfg = torch._dynamo.config
+        if hasattr(cfg, "recompile_limit"):
+            cfg.recompile_limit = max(cfg.recompile_limit, 64)
         _compiled = torch.compile(analog_epilogue, dynamic=True)
     return _safe
 

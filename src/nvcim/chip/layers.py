@@ -28,6 +28,12 @@ from . import rng
 from .kernel import epilogue
 
 
+def _plain(t: Tensor) -> Tensor:
+    """A Parameter as a plain tensor (detached under no_grad): the compiled epilogue guards on the type
+    and on requires_grad, and recompiles for each mismatch (hitting dynamo's recompile limit on a ResNet)."""
+    return t.view(-1) if torch.is_grad_enabled() else t.detach().view(-1)
+
+
 @dataclass
 class RunContext:
     """What the enclosing :class:`~nvcim.chip.model.AnalogModel` tells its layers for one forward pass."""
@@ -468,7 +474,7 @@ class AnalogLayer(nn.Module):
             if self.tune_offset.requires_grad or bool((self.tune_offset != 0).any() or (self.tune_gain != 1).any()):
                 extra = bias.view(1, -1) * (tg - 1) + self.tune_offset[ctx.chips]
         kernel = epilogue(ctx.compiled)
-        out = kernel(y, var, keys, gain, offset, delta, lo, hi, self.slice_w.to(y), scale.to(y), bias.to(y))
+        out = kernel(y, var, keys, gain, offset, delta, lo, hi, self.slice_w.to(y), scale.to(y), _plain(bias.to(y)))
         if extra is not None:
             out = out + extra.to(y).view(1, 1, c, -1)
         if ctx.mode == "chip":
