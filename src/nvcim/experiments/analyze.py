@@ -169,7 +169,7 @@ def plot(analysis: Analysis, path: Path, title: str = "") -> None:
     ax.invert_yaxis()
     ax.set_xlabel("accuracy (percentage points)")
     ax.set_title("per non-ideality")
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="best")
     ax.grid(axis="x", alpha=0.3)
     ax = axes[1]
     ax.barh(range(len(lay)), [100 * r.loss for r in lay], xerr=[100 * r.se for r in lay], color="#55A868",
@@ -178,7 +178,7 @@ def plot(analysis: Analysis, path: Path, title: str = "") -> None:
     ax.invert_yaxis()
     ax.set_xlabel("accuracy lost (percentage points)")
     ax.set_title("per layer")
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="best")
     ax.grid(axis="x", alpha=0.3)
     fig.suptitle(title or f"impact analysis: ideal {100 * analysis.ideal:.1f} %, chip {100 * analysis.full:.1f} % "
                  f"({analysis.chips} chips, error bars 1 s.e.)", fontsize=10)
