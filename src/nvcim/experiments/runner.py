@@ -206,17 +206,15 @@ def estimate(exp: Experiment, run_dir: str | Path | None = None) -> dict[str, An
             continue
         f = 1.0 + sum(factor.get(m, 5.0) for m in p.chain())
         seconds += f * exp.chips * images * per_chip_image
-    return {"points": len(points), "done": sum(p.key in done for p in points), "estimate_s": seconds,
+    return {"points": len(points), "done": sum(p.key in done for p in points), "done_keys": done,
+            "estimate_s": seconds,
             "probe_chip_images_per_s": 1.0 / per_chip_image, "training_s": train_s, "cached_model": info["cached"]}
 
 
 def print_grid(exp: Experiment, run_dir: str | Path | None, out: Callable[[str], None] = print) -> None:
     """The ``--dry-run`` listing: every point with its status, then the estimate."""
     est = estimate(exp, run_dir)
-    done: set[str] = set()
-    if run_dir is not None and Path(run_dir, "results.sqlite").is_file():
-        with Store(run_dir, readonly=True) as store:
-            done = store.done_keys()
+    done = est["done_keys"]
     out(f"experiment {exp.name}: {exp.model} on {exp.dataset}, chip {exp.chip}, {exp.chips} chips per point")
     axes = list(exp.sweep)
     out(f"  axes: {', '.join(f'{a} ({len(exp.sweep[a])})' for a in axes) or 'none'}; methods: "

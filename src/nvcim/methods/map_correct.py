@@ -98,7 +98,6 @@ class MapCorrect(Method):
         self._targets: dict[str, tuple[Tensor, Tensor]] = {}  # pre-distorted targets, by layer
         self.skipped: list[str] = []  # layers where the IR-drop model was not trusted
         self._headroom: dict[str, float] = {}  # h of the pre-distorted layers
-        self._mid = self._quarter = 0.0
         self.moved = 0.0  # rows moved per chip by the remap step
 
     def _read(self, chip: Chip, name: str) -> tuple[Tensor, Tensor]:
@@ -142,18 +141,19 @@ class MapCorrect(Method):
             pulses += chip.write(name, side, mask, new.unsqueeze(0).expand(n, *new.shape))
         return pulses
 
-    def _stuck_map(self, chip: Chip, name: str, level: float, targets: tuple[Tensor, Tensor]
-                   ) -> tuple[Tensor, Tensor]:
+    def _stuck_map(self, chip: Chip, name: str, level: float, targets: tuple[Tensor, Tensor],
+                   g_min: float, g_max: float) -> tuple[Tensor, Tensor]:
         """Write every cell towards ``level`` (g_min or g_max) and read back: cells that stay on the other
         half of the range are stuck. Returns boolean maps (N, S, O, K) for each side."""
         n = chip.n_chips
+        mid, quarter = (g_min + g_max) / 2, (g_max - g_min) / 4
         out = []
         for side, t in zip(("pos", "neg"), targets):
             full = torch.full((n, *t.shape), level, dtype=t.dtype)
             chip.write(name, side, torch.ones_like(full, dtype=torch.bool), full)
         pos, neg = self._read(chip, name)
         for g in (pos, neg):
-            out.append(g < self._mid - self._quarter if level > self._mid else g > self._mid + self._quarter)
+            out.append(g < mid - quarter if level > mid else g > mid + quarter)
         return out[0], out[1]
 
     def _remap(self, chip: Chip, name: str, importance: Tensor, device: ProgrammingModel) -> Tensor:
@@ -162,9 +162,8 @@ class MapCorrect(Method):
         d = device.device
         pos_t, neg_t = chip.targets(name)
         n, (s_, o_, k_) = chip.n_chips, pos_t.shape
-        self._mid, self._quarter = (d.g_min + d.g_max) / 2, (d.g_max - d.g_min) / 4
-        low_p, low_n = self._stuck_map(chip, name, d.g_max, (pos_t, neg_t))  # stuck at g_min (HRS)
-        high_p, high_n = self._stuck_map(chip, name, d.g_min, (pos_t, neg_t))  # stuck at g_max (LRS)
+        low_p, low_n = self._stuck_map(chip, name, d.g_max, (pos_t, neg_t), d.g_min, d.g_max)  # stuck at g_min (HRS)
+        high_p, high_n = self._stuck_map(chip, name, d.g_min, (pos_t, neg_t), d.g_min, d.g_max)  # stuck at g_max (LRS)
         pulses = torch.full((n,), 4 * pos_t.numel(), dtype=torch.long)  # 2 test writes x 2 sides
         # weight per unit conductance difference of each (slice, column): the periphery's decode
         f = torch.stack([chip.decode(name, F.one_hot(torch.tensor(si), s_).to(pos_t).view(1, s_, 1, 1).expand(
