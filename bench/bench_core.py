@@ -30,6 +30,8 @@ def plain_rate(model: torch.nn.Module, x: torch.Tensor, batch: int, repeats: int
             t = time.perf_counter()
             for i in range(0, len(x), batch):
                 model(x[i:i + batch])
+            if x.is_cuda:
+                torch.cuda.synchronize()
             best = max(best, len(x) / (time.perf_counter() - t))
     return best
 
@@ -40,22 +42,25 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=500)
     ap.add_argument("--memory-mb", type=float, default=1024.0)
     ap.add_argument("--compile", default="on", choices=("on", "off"))
+    ap.add_argument("--chip-block", type=int, default=8, help="chips per grouped pass (Runtime.chip_block)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--out", default="bench/results")
+    ap.add_argument("--tag", default="", help="suffix of the results file name")
     args = ap.parse_args()
 
     data = load_dataset("fashion-mnist")
-    model, _ = trained_model("lenet5", data, epochs=3, progress=False)
     dev = torch.device(args.device)
-    model = model.to(dev)
+    model, _ = trained_model("lenet5", data, epochs=3, progress=False, device=dev)
     x, y = data.test[0].to(dev), data.test[1].to(dev)
 
-    plain = {b: plain_rate(model, x, b) for b in sorted({args.batch, 256, 1000})}
+    plain = {b: plain_rate(model, x, b) for b in sorted({args.batch, 256, 1000} | ({10000} if dev.type == "cuda"
+                                                                              else set()))}
     cfg = nvcim.override(nvcim.preset("rram-mlc-4bit"), {
         "device.read_noise": 0.02, "circuit.dac_bits": 8, "circuit.adc_bits": 8})
     t0 = time.perf_counter()
     chip_model = nvcim.convert(model, cfg, chips=args.chips, seed=0,
-                               runtime=Runtime(memory_mb=args.memory_mb, compile=args.compile))
+                               runtime=Runtime(memory_mb=args.memory_mb, compile=args.compile,
+                                               chip_block=args.chip_block))
     chip_model.calibrate(data.train[0][:256].to(dev))
     t_program = time.perf_counter() - t0
     # warm-up (torch.compile builds its kernels here; not counted)
@@ -66,8 +71,10 @@ def main() -> None:
     rate = res.chip_images_per_s
     out = {
         "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
+        "gpu": torch.cuda.get_device_name(dev) if dev.type == "cuda" else None,
         "device": str(dev), "threads": torch.get_num_threads(), "torch": torch.__version__,
         "chips": args.chips, "images": res.images, "batch": args.batch, "memory_mb": args.memory_mb,
+        "chip_block": args.chip_block,
         "compile": args.compile, "plain_images_per_s": plain, "chip_images_per_s": rate,
         "ratio_vs_plain_same_batch": rate / plain[args.batch], "ratio_vs_best_plain": rate / max(plain.values()),
         "program_s": t_program, "warmup_s": t_warm, "eval_s": res.wall_time_s,
@@ -75,7 +82,7 @@ def main() -> None:
         "chip_accuracy_std": res.accuracy.std,
     }
     Path(args.out).mkdir(parents=True, exist_ok=True)
-    (Path(args.out) / f"core_{dev.type}.json").write_text(json.dumps(out, indent=2) + "\n")
+    (Path(args.out) / f"core_{dev.type}{args.tag}.json").write_text(json.dumps(out, indent=2) + "\n")
     print(json.dumps(out, indent=2))
 
 

@@ -46,6 +46,13 @@ OPTIONS = {
 }
 
 
+def device_name(device: str) -> str:
+    """What ran it, for the results file: the GPU's name, or the CPU's thread count."""
+    if device.startswith("cuda"):
+        return torch.cuda.get_device_name(torch.device(device))
+    return f"cpu ({torch.get_num_threads()} threads)"
+
+
 def table(path: Path) -> str:
     """Markdown tables (one per chip setting) from a results JSON written by this script."""
     res = json.loads(path.read_text())
@@ -80,6 +87,7 @@ def main() -> None:
                     "self-tune,map-correct+chip-kd")
     ap.add_argument("--tag", default="", help="suffix of the results file name")
     ap.add_argument("--out", default="bench/results")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = ap.parse_args()
     if args.table:
         print(table(Path(args.table)))
@@ -93,7 +101,7 @@ def main() -> None:
         rows[sname] = []
         wanted = [c.split("+") for c in args.chains.split(",")] if args.chains else CHAINS
         for chain in wanted:
-            model, _ = trained_model(args.model, data, epochs=3, progress=False)
+            model, _ = trained_model(args.model, data, epochs=3, progress=False, device=args.device)
             chips = nvcim.convert(model, cfg, chips=args.chips, seed=0)
             methods = [get(OPTIONS[c][0], **OPTIONS[c][1]) for c in chain]
             t0 = time.perf_counter()
@@ -110,7 +118,7 @@ def main() -> None:
             Path(args.out).mkdir(parents=True, exist_ok=True)
             (Path(args.out) / f"recovery_{args.model}{args.tag}.json").write_text(json.dumps(
                 {"model": args.model, "dataset": args.dataset, "chips": args.chips, "test_images": args.limit,
-                 "torch": torch.__version__, "rows": rows}, indent=2) + "\n")
+                 "torch": torch.__version__, "device": device_name(args.device), "rows": rows}, indent=2) + "\n")
 
 
 if __name__ == "__main__":

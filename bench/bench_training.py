@@ -33,6 +33,8 @@ def epoch(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int, 
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+    if x.is_cuda:
+        torch.cuda.synchronize()
     return time.perf_counter() - t0
 
 
@@ -42,12 +44,16 @@ def main() -> None:
     ap.add_argument("--chip", default="rram-mlc-4bit")
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--out", default="bench/results")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = ap.parse_args()
+    dev = torch.device(args.device)
     data = load_dataset("fashion-mnist")
-    x, y = data.train
-    plain = build_model(args.model, data.in_shape, data.classes)
+    x, y = data.train[0].to(dev), data.train[1].to(dev)
+    if dev.type == "cuda":  # warm-up: the first CUDA epoch pays for context creation and kernel loading
+        epoch(build_model(args.model, data.in_shape, data.classes).to(dev), x[:2048], y[:2048], args.batch)
+    plain = build_model(args.model, data.in_shape, data.classes).to(dev)
     t_plain = epoch(plain, x, y, args.batch)
-    net = build_model(args.model, data.in_shape, data.classes)
+    net = build_model(args.model, data.in_shape, data.classes).to(dev)
     chips = nvcim.convert(net, args.chip, chips=1, seed=0)
 
     def ctx(step: int, b: int) -> None:
@@ -56,9 +62,11 @@ def main() -> None:
     t_vat = epoch(chips.net, x, y, args.batch, ctx)
     chips._set(None)
     out = {"model": args.model, "chip": args.chip, "batch": args.batch, "threads": torch.get_num_threads(),
+           "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu", "torch": torch.__version__,
            "plain_epoch_s": t_plain, "vat_epoch_s": t_vat, "ratio": t_vat / t_plain}
     Path(args.out).mkdir(parents=True, exist_ok=True)
-    (Path(args.out) / f"training_{args.model}.json").write_text(json.dumps(out, indent=2) + "\n")
+    name = f"training_{args.model}{'' if dev.type == 'cpu' else '_' + dev.type}.json"
+    (Path(args.out) / name).write_text(json.dumps(out, indent=2) + "\n")
     print(json.dumps(out, indent=2))
 
 

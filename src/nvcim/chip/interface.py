@@ -87,6 +87,11 @@ class Chip(Protocol):
         """Outputs ``(N, B, ...)`` and the outputs of the ``capture`` layers, each ``(N, B, ...)``."""
         ...
 
+    def layer_inputs(self, x: Tensor, layers: Sequence[str]) -> dict[str, Tensor]:
+        """The digital inputs that ``layers`` receive on each chip (what their DACs are fed, a register
+        a real chip can read out) when the chip runs ``x``: each ``(N, B, ...)``."""
+        ...
+
     def set_output_affine(self, layer: str, gain: Tensor, offset: Tensor) -> None:
         """Set the digital per-chip, per-output-column registers y -> gain y + offset, ``(N, out)``."""
         ...
@@ -131,6 +136,7 @@ class SimulatedChip:
 
     def decode(self, layer: str, pos: Tensor, neg: Tensor) -> Tensor:
         lay = self._layers[layer]
+        neg = neg.to(pos)
         return lay.decode(pos - (lay._expand_ref(neg) if lay.config.mapping.scheme == "offset" else neg))
 
     def scheme(self, layer: str) -> str:
@@ -156,7 +162,7 @@ class SimulatedChip:
         tol_s = tol * (d.g_max - d.g_min)
         pulses = torch.zeros(self.n_chips, dtype=torch.long)
         targets = dict(zip(("pos", "neg"), self.targets(layer)))
-        pending = {"pos": mask_pos.clone(), "neg": mask_neg.clone()}
+        pending = {"pos": mask_pos.to(lay.g_pos.device, copy=True), "neg": mask_neg.to(lay.g_neg.device, copy=True)}
         for attempt in range(max_pulses + 1):
             for side in ("pos", "neg"):
                 if not bool(pending[side].any()):
@@ -183,10 +189,12 @@ class SimulatedChip:
     def write(self, layer: str, side: str, mask: Tensor, targets: Tensor) -> Tensor:
         if side not in ("pos", "neg"):
             raise ValueError(f"side must be 'pos' or 'neg', got {side!r}")
-        return self._layers[layer].rewrite(side, mask, targets).cpu()
+        lay = self._layers[layer]  # methods may hand CPU tensors to a chip simulated on a GPU
+        return lay.rewrite(side, mask.to(lay.g_pos.device), targets.to(lay.g_pos)).cpu()
 
     def infer(self, x: Tensor, capture: Sequence[str] = ()) -> tuple[Tensor, dict[str, Tensor]]:
         outs: dict[str, list[Tensor]] = {name: [] for name in capture}
+        plan = self.model.plan(x)  # before hooking: planning may probe the model once
         hooks = []
         for name in capture:
             lay = self._layers[name]
@@ -204,8 +212,26 @@ class SimulatedChip:
         got = {}
         for name, parts in outs.items():
             # each part is (b * c, ...) for one chip block and image sub-batch, image-major
-            got[name] = _assemble(parts, x.shape[0], self.n_chips, self.model.plan(x))
+            got[name] = _assemble(parts, x.shape[0], self.n_chips, plan)
         return y, got
+
+    def layer_inputs(self, x: Tensor, layers: Sequence[str]) -> dict[str, Tensor]:
+        parts: dict[str, list[Tensor]] = {name: [] for name in layers}
+        plan = self.model.plan(x)  # before hooking: planning may probe the model once
+        hooks = []
+        for name in layers:
+            def pre(mod: torch.nn.Module, inp: tuple[Tensor, ...], name: str = name) -> None:
+                parts[name].append(inp[0].detach())
+            hooks.append(self._layers[name].register_forward_pre_hook(pre))
+        try:
+            with torch.no_grad():
+                self.model(x, image_ids=torch.arange(x.shape[0]), read_key=rng.key(self.model.seed, "infer",
+                                                                                   self._reads))
+            self._reads += 1
+        finally:
+            for h in hooks:
+                h.remove()
+        return {name: _assemble(p, x.shape[0], self.n_chips, plan) for name, p in parts.items()}
 
     def set_output_affine(self, layer: str, gain: Tensor, offset: Tensor) -> None:
         lay = self._layers[layer]
@@ -231,6 +257,8 @@ def _assemble(parts: list[Tensor], b: int, n_chips: int, plan: tuple[int, int]) 
         for i0 in range(0, b, imgs):
             p = next(it)
             nb = min(imgs, b - i0)
+            if p.shape[0] == nb and block > 1:  # a first layer's input, shared by the block's chips
+                p = p.unsqueeze(1).expand(nb, block, *p.shape[1:]).reshape(nb * block, *p.shape[1:])
             subs.append(p.reshape(nb, block, *p.shape[1:]).transpose(0, 1)[:keep])
         blocks.append(torch.cat(subs, dim=1))
     return torch.cat(blocks, dim=0)

@@ -88,12 +88,13 @@ class AnalogLayer(nn.Module):
         self._nominal: tuple[Tensor, Tensor] | None = None
         out, k = self.weight.shape[0], self.weight[0].numel()
         self.out_features, self.k = out, k
+        dev = self.weight.device  # the state lives where the weights are (CPU or GPU)
         for name_, t in self._empty_state().items():
-            self.register_buffer(name_, t)
-        self.register_buffer("dac_fs", torch.zeros(()))
-        self.register_buffer("dac_signed", torch.ones((), dtype=torch.bool))
-        self.register_buffer("adc_fs", torch.zeros(()))
-        self.register_buffer("writes", torch.zeros((), dtype=torch.long))  # re-programming calls so far
+            self.register_buffer(name_, t.to(dev))
+        self.register_buffer("dac_fs", torch.zeros((), device=dev))
+        self.register_buffer("dac_signed", torch.ones((), dtype=torch.bool, device=dev))
+        self.register_buffer("adc_fs", torch.zeros((), device=dev))
+        self.register_buffer("writes", torch.zeros((), dtype=torch.long, device=dev))  # re-programming calls
 
     # ---- geometry -------------------------------------------------------------------------------
     @property
@@ -164,7 +165,8 @@ class AnalogLayer(nn.Module):
                     len(ids), *shape)
                 codes = fault_codes(rng.draw("uniform", rng.key(seed, self.layer_name, side, "fault"), ids,
                                              shape), d).gather(-1, rows)
-                g0[side] = apply_faults(self._sample(side, ids, "program"), codes, d)
+                # the whole draw stays on the CPU (as do the counter-based draws) and moves once, below
+                g0[side] = apply_faults(self._sample(side, ids, "program", on_cpu=True), codes, d)
                 factor = torch.ones(0)
                 if has_drift:
                     z_nu = rng.draw("normal", rng.key(seed, self.layer_name, side, "drift"), ids,
@@ -189,9 +191,10 @@ class AnalogLayer(nn.Module):
         self.tune_offset = torch.zeros(n, self.out_features, device=dev)
 
     def _sample(self, side: str, ids: Tensor, purpose: str | tuple[str, int], censor: float = 0.0,
-                target: Tensor | None = None) -> Tensor:
+                target: Tensor | None = None, on_cpu: bool = False) -> Tensor:
         """One programming write of every cell of ``side`` on chips ``ids`` (fresh draws per purpose), to
-        the mapped targets or to per-chip ``target`` conductances (N, S, O', K)."""
+        the mapped targets or to per-chip ``target`` conductances (N, S, O', K). The result is on the
+        layer's device (on the CPU with ``on_cpu``)."""
         cfg = self.config
         m = self.mapped()
         model = get_model(cfg.device, cfg.variability)
@@ -204,7 +207,8 @@ class AnalogLayer(nn.Module):
         z_chip = self._between(self.seed, ids, shape, side == "neg" and m.reference)
         if censor:
             z_cell, z_chip = z_cell.clamp(-censor, censor), z_chip.clamp(-censor, censor)
-        return model.sample(g_t, lvl, z_cell, z_chip).to(self.weight.device)
+        g = model.sample(g_t, lvl, z_cell, z_chip)
+        return g if on_cpu else g.to(self.weight.device)
 
     def rewrite(self, side: str, mask: Tensor, target: Tensor | None = None) -> Tensor:
         """Re-program the cells of ``side`` where ``mask`` (N, S, O', K) is true with a fresh noisy write,
@@ -267,12 +271,14 @@ class AnalogLayer(nn.Module):
         for side, target in (("pos", m.pos), ("neg", m.neg)):
             shape = tuple(target.shape)
             codes = fault_codes(rng.draw("uniform", rng.key(self.seed, self.layer_name, side, "fault"), ids,
-                                         shape), d).to(self.weight.device)
-            g0[side] = apply_faults(self._sample(side, ids, "program", censor), codes, d)
+                                         shape), d)
+            g0[side] = apply_faults(self._sample(side, ids, "program", censor, on_cpu=True), codes, d)
             z_nu = rng.draw("normal", rng.key(self.seed, self.layer_name, side, "drift"), ids, shape)
             gt[side] = apply_faults(drift(g0[side], z_nu.to(g0[side]), d), codes, d)
-        w, _ = self.conductances(gt["pos"], gt["neg"])  # (1, S, O, K)
-        comp = self._drift_compensation(m, g0, gt).to(w)
+        comp = self._drift_compensation(m, g0, gt)  # all on the CPU so far
+        dev = self.weight.device
+        w, _ = self.conductances(gt["pos"].to(dev), gt["neg"].to(dev))  # (1, S, O, K)
+        comp = comp.to(w)
         return (self.decode(w)[0] * comp).reshape(self.weight.shape)
 
     def decode(self, diff: Tensor) -> Tensor:

@@ -18,6 +18,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=int, default=None, help="training epochs (default: 40 on digits, else 5)")
     p.add_argument("--seed", type=int, default=0, help="seed of training and of the chips")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--device", default="auto", help="where to simulate and train: auto (a CUDA GPU when there "
+                   "is one, else the CPU), cpu, cuda or cuda:N")
 
 
 def _eval_opts(p: argparse.ArgumentParser, chips: int, chip: str, out: str) -> None:
@@ -84,6 +86,28 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+def resolve_device(name: str):  # type: ignore[no-untyped-def]
+    """``--device``: auto, cpu, cuda or cuda:N, checked against what this machine has."""
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda"):
+        raise NvcimError(f"--device = {name!r} is invalid: allowed auto, cpu, cuda or cuda:N")
+    if dev.type == "cuda":
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if n == 0:
+            raise NvcimError(f"--device = {name!r} is invalid: this machine has no CUDA GPU that PyTorch "
+                             f"{torch.__version__} can use; allowed: auto or cpu")
+        if (dev.index or 0) >= n:
+            raise NvcimError(f"--device = {name!r} is invalid: allowed cuda:0 to cuda:{n - 1}")
+    return dev
+
+
 def _prepare(args: argparse.Namespace, convert_model: bool = True):  # type: ignore[no-untyped-def]
     """Config, dataset, trained model and the converted, calibrated chips for evaluate/recover (the digital
     model instead when ``convert_model`` is false)."""
@@ -94,6 +118,7 @@ def _prepare(args: argparse.Namespace, convert_model: bool = True):  # type: ign
     from ..config import override, parse_sets
     from ..experiments import build_model, load_dataset, trained_model
 
+    device = resolve_device(args.device)
     config = resolve_config(args.chip)
     if args.set:
         config = override(config, parse_sets(args.set))
@@ -104,13 +129,15 @@ def _prepare(args: argparse.Namespace, convert_model: bool = True):  # type: ign
         model = build_model(args.model, data.in_shape, data.classes)
         try:
             model.load_state_dict(torch.load(args.weights, map_location="cpu", weights_only=True))
+            model.to(device)
         except Exception as e:  # noqa: BLE001 - unreadable, not a state_dict, or refused by weights_only
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise NvcimError(f"cannot load weights {args.weights}: {first} (only plain state_dicts of tensors "
                              "are accepted: they are loaded with weights_only=True)") from None
         info = {"model": args.model, "weights": args.weights}
     else:
-        model, info = trained_model(args.model, data, args.epochs, args.seed, progress=not args.quiet)
+        model, info = trained_model(args.model, data, args.epochs, args.seed, progress=not args.quiet,
+                                    device=device)
     test = data.test if not args.limit else (data.test[0][:args.limit], data.test[1][:args.limit])
     if not convert_model:
         return config, data, info, test, model
@@ -257,7 +284,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from ..experiments import accuracy, load_dataset, trained_model
 
     data = load_dataset(args.dataset)
-    model, info = trained_model(args.model, data, args.epochs, args.seed, progress=not args.quiet)
+    model, info = trained_model(args.model, data, args.epochs, args.seed, progress=not args.quiet,
+                                device=resolve_device(args.device))
     acc = accuracy(model, *data.test)
     print(f"{args.model} on {data.name}: test accuracy {100 * acc:.2f} % "
           f"({'from cache' if info['cached'] else 'trained'}: {info['cache']})")

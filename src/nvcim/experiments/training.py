@@ -32,14 +32,19 @@ def cache_dir() -> Path:
 def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 1000) -> float:
     """Digital top-1 accuracy (fraction)."""
     model.eval()
-    hits = sum(int((model(x[i:i + batch]).argmax(-1) == y[i:i + batch]).sum()) for i in range(0, len(y), batch))
+    dev = next(model.parameters()).device
+    hits = sum(int((model(x[i:i + batch].to(dev)).argmax(-1).cpu() == y[i:i + batch].cpu()).sum())
+               for i in range(0, len(y), batch))
     return hits / max(1, len(y))
 
 
 def train(model: nn.Module, data: Dataset, epochs: int, seed: int = 0, lr: float = 2e-3, batch: int = 128,
           progress: bool = True) -> nn.Module:
-    """Plain digital training with Adam and cross-entropy, seeded; returns the model in eval mode."""
+    """Plain digital training with Adam and cross-entropy, seeded; returns the model in eval mode.
+
+    It trains on the device the model is on; batches are moved there one at a time."""
     torch.manual_seed(seed)
+    dev = next(model.parameters()).device
     x, y = data.train
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, epochs * ((len(y) + batch - 1) // batch)))
@@ -50,7 +55,7 @@ def train(model: nn.Module, data: Dataset, epochs: int, seed: int = 0, lr: float
         perm = torch.randperm(len(y), generator=gen)
         for i in range(0, len(y), batch):
             idx = perm[i:i + batch]
-            loss = nn.functional.cross_entropy(model(x[idx]), y[idx])
+            loss = nn.functional.cross_entropy(model(x[idx].to(dev)), y[idx].to(dev))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -60,8 +65,10 @@ def train(model: nn.Module, data: Dataset, epochs: int, seed: int = 0, lr: float
 
 
 def trained_model(name: str, data: Dataset, epochs: int | None = None, seed: int = 0,
-                  progress: bool = True) -> tuple[nn.Module, dict[str, Any]]:
-    """A trained model from the cache, or trained now and cached. Returns (model, info)."""
+                  progress: bool = True, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
+    """A trained model from the cache, or trained now (on ``device``) and cached. Returns (model, info), the
+    model on ``device``. The cache key is dataset, model, epochs and seed: a model trained on a GPU is cached
+    like one trained on the CPU (their weights differ in the last bits)."""
     epochs = epochs if epochs is not None else DEFAULT_EPOCHS.get(data.name, 5)
     model = build_model(name, data.in_shape, data.classes)
     tag = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{data.name}-{name}-e{epochs}-s{seed}")
@@ -72,12 +79,12 @@ def trained_model(name: str, data: Dataset, epochs: int | None = None, seed: int
         try:
             model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
             info["cached"] = True
-            return model.eval(), info
+            return model.to(device).eval(), info
         except Exception as e:  # unreadable or stale: retrain rather than fail
             warnings.warn(f"ignoring unreadable cached model {path}: {e}", stacklevel=2)
-    train(model, data, epochs, seed, progress=progress)
+    train(model.to(device), data, epochs, seed, progress=progress)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".tmp{os.getpid()}")
-    torch.save(model.state_dict(), tmp)
+    torch.save({k: v.cpu() for k, v in model.state_dict().items()}, tmp)
     os.replace(tmp, path)
     return model.eval(), info

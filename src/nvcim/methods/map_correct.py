@@ -61,20 +61,29 @@ def _placed(target: Tensor, low: Tensor, high: Tensor, g_min: float, g_max: floa
     return torch.where(lo, torch.full_like(v, g_min), torch.where(hi, torch.full_like(v, g_max), v))
 
 
+def _moments(lay: object, v: Tensor) -> tuple[Tensor, Tensor]:
+    """(E[x_k], E[x_k^2]) over images and positions of one chip's layer input ``v`` (B, ...), each (K,)."""
+    if isinstance(lay, AnalogConv2d):
+        cols = F.unfold(v, lay.kernel_size, lay.dilation, lay.padding, lay.stride)  # type: ignore[arg-type]
+        flat = cols.transpose(1, 2).reshape(-1, cols.shape[1])  # (B L, K)
+    else:
+        flat = v.reshape(-1, v.shape[-1])
+    return flat.mean(0), (flat * flat).mean(0)
+
+
+def chip_inputs(chip: Chip, lay: object, name: str, x: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-chip (E[x_k], E[x_k^2]), each (N, K), of the inputs layer ``name`` receives on the chip itself:
+    its upstream layers' errors (and corrections so far) included, which the ideal model's statistics miss."""
+    v = chip.layer_inputs(x, [name])[name]  # (N, B, ...)
+    stats = [_moments(lay, v[i]) for i in range(v.shape[0])]  # a chip at a time bounds the unfold's memory
+    return torch.stack([m for m, _ in stats]), torch.stack([q for _, q in stats])
+
+
 def mean_inputs(model: AnalogModel, x: Tensor) -> dict[str, tuple[Tensor, Tensor]]:
     """Mean and mean square (E[x_k], E[x_k^2]), each (K,), of every analog layer's unrolled input on the
     ideal model."""
     io = model.digital_layer_io(x)
-    means: dict[str, tuple[Tensor, Tensor]] = {}
-    for lay in model.analog_layers():
-        v = io[lay.layer_name][0]
-        if isinstance(lay, AnalogConv2d):
-            cols = F.unfold(v, lay.kernel_size, lay.dilation, lay.padding, lay.stride)  # type: ignore[arg-type]
-            flat = cols.transpose(1, 2).reshape(-1, cols.shape[1])  # (B L, K)
-        else:
-            flat = v.reshape(-1, v.shape[-1])
-        means[lay.layer_name] = (flat.mean(0), (flat * flat).mean(0))
-    return means
+    return {lay.layer_name: _moments(lay, io[lay.layer_name][0]) for lay in model.analog_layers()}
 
 
 @register
@@ -87,11 +96,14 @@ class MapCorrect(Method):
     name = "map-correct"
 
     def __init__(self, partner: bool = True, column: bool = True, ir: bool = True, remap: bool = False,
-                 tol: float = 0.05, ir_tol: float = 0.002, reads: int = 4, samples: int = 256) -> None:
+                 tol: float = 0.05, ir_tol: float = 0.002, reads: int = 4, samples: int = 256,
+                 stat_samples: int = 64) -> None:
         if not partner and not column and not ir and not remap:
             raise NvcimError("map-correct: enable at least one of partner, column, ir, remap")
-        if not 0 < tol <= 1 or not 0 <= ir_tol <= 1 or reads < 1 or samples < 1:
-            raise NvcimError("map-correct: tol must be in (0, 1], ir_tol in [0, 1], reads and samples >= 1")
+        if not 0 < tol <= 1 or not 0 <= ir_tol <= 1 or reads < 1 or samples < 1 or stat_samples < 1:
+            raise NvcimError("map-correct: tol must be in (0, 1], ir_tol in [0, 1], reads, samples and "
+                             "stat_samples >= 1")
+        self.stat_samples = stat_samples
         self.partner, self.column, self.ir, self.tol, self.ir_tol = partner, column, ir, tol, ir_tol
         self.remap = remap
         self.reads, self.samples = reads, samples
@@ -167,7 +179,10 @@ class MapCorrect(Method):
         pulses = torch.full((n,), 4 * pos_t.numel(), dtype=torch.long)  # 2 test writes x 2 sides
         # weight per unit conductance difference of each (slice, column): the periphery's decode
         f = torch.stack([chip.decode(name, F.one_hot(torch.tensor(si), s_).to(pos_t).view(1, s_, 1, 1).expand(
-            1, s_, o_, k_), torch.zeros(1, s_, o_, k_))[0, :, 0] for si in range(s_)])  # (S, O)
+            1, s_, o_, k_), torch.zeros(1, s_, o_, k_))[0, :, 0] for si in range(s_)]).cpu()  # (S, O)
+        # the routing search runs on the CPU (small, sequential), whatever device simulates the chip
+        pos_t, neg_t = pos_t.cpu(), neg_t.cpu()
+        low_p, high_p, low_n, high_n = (m.cpu() for m in (low_p, high_p, low_n, high_n))
         perm_now = chip.row_routing(name)
         inv = torch.empty_like(perm_now).scatter_(-1, perm_now, torch.arange(k_).expand(n, -1).contiguous())
 
@@ -250,8 +265,8 @@ class MapCorrect(Method):
                     pulses += self._retarget(chip, name, span, device).double()
         x = data.inputs(self.samples)
         if self.column:
-            means = mean_inputs(model, x)
-            for name in chip.layer_names():
+            xs = x[: self.stat_samples]
+            for name in chip.layer_names():  # in forward order: each layer sees its upstream corrections
                 lay = layers[name]
                 w = lay.weight.detach().reshape(lay.out_features, -1).unsqueeze(0)  # (1, O, K)
                 pos, neg = self._read(chip, name)
@@ -263,7 +278,7 @@ class MapCorrect(Method):
                 inlier = ((w_rb - w).abs() <= self.tol * w.abs().amax()).to(w)
                 g = (inlier * w_rb * w).sum(-1) / (inlier * w_rb * w_rb).sum(-1).clamp_min(1e-30)
                 g = torch.where(g.isfinite() & (g > 0), g, torch.ones_like(g)).clamp(0.2, 5.0)
-                mean, msq = (t.to(w) for t in means[name])
+                mean, msq = (t.to(w).unsqueeze(1) for t in chip_inputs(chip, lay, name, xs))  # (N, 1, K)
                 resid = ((w - g.unsqueeze(-1) * w_rb) * mean).sum(-1)
                 # keep a column's correction only where it is predicted to lower the output error:
                 # E[(d.x)^2] ~ sum_k d_k^2 var_k + (d.mean)^2 (diagonal covariance); the offset removes the
