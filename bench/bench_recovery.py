@@ -78,6 +78,8 @@ def table(path: Path) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--table", default="", help="only print the Markdown tables of this results JSON")
+    ap.add_argument("--merge", nargs="+", default=[], metavar="JSON", help="merge results files of one model "
+                    "(runs split across processes) into --out/recovery_MODEL{--tag}.json, then stop")
     ap.add_argument("--model", default="lenet5")
     ap.add_argument("--dataset", default="fashion-mnist")
     ap.add_argument("--chips", type=int, default=100)
@@ -91,6 +93,16 @@ def main() -> None:
     args = ap.parse_args()
     if args.table:
         print(table(Path(args.table)))
+        return
+    if args.merge:
+        parts = [json.loads(Path(f).read_text()) for f in args.merge]
+        merged = {**parts[0], "rows": {}}
+        for part in parts:
+            for sname, rows in part["rows"].items():
+                merged["rows"].setdefault(sname, []).extend(rows)
+        dest = Path(args.out) / f"recovery_{merged['model']}{args.tag}.json"
+        dest.write_text(json.dumps(merged, indent=2) + "\n")
+        print(f"wrote {dest}")
         return
     data = load_dataset(args.dataset)
     test = (data.test[0][:args.limit], data.test[1][:args.limit])
