@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 import nvcim
 from nvcim.cli import main
@@ -117,3 +118,15 @@ def test_recover_command_writes_cost_and_recovery_ratio(tmp_path, capsys):
     listing = capsys.readouterr().out
     for name in ("vat", "qvat", "kd", "rsa", "write-verify", "self-tune", "chip-kd", "map-correct"):
         assert name in listing
+
+
+def test_device_option_names_the_bad_value_and_what_is_allowed(tmp_path, capsys):
+    args = ["evaluate", "--model", "mlp", "--chips", "2", "--limit", "20", "--quiet", "--out", str(tmp_path)]
+    assert main([*args, "--device", "tpu"]) == 2
+    assert "--device = 'tpu' is invalid: allowed auto, cpu, cuda or cuda:N" in capsys.readouterr().err
+    n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    bad = "cuda" if n == 0 else f"cuda:{n}"  # a GPU this machine does not have
+    assert main([*args, "--device", bad]) == 2
+    assert f"--device = '{bad}' is invalid" in capsys.readouterr().err
+    assert main([*args, "--device", "cpu"]) == 0
+    assert len(json.loads((tmp_path / "result.json").read_text())["accuracy"]["per_chip"]) == 2

@@ -7,6 +7,7 @@ import torch
 
 import nvcim
 from nvcim.chip import Chip, SimulatedChip
+from nvcim.errors import NvcimError
 from nvcim.experiments import load_dataset, trained_model
 from nvcim.methods import TaskData, get, recover
 
@@ -325,3 +326,23 @@ def test_map_correct_with_remapping_beats_without(digits):
                     progress=False)
     d = torch.tensor(remap.after.accuracy.per_chip) - torch.tensor(plain.after.accuracy.per_chip)
     assert float(d.mean()) > 0.03 and float(d.mean()) > 3 * float(d.std()) / math.sqrt(d.numel())
+
+
+def test_layer_inputs_are_what_each_chip_layer_receives(digits):
+    model = _chips(digits, MLC, chips=3)
+    chip = SimulatedChip(model)
+    x = digits.test[0][:20]
+    got = chip.layer_inputs(x, ["0.0", "4"])
+    assert got["0.0"].shape == (3, 20, 1, 8, 8) and torch.equal(got["0.0"][1], x)  # the first layer: the images
+    # the input of FC "4" is ReLU of FC "2"'s output on the same chip (read noise off in this preset)
+    _, outs = chip.infer(x, capture=["2"])
+    torch.testing.assert_close(got["4"], torch.relu(outs["2"]))
+
+
+def test_map_correct_with_chip_measured_statistics_still_helps(digits):
+    data = TaskData(digits.train, digits.train[0])
+    report = recover(_chips(digits, MLC, chips=20), [get("map-correct", stats="chip")], data, digits.test,
+                     progress=False)
+    assert _improved(report, at_least=0.2), report.summary()
+    with pytest.raises(NvcimError, match="map-correct.stats"):
+        get("map-correct", stats="measured")

@@ -19,7 +19,12 @@ compensated, in up to four steps (row remapping, below, first when enabled):
 2. ``column``: per chip and output column, a digital gain g and offset b with
    g = <W_rb, W> / <W_rb, W_rb> (least squares over the cells within ``tol`` x max|W| of their weight, so
    that outliers such as stuck cells do not dominate) and
-   b = sum_k (W - g W_rb)_k E[x_k] + (1 - g) bias, where E[x] is the mean layer input on unlabelled data.
+   b = sum_k (W - g W_rb)_k E[x_k] + (1 - g) bias, where E[x] is the mean layer input on unlabelled data:
+   with ``stats="ideal"`` (default) the ideal model's layer inputs, with ``stats="chip"`` each chip's own
+   measured layer inputs (``Chip.layer_inputs``, ``stat_samples`` images), layer by layer in forward order
+   so that upstream corrections are included. Measured (docs/benchmarks.md): "chip" is a little better on
+   the digits LeNet-5, clearly worse on the Fashion-MNIST ResNet (25.0 % against 30.9 %), where the
+   upstream layers are still far off and their inputs are no guide to the corrected state.
 
 Known limitations (measured in bench/, see docs/benchmarks.md): under strong between-chip or per-array
 variation, partner re-targeting hurts, because a re-write lands with the same systematic bias as the first
@@ -90,20 +95,23 @@ def mean_inputs(model: AnalogModel, x: Tensor) -> dict[str, tuple[Tensor, Tensor
 class MapCorrect(Method):
     """Read the array back and compensate its deterministic error: partner re-targeting, column gain/offset.
 
-    Options: ``partner`` (bool), ``column`` (bool), ``tol`` (fraction of the range), ``reads``, ``samples``.
+    Options: ``partner``, ``column``, ``ir``, ``remap`` (bools), ``tol`` and ``ir_tol`` (fractions of the
+    range), ``reads``, ``samples``, ``stats`` ('ideal' or 'chip') and ``stat_samples``.
     """
 
     name = "map-correct"
 
     def __init__(self, partner: bool = True, column: bool = True, ir: bool = True, remap: bool = False,
                  tol: float = 0.05, ir_tol: float = 0.002, reads: int = 4, samples: int = 256,
-                 stat_samples: int = 64) -> None:
+                 stat_samples: int = 64, stats: str = "ideal") -> None:
         if not partner and not column and not ir and not remap:
             raise NvcimError("map-correct: enable at least one of partner, column, ir, remap")
         if not 0 < tol <= 1 or not 0 <= ir_tol <= 1 or reads < 1 or samples < 1 or stat_samples < 1:
             raise NvcimError("map-correct: tol must be in (0, 1], ir_tol in [0, 1], reads, samples and "
                              "stat_samples >= 1")
-        self.stat_samples = stat_samples
+        if stats not in ("ideal", "chip"):
+            raise NvcimError(f"map-correct.stats = {stats!r} is invalid: allowed 'ideal', 'chip'")
+        self.stat_samples, self.stats = stat_samples, stats
         self.partner, self.column, self.ir, self.tol, self.ir_tol = partner, column, ir, tol, ir_tol
         self.remap = remap
         self.reads, self.samples = reads, samples
@@ -266,7 +274,9 @@ class MapCorrect(Method):
         x = data.inputs(self.samples)
         if self.column:
             xs = x[: self.stat_samples]
-            for name in chip.layer_names():  # in forward order: each layer sees its upstream corrections
+            ideal = mean_inputs(model, x) if self.stats == "ideal" else {}
+            for name in chip.layer_names():  # in forward order: with stats="chip" each layer sees its
+                # upstream corrections
                 lay = layers[name]
                 w = lay.weight.detach().reshape(lay.out_features, -1).unsqueeze(0)  # (1, O, K)
                 pos, neg = self._read(chip, name)
@@ -278,7 +288,8 @@ class MapCorrect(Method):
                 inlier = ((w_rb - w).abs() <= self.tol * w.abs().amax()).to(w)
                 g = (inlier * w_rb * w).sum(-1) / (inlier * w_rb * w_rb).sum(-1).clamp_min(1e-30)
                 g = torch.where(g.isfinite() & (g > 0), g, torch.ones_like(g)).clamp(0.2, 5.0)
-                mean, msq = (t.to(w).unsqueeze(1) for t in chip_inputs(chip, lay, name, xs))  # (N, 1, K)
+                moments = ideal[name] if self.stats == "ideal" else chip_inputs(chip, lay, name, xs)
+                mean, msq = (t.to(w).unsqueeze(-2) for t in moments)  # (1, K) ideal, or (N, 1, K) per chip
                 resid = ((w - g.unsqueeze(-1) * w_rb) * mean).sum(-1)
                 # keep a column's correction only where it is predicted to lower the output error:
                 # E[(d.x)^2] ~ sum_k d_k^2 var_k + (d.mean)^2 (diagonal covariance); the offset removes the
