@@ -191,19 +191,24 @@ class AnalogLayer(nn.Module):
         self.tune_offset = torch.zeros(n, self.out_features, device=dev)
 
     def _sample(self, side: str, ids: Tensor, purpose: str | tuple[str, int], censor: float = 0.0,
-                target: Tensor | None = None, on_cpu: bool = False) -> Tensor:
+                target: Tensor | None = None, on_cpu: bool = False, mapped: Mapped | None = None,
+                stream: bool = False) -> Tensor:
         """One programming write of every cell of ``side`` on chips ``ids`` (fresh draws per purpose), to
         the mapped targets or to per-chip ``target`` conductances (N, S, O', K). The result is on the
-        layer's device (on the CPU with ``on_cpu``)."""
+        layer's device (on the CPU with ``on_cpu``). ``mapped``: the mapping if the caller has it;
+        ``stream``: a training chip (one id), drawn with the fast generator."""
         cfg = self.config
-        m = self.mapped()
+        m = mapped if mapped is not None else self.mapped()
         model = get_model(cfg.device, cfg.variability)
         if target is None:
             target = (m.pos if side == "pos" else m.neg).unsqueeze(0)
         g_t, lvl = round_to_levels(target.cpu().clamp(cfg.device.g_min, cfg.device.g_max), model.levels())
         shape = tuple(target.shape[1:])
         tag = purpose if isinstance(purpose, str) else f"{purpose[0]}-{purpose[1]}"
-        z_cell = rng.draw("normal", rng.key(self.seed, self.layer_name, side, tag), ids, shape)
+        if stream:
+            z_cell = rng.draw_stream("normal", rng.key(self.seed, self.layer_name, side, tag), int(ids[0]), shape)
+        else:
+            z_cell = rng.draw("normal", rng.key(self.seed, self.layer_name, side, tag), ids, shape)
         z_chip = self._between(self.seed, ids, shape, side == "neg" and m.reference)
         if censor:
             z_cell, z_chip = z_cell.clamp(-censor, censor), z_chip.clamp(-censor, censor)
@@ -263,18 +268,26 @@ class AnalogLayer(nn.Module):
     @torch.no_grad()
     def fresh_weights(self, chip_id: int, censor: float = 0.0) -> Tensor:
         """Effective weights (shape of ``weight``) of a newly drawn chip ``chip_id`` programmed with the
-        current weights: levels, programming variation, faults, drift (and its compensation), IR drop."""
+        current weights: levels, programming variation, faults, drift (and its compensation), IR drop.
+        Training draws one per step: it maps the weights once and uses the fast generator
+        (:func:`rng.draw_stream`) for its per-cell draws."""
         d = self.config.device
         ids = torch.tensor([chip_id])
         m = self.mapped()
+        has_drift = d.drift.t_read != d.drift.t0 and (d.drift.nu_mean > 0 or d.drift.nu_std > 0)
         g0, gt = {}, {}
         for side, target in (("pos", m.pos), ("neg", m.neg)):
             shape = tuple(target.shape)
-            codes = fault_codes(rng.draw("uniform", rng.key(self.seed, self.layer_name, side, "fault"), ids,
-                                         shape), d)
-            g0[side] = apply_faults(self._sample(side, ids, "program", censor, on_cpu=True), codes, d)
-            z_nu = rng.draw("normal", rng.key(self.seed, self.layer_name, side, "drift"), ids, shape)
-            gt[side] = apply_faults(drift(g0[side], z_nu.to(g0[side]), d), codes, d)
+            codes = fault_codes(rng.draw_stream("uniform", rng.key(self.seed, self.layer_name, side, "fault"),
+                                                chip_id, shape), d)
+            g = self._sample(side, ids, "program", censor, on_cpu=True, mapped=m, stream=True)
+            g0[side] = apply_faults(g, codes, d)
+            if has_drift:
+                z_nu = rng.draw_stream("normal", rng.key(self.seed, self.layer_name, side, "drift"), chip_id,
+                                       shape)
+                gt[side] = apply_faults(drift(g0[side], z_nu, d), codes, d)
+            else:
+                gt[side] = g0[side]
         comp = self._drift_compensation(m, g0, gt)  # all on the CPU so far
         dev = self.weight.device
         w, _ = self.conductances(gt["pos"].to(dev), gt["neg"].to(dev))  # (1, S, O, K)

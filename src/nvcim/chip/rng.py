@@ -87,3 +87,14 @@ def draw(kind: str, base: int, chip_ids: Tensor, shape: tuple[int, ...], device:
         n *= s
     ek = element_keys(ck, n, shape)
     return normal(ek) if kind == "normal" else uniform(ek)
+
+
+def draw_stream(kind: str, base: int, chip_id: int, shape: tuple[int, ...]) -> Tensor:
+    """``(1, *shape)`` draws for one *training* chip from PyTorch's own generator, seeded by (base, chip).
+
+    Several times faster than :func:`draw` on the CPU. Training chips are drawn once and thrown away, so they
+    need to be reproducible for a seed but not the same on every device or chunking, which is what
+    :func:`draw` is for; evaluated chips always use :func:`draw`.
+    """
+    gen = torch.Generator().manual_seed((mix_int(base) & 0xFFFFFFFF) << 31 ^ (chip_id & 0x7FFFFFFF))
+    return (torch.randn if kind == "normal" else torch.rand)((1, *shape), generator=gen)

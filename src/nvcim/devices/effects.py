@@ -13,8 +13,9 @@ FAULT_NONE, FAULT_SA0, FAULT_SA1 = 0, 1, 2
 def fault_codes(u: Tensor, device: DeviceConfig) -> Tensor:
     """Per-cell fault code (0 none, 1 stuck at g_min, 2 stuck at g_max) from uniforms ``u``."""
     sa0, sa1 = device.faults.sa0, device.faults.sa1
-    codes = (u < sa0).to(torch.int8) * FAULT_SA0
-    return codes + ((u >= sa0) & (u < sa0 + sa1)).to(codes.dtype) * FAULT_SA1
+    # u < sa0 -> 2 - 1 = SA0; sa0 <= u < sa0 + sa1 -> 2 = SA1; else 0 (two compares: this runs every
+    # training step)
+    return (u < sa0 + sa1).to(torch.int8) * FAULT_SA1 - (u < sa0).to(torch.int8)
 
 
 def apply_faults(g: Tensor, codes: Tensor, device: DeviceConfig) -> Tensor:

@@ -70,6 +70,7 @@ def trained_model(name: str, data: Dataset, epochs: int | None = None, seed: int
     model on ``device``. The cache key is dataset, model, epochs and seed: a model trained on a GPU is cached
     like one trained on the CPU (their weights differ in the last bits)."""
     epochs = epochs if epochs is not None else DEFAULT_EPOCHS.get(data.name, 5)
+    torch.manual_seed(seed)  # the initial weights too, not only training, depend on the seed alone
     model = build_model(name, data.in_shape, data.classes)
     tag = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{data.name}-{name}-e{epochs}-s{seed}")
     path = cache_dir() / "models" / f"{tag}.pt"

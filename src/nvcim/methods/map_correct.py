@@ -124,10 +124,10 @@ class MapCorrect(Method):
         acc = [chip.read(name) for _ in range(self.reads)]
         return torch.stack([a[0] for a in acc]).mean(0), torch.stack([a[1] for a in acc]).mean(0)
 
-    def _predistort(self, chip: Chip, name: str, span: float, device: ProgrammingModel) -> Tensor:
-        """Write IR-drop pre-distorted targets G' = g_min + h (G / a(G') - g_min) where they differ enough
-        from G. The headroom h <= 1 keeps the boosted cells within g_max; the digital column gain takes
-        1/h, so the layer's output is unchanged."""
+    def _plan_predistort(self, chip: Chip, name: str, device: ProgrammingModel
+                         ) -> tuple[Tensor, Tensor, float] | None:
+        """Pre-distorted targets (pos, neg) and headroom h, or None where the first-order IR-drop model is
+        not trusted for this layer (then no step of map-correct touches the layer)."""
         pos_t, neg_t = chip.targets(name)
         d = device.device
         new_pos, new_neg, h = pos_t, neg_t, 1.0
@@ -146,8 +146,17 @@ class MapCorrect(Method):
             return float(((ap * gp - an * gn) / scale - (pos_t - neg_t)).norm())
 
         if h < 0.5 or miss(new_pos, new_neg, h) >= 0.5 * miss(pos_t, neg_t, 1.0):
-            self.skipped.append(name)
-            return torch.zeros(chip.n_chips, dtype=torch.long)
+            return None
+        return new_pos, new_neg, h
+
+    def _predistort(self, chip: Chip, name: str, span: float, device: ProgrammingModel) -> Tensor:
+        """Write IR-drop pre-distorted targets G' = g_min + h (G / a(G') - g_min) where they differ enough
+        from G. The headroom h <= 1 keeps the boosted cells within g_max; the digital column gain takes
+        1/h, so the layer's output is unchanged."""
+        pos_t, neg_t = chip.targets(name)
+        plan = self._plan_predistort(chip, name, device)
+        assert plan is not None  # apply() leaves untrusted layers alone
+        new_pos, new_neg, h = plan
         self._headroom[name] = h
         g0, b0 = chip.output_affine(name)
         chip.set_output_affine(name, g0 / h, b0)
@@ -264,18 +273,24 @@ class MapCorrect(Method):
             for name in chip.layer_names():
                 if chip.scheme(name) == "differential":
                     pulses += self._remap(chip, name, means[name][1].cpu(), device).double()
+        if model.config.array.wire_resistance > 0:
+            # where the drop is beyond the first-order model, the read-back cannot be turned into effective
+            # weights: every step would correct towards a wrong picture (measured: accuracy falls), so such
+            # layers are left alone and named
+            self.skipped = [n for n in chip.layer_names() if self._plan_predistort(chip, n, device) is None]
+        names = [n for n in chip.layer_names() if n not in self.skipped]
         if use_ir:
-            for name in chip.layer_names():
+            for name in names:
                 pulses += self._predistort(chip, name, span, device).double()
         if self.partner:
-            for name in chip.layer_names():
+            for name in names:
                 if chip.scheme(name) == "differential":
                     pulses += self._retarget(chip, name, span, device).double()
         x = data.inputs(self.samples)
         if self.column:
             xs = x[: self.stat_samples]
             ideal = mean_inputs(model, x) if self.stats == "ideal" else {}
-            for name in chip.layer_names():  # in forward order: with stats="chip" each layer sees its
+            for name in names:  # in forward order: with stats="chip" each layer sees its
                 # upstream corrections
                 lay = layers[name]
                 w = lay.weight.detach().reshape(lay.out_features, -1).unsqueeze(0)  # (1, O, K)
@@ -309,6 +324,7 @@ class MapCorrect(Method):
                     notes=[f"map-correct: {self.reads} read-backs per cell"
                            + (f", row remapping ({self.moved:.0f} rows moved per chip)" if self.remap else "")
                            + (", IR-drop pre-distortion" if use_ir else "")
-                           + (f" (not on {', '.join(self.skipped)}: drop beyond the model)" if self.skipped else "")
+                           + (f"; layers {', '.join(self.skipped)} left alone: IR drop beyond the model"
+                              if self.skipped else "")
                            + (", partner re-targeting" if self.partner else "")
                            + (", column gain/offset" if self.column else "")])
