@@ -29,7 +29,8 @@ SETTINGS = {
 
 CHAINS = [
     ["vat"], ["vat:censor"], ["qvat"], ["kd"], ["rsa"], ["kd", "rsa"], ["write-verify"], ["write-verify:10"],
-    ["write-verify:10-magnitude"], ["write-verify:10-random"], ["self-tune"], ["chip-kd"], ["map-correct"],
+    ["write-verify:10-magnitude"], ["write-verify:10-random"], ["write-verify:10-expected"], ["self-tune"],
+    ["chip-kd"], ["map-correct"], ["rsa:faults"], ["kd", "rsa:faults"],
     ["vat", "chip-kd"], ["map-correct", "chip-kd"], ["write-verify:10", "self-tune"],
     ["map-correct", "self-tune", "chip-kd"], ["map-correct:remap"], ["map-correct:remap", "chip-kd"],
 ]
@@ -38,9 +39,11 @@ OPTIONS = {
     "vat": ("vat", {"epochs": 1}), "vat:censor": ("vat", {"epochs": 1, "censor": 1.5}),
     "qvat": ("qvat", {"epochs": 1}), "kd": ("kd", {"epochs": 1}),
     "rsa": ("rsa", {"fraction": 0.05, "epochs": 2, "samples": 2048}),
+    "rsa:faults": ("rsa", {"fraction": 0.05, "epochs": 2, "samples": 2048, "selection": "faults"}),
     "write-verify": ("write-verify", {}), "write-verify:10": ("write-verify", {"fraction": 0.1}),
     "write-verify:10-magnitude": ("write-verify", {"fraction": 0.1, "sensitivity": "magnitude"}),
     "write-verify:10-random": ("write-verify", {"fraction": 0.1, "sensitivity": "random"}),
+    "write-verify:10-expected": ("write-verify", {"fraction": 0.1, "sensitivity": "expected"}),
     "self-tune": ("self-tune", {}), "chip-kd": ("chip-kd", {}), "map-correct": ("map-correct", {}),
     "map-correct:remap": ("map-correct", {"remap": True}),
 }

@@ -362,3 +362,60 @@ def test_map_correct_leaves_layers_beyond_the_ir_model_alone(digits):
         if lay.layer_name in method.skipped:
             assert torch.equal(lay.g_pos, g) and torch.equal(lay.tune_gain, tg)
     assert report.after.accuracy.mean > report.before.accuracy.mean - 0.03, report.summary()
+
+
+@pytest.mark.parametrize("preset_name", ["rram-sliced-1bit", "fefet-2bit"])
+def test_expected_weight_error_matches_the_spread_of_programmed_chips(preset_name):
+    from helpers import linear
+
+    from nvcim.methods.write_verify import expected_sq_error
+
+    cfg = nvcim.override(nvcim.preset(preset_name), {"device.faults.sa0": 0.0, "device.faults.sa1": 0.0,
+                                                     "variability.between_sigma": 0.0})
+    model = nvcim.convert(linear(k=32, o=8), cfg, chips=400, seed=0)
+    chip = SimulatedChip(model)
+    lay = model.analog_layers()[0]
+    w = chip.decode(lay.layer_name, *lay.effective())  # (N, O, K) effective weights of 400 chips
+    emp, exp = w.var(0), expected_sq_error(chip, lay, model)
+    # total variance over 256 weights x 399 d.o.f. (SE ~0.5 %); the datasheet spread itself is estimated from
+    # 256 draws per level (SE ~9 % on a variance). A wrong decode factor would be off by 4x or more.
+    assert 0.8 < float(emp.sum() / exp.sum()) < 1.25
+    if preset_name == "fefet-2bit":  # state-dependent spread: the ranking follows it weight by weight
+        assert exp.max() > 2 * exp.min()
+        assert torch.corrcoef(torch.stack([emp.flatten(), exp.flatten()]))[0, 1] > 0.9
+
+
+def test_expected_error_sensitivity_selects_and_helps(digits):
+    data = TaskData(digits.train, digits.train[0])
+    rep = recover(_chips(digits, SLICED), [get("write-verify", fraction=0.1, sensitivity="expected")], data,
+                  digits.test, progress=False)
+    assert _improved(rep), rep.summary()
+    assert rep.cost.verified_fraction == pytest.approx(0.1, abs=0.01)
+
+
+def test_rsa_per_chip_fault_selection_beats_a_shared_random_mask(digits):
+    import io
+
+    data = TaskData(digits.train, digits.train[0])
+    rnd = recover(_chips(digits, MLC, chips=12), [get("rsa", fraction=0.05, epochs=1)], data, digits.test,
+                  progress=False)
+    model = _chips(digits, MLC, chips=12)
+    before = [(lay.g_pos.clone(), lay.g_neg.clone()) for lay in model.analog_layers()]
+    flt = recover(model, [get("rsa", fraction=0.05, epochs=1, selection="faults")], data, digits.test,
+                  progress=False)
+    assert _improved(flt)
+    d = torch.tensor(flt.after.accuracy.per_chip) - torch.tensor(rnd.after.accuracy.per_chip)  # same chips
+    assert d.mean() > 3 * d.std() / math.sqrt(d.numel()), (flt.summary(), rnd.summary())
+    assert abs(flt.cost.sram_fraction - 0.05) < 0.002 and "address" in flt.cost.notes[0]
+    masks = [lay.sram_mask for lay in model.analog_layers()]
+    assert all(m.shape[0] == 12 for m in masks) and not torch.equal(masks[2][0], masks[2][1])  # per chip
+    for lay, (p, n) in zip(model.analog_layers(), before):
+        assert torch.equal(lay.g_pos, p) and torch.equal(lay.g_neg, n)  # the cells are never written
+        assert torch.all(lay.sram_w[~lay.sram_mask] == 0)
+    buf = io.BytesIO()
+    torch.save(model.state_dict(), buf)
+    buf.seek(0)
+    fresh = _chips(digits, MLC, chips=12)
+    fresh.load_state_dict(torch.load(buf, weights_only=True))
+    with torch.no_grad():
+        assert torch.equal(model(digits.test[0][:16], read_key=3), fresh(digits.test[0][:16], read_key=3))

@@ -412,7 +412,8 @@ class AnalogLayer(nn.Module):
         """Digital sparse-SRAM contribution (M * W_sram[chip]) x, shape (B, L, c, O), or None."""
         if not self.sram_w.numel() or ctx.chips is None:
             return None
-        w = (self.sram_w[ctx.chips] * self.sram_mask).reshape(c, 1, self.out_features, self.k)
+        mask = self.sram_mask[ctx.chips] if self.sram_mask.dim() == 3 else self.sram_mask  # per chip or shared
+        w = (self.sram_w[ctx.chips] * mask).reshape(c, 1, self.out_features, self.k)
         return self.mvm(x, self.pack(w, shared), shared, c, 1).sum(dim=(3, 4))
 
     def packed_weights(self, ctx: RunContext, shared: bool) -> tuple[Tensor, Tensor | None]:

@@ -101,7 +101,8 @@ def _layer_cost(layer: AnalogLayer, positions: int) -> LayerCost:
     conversions = positions * t * n * s
     drives = positions * k * arrays_per_row_tile
     adds = positions * n * (t * s - 1)
-    sram_weights = float(layer.sram_mask.sum()) if layer.sram_mask.numel() else 0.0
+    mask = layer.sram_mask  # (O, K) shared, or (N, O, K) per chip: count per chip
+    sram_weights = float(mask.sum()) / (mask.shape[0] if mask.dim() == 3 else 1) if mask.numel() else 0.0
     tuned = bool(layer.tune_gain.numel()) and bool(
         (layer.tune_gain != 1).any() or (layer.tune_offset != 0).any())
     sram_bytes = sram_weights * SRAM_WEIGHT_BYTES + (n * REGISTER_BYTES if tuned else 0)

@@ -8,6 +8,11 @@ of the chosen ones, with one global threshold across layers:
   model's gradients on labelled training batches, times max|W|^2 of the layer, i.e. the expected loss
   increase from a weight error proportional to the layer's range. (Our reading of SWIM's second-derivative
   sensitivity; SWIM assumes the trained model and its data are known.)
+- ``expected``: the same Fisher diagonal times the weight's *expected* squared programming error,
+  E[dw_i^2] = sum over its cells of (decode factor x datasheet write spread at the cell's target)^2, i.e. the
+  expected loss increase that verifying the weight removes. It differs from ``swim`` where the spread
+  depends on the level (bit-sliced or state-dependent cells: a cell at g_min cannot go below 0 S). Our
+  design, not SWIM's; it uses the device model (the datasheet), not the chip's hidden state.
 - ``magnitude``: |w| / max|W|;  ``random``: a fixed random order (baselines in SWIM).
 """
 
@@ -20,6 +25,7 @@ from torch import Tensor
 from ..chip.interface import Chip
 from ..chip.layers import AnalogLayer
 from ..chip.model import AnalogModel
+from ..devices import get_model
 from ..errors import NvcimError
 from .base import Cost, Method, TaskData, register
 
@@ -54,8 +60,8 @@ def fisher_diagonal(model: AnalogModel, data: TaskData, batches: int = 32, batch
 class WriteVerify(Method):
     """Program-verify-re-pulse loop on all weights (fraction = 1) or the most sensitive ones (SWIM).
 
-    Options: ``fraction`` (0, 1], ``sensitivity`` 'swim' | 'magnitude' | 'random', ``tol`` (fraction of
-    g_max - g_min), ``max_pulses``.
+    Options: ``fraction`` (0, 1], ``sensitivity`` 'swim' | 'expected' | 'magnitude' | 'random', ``tol``
+    (fraction of g_max - g_min), ``max_pulses``.
     """
 
     name = "write-verify"
@@ -64,9 +70,9 @@ class WriteVerify(Method):
                  seed: int = 0) -> None:
         if not 0.0 < fraction <= 1.0:
             raise NvcimError(f"write-verify.fraction = {fraction} is invalid: allowed (0, 1]")
-        if sensitivity not in ("swim", "magnitude", "random"):
+        if sensitivity not in ("swim", "expected", "magnitude", "random"):
             raise NvcimError(f"write-verify.sensitivity = {sensitivity!r} is invalid: allowed 'swim', "
-                             "'magnitude', 'random'")
+                             "'expected', 'magnitude', 'random'")
         if not 0.0 < tol <= 1.0:
             raise NvcimError(f"write-verify.tol = {tol} is invalid: allowed (0, 1] of g_max - g_min")
         if max_pulses < 1:
@@ -74,9 +80,15 @@ class WriteVerify(Method):
         self.fraction, self.sensitivity, self.tol, self.max_pulses, self.seed = (
             fraction, sensitivity, tol, max_pulses, seed)
 
-    def scores(self, model: AnalogModel, data: TaskData) -> dict[str, Tensor]:
-        """Sensitivity of every weight, comparable across layers."""
+    def scores(self, model: AnalogModel, data: TaskData, chip: Chip | None = None) -> dict[str, Tensor]:
+        """Sensitivity of every weight, comparable across layers (``expected`` needs the chip's targets)."""
         layers = model.analog_layers()
+        if self.sensitivity == "expected":
+            if chip is None:
+                raise NvcimError("write-verify: sensitivity 'expected' needs the chip")
+            fisher = fisher_diagonal(model, data)
+            return {lay.layer_name: fisher[lay.layer_name] * expected_sq_error(chip, lay, model).to(
+                fisher[lay.layer_name]).reshape(lay.weight.shape) for lay in layers}
         if self.sensitivity == "swim":
             fisher = fisher_diagonal(model, data)
             return {lay.layer_name: fisher[lay.layer_name] * lay.weight.detach().abs().max() ** 2
@@ -87,19 +99,19 @@ class WriteVerify(Method):
         gen = torch.Generator().manual_seed(self.seed)
         return {lay.layer_name: torch.rand(lay.weight.shape, generator=gen) for lay in layers}
 
-    def select(self, model: AnalogModel, data: TaskData) -> dict[str, Tensor]:
+    def select(self, model: AnalogModel, data: TaskData, chip: Chip | None = None) -> dict[str, Tensor]:
         """Boolean mask over each layer's weights: the global top ``fraction``."""
         layers = model.analog_layers()
         if self.fraction >= 1.0:
             return {lay.layer_name: torch.ones_like(lay.weight, dtype=torch.bool) for lay in layers}
-        sc = self.scores(model, data)
+        sc = self.scores(model, data, chip)
         flat = torch.cat([v.flatten().cpu() for v in sc.values()])
         k = max(1, int(round(self.fraction * flat.numel())))
         thresh = flat.topk(k).values.min()
         return {name: (v >= thresh) for name, v in sc.items()}
 
     def apply(self, chip: Chip, model: AnalogModel, data: TaskData, progress: bool = False) -> Cost:
-        masks = self.select(model, data)
+        masks = self.select(model, data, chip)
         layers = {lay.layer_name: lay for lay in model.analog_layers()}
         n = chip.n_chips
         pulses = torch.zeros(n)
@@ -115,7 +127,7 @@ class WriteVerify(Method):
         label = "full" if self.fraction >= 1 else f"{100 * self.fraction:g} % by {self.sensitivity}"
         return Cost(write_verify_pulses=float(pulses.mean()), verified_fraction=chosen / max(1, total),
                     labelled_samples=min(len(data.train[1]), 32 * 16)  # fisher_diagonal's default sample
-                    if self.sensitivity == "swim" and self.fraction < 1 else 0,
+                    if self.sensitivity in ("swim", "expected") and self.fraction < 1 else 0,
                     notes=[f"write-verify ({label}), tol {self.tol:g} of the range, <= {self.max_pulses} pulses"])
 
 
@@ -127,3 +139,19 @@ def _neg_mask(layer: AnalogLayer, wmask: Tensor, shape: torch.Size, n: int) -> T
     cols = layer.config.array.cols
     tiles = torch.stack([wmask[t * cols:(t + 1) * cols].any(0) for t in range(shape[1])])
     return tiles.unsqueeze(0).expand(shape).unsqueeze(0).expand(n, *shape)
+
+
+def expected_sq_error(chip: Chip, layer: AnalogLayer, model: AnalogModel) -> Tensor:
+    """E[dw^2] per weight ``(out, K)`` of one programming write, from the datasheet spread of each cell at its
+    target level and the periphery's decode factor of its slice and column."""
+    name = layer.layer_name
+    spread = get_model(model.config.device, model.config.variability).write_spread
+    pos_t, neg_t = (t.cpu() for t in chip.targets(name))  # (S, O', K)
+    s_, o_, k_ = pos_t.shape
+    # weight per unit conductance of each (slice, column): decode a one-hot slice
+    f = torch.stack([chip.decode(name, F.one_hot(torch.tensor(si), s_).to(pos_t).view(1, s_, 1, 1).expand(
+        1, s_, o_, k_), torch.zeros(1, s_, o_, k_))[0, :, 0].cpu() for si in range(s_)])  # (S, O)
+    var = spread(pos_t) ** 2
+    if layer.config.mapping.scheme == "differential":  # reference columns are shared, verified whole
+        var = var + spread(neg_t) ** 2
+    return (f.unsqueeze(-1) ** 2 * var).sum(0)  # (O, K)
