@@ -29,7 +29,8 @@ SETTINGS = {
 
 CHAINS = [
     ["vat"], ["vat:censor"], ["qvat"], ["kd"], ["rsa"], ["kd", "rsa"], ["write-verify"], ["write-verify:10"],
-    ["write-verify:10-magnitude"], ["write-verify:10-random"], ["write-verify:10-expected"], ["self-tune"],
+    ["write-verify:10-magnitude"], ["write-verify:10-random"], ["write-verify:10-expected"],
+    ["write-verify:10-cells"], ["self-tune"],
     ["chip-kd"], ["map-correct"], ["rsa:faults"], ["kd", "rsa:faults"],
     ["vat", "chip-kd"], ["map-correct", "chip-kd"], ["write-verify:10", "self-tune"],
     ["map-correct", "self-tune", "chip-kd"], ["map-correct:remap"], ["map-correct:remap", "chip-kd"],
@@ -44,6 +45,7 @@ OPTIONS = {
     "write-verify:10-magnitude": ("write-verify", {"fraction": 0.1, "sensitivity": "magnitude"}),
     "write-verify:10-random": ("write-verify", {"fraction": 0.1, "sensitivity": "random"}),
     "write-verify:10-expected": ("write-verify", {"fraction": 0.1, "sensitivity": "expected"}),
+    "write-verify:10-cells": ("write-verify", {"fraction": 0.1, "sensitivity": "expected", "cells": True}),
     "self-tune": ("self-tune", {}), "chip-kd": ("chip-kd", {}), "map-correct": ("map-correct", {}),
     "map-correct:remap": ("map-correct", {"remap": True}),
 }

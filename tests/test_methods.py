@@ -419,3 +419,21 @@ def test_rsa_per_chip_fault_selection_beats_a_shared_random_mask(digits):
     fresh.load_state_dict(torch.load(buf, weights_only=True))
     with torch.no_grad():
         assert torch.equal(model(digits.test[0][:16], read_key=3), fresh(digits.test[0][:16], read_key=3))
+
+
+def test_cell_level_selection_beats_weight_level_at_the_same_pulse_budget(digits):
+    data = TaskData(digits.train, digits.train[0])
+    weights = recover(_chips(digits, SLICED, chips=20), [get("write-verify", fraction=0.1)], data, digits.test,
+                      progress=False)
+    cells = recover(_chips(digits, SLICED, chips=20), [get("write-verify", fraction=0.1, sensitivity="expected",
+                                                           cells=True)], data, digits.test, progress=False)
+    assert cells.cost.verified_fraction == pytest.approx(0.1, abs=0.01)
+    assert cells.cost.write_verify_pulses <= 1.1 * weights.cost.write_verify_pulses
+    d = torch.tensor(cells.after.accuracy.per_chip) - torch.tensor(weights.after.accuracy.per_chip)  # same chips
+    assert d.mean() > 3 * d.std() / math.sqrt(d.numel()) and d.mean() > 0.03, (cells.summary(), weights.summary())
+    with pytest.raises(NvcimError, match="sensitivity = 'expected'"):
+        get("write-verify", fraction=0.1, cells=True)
+    offset = nvcim.override(MLC, {"mapping.scheme": "offset"})
+    with pytest.raises(NvcimError, match="differential mapping"):
+        recover(_chips(digits, offset, chips=2), [get("write-verify", fraction=0.1, sensitivity="expected",
+                                                      cells=True)], data, digits.test, progress=False)

@@ -14,6 +14,12 @@ of the chosen ones, with one global threshold across layers:
   depends on the level (bit-sliced or state-dependent cells: a cell at g_min cannot go below 0 S). Our
   design, not SWIM's; it uses the device model (the datasheet), not the chip's hidden state.
 - ``magnitude``: |w| / max|W|;  ``random``: a fixed random order (baselines in SWIM).
+
+``cells=True`` (our extension, with ``expected``): rank *cells* rather than weights, each by the Fisher
+diagonal of its weight times its own expected squared contribution (decode factor x write spread)^2, and
+verify the global top ``fraction`` of cells. With bit slicing the error of a weight is dominated by its
+high-order slices (the top 1-bit slice of an 8-bit weight carries 3/4 of its variance), so the same pulse
+budget covers the high-order cells of many more weights. Differential mapping only.
 """
 
 from __future__ import annotations
@@ -67,7 +73,11 @@ class WriteVerify(Method):
     name = "write-verify"
 
     def __init__(self, fraction: float = 1.0, sensitivity: str = "swim", tol: float = 0.03, max_pulses: int = 20,
-                 seed: int = 0) -> None:
+                 seed: int = 0, cells: bool = False) -> None:
+        if cells and sensitivity != "expected":
+            raise NvcimError("write-verify.cells = true ranks cells by their expected error: it needs "
+                             "sensitivity = 'expected'")
+        self.cells = cells
         if not 0.0 < fraction <= 1.0:
             raise NvcimError(f"write-verify.fraction = {fraction} is invalid: allowed (0, 1]")
         if sensitivity not in ("swim", "expected", "magnitude", "random"):
@@ -110,7 +120,41 @@ class WriteVerify(Method):
         thresh = flat.topk(k).values.min()
         return {name: (v >= thresh) for name, v in sc.items()}
 
+    def cell_masks(self, chip: Chip, model: AnalogModel, data: TaskData) -> dict[str, tuple[Tensor, Tensor]]:
+        """(pos, neg) cell masks (S, O, K) of the global top ``fraction`` of cells by expected loss."""
+        fisher = fisher_diagonal(model, data)
+        scores: dict[str, tuple[Tensor, Tensor]] = {}
+        for lay in model.analog_layers():
+            if lay.config.mapping.scheme != "differential":
+                raise NvcimError(f"write-verify.cells = true needs the differential mapping ({lay.layer_name} "
+                                 "uses reference columns)")
+            f = fisher[lay.layer_name].reshape(1, lay.out_features, -1).cpu()
+            per_cell = cell_sq_errors(chip, lay, model)
+            scores[lay.layer_name] = (f * per_cell[0], f * per_cell[1])
+        flat = torch.cat([v.flatten() for pair in scores.values() for v in pair])
+        k = max(1, int(round(self.fraction * flat.numel())))
+        thresh = flat.topk(k).values.min()
+        return {name: (p >= thresh, q >= thresh) for name, (p, q) in scores.items()}
+
+    def _apply_cells(self, chip: Chip, model: AnalogModel, data: TaskData) -> Cost:
+        masks = self.cell_masks(chip, model, data)
+        n = chip.n_chips
+        pulses = torch.zeros(n)
+        chosen = total = 0
+        for name in chip.layer_names():
+            mp, mn = masks[name]
+            chosen += int(mp.sum() + mn.sum())
+            total += mp.numel() + mn.numel()
+            pulses += chip.write_verify(name, mp.unsqueeze(0).expand(n, *mp.shape),
+                                        mn.unsqueeze(0).expand(n, *mn.shape), self.tol, self.max_pulses).double()
+        return Cost(write_verify_pulses=float(pulses.mean()), verified_fraction=chosen / max(1, total),
+                    labelled_samples=min(len(data.train[1]), 32 * 16),
+                    notes=[f"write-verify ({100 * self.fraction:g} % of the cells by expected loss), tol "
+                           f"{self.tol:g} of the range, <= {self.max_pulses} pulses"])
+
     def apply(self, chip: Chip, model: AnalogModel, data: TaskData, progress: bool = False) -> Cost:
+        if self.cells and self.fraction < 1.0:
+            return self._apply_cells(chip, model, data)
         masks = self.select(model, data, chip)
         layers = {lay.layer_name: lay for lay in model.analog_layers()}
         n = chip.n_chips
@@ -144,6 +188,13 @@ def _neg_mask(layer: AnalogLayer, wmask: Tensor, shape: torch.Size, n: int) -> T
 def expected_sq_error(chip: Chip, layer: AnalogLayer, model: AnalogModel) -> Tensor:
     """E[dw^2] per weight ``(out, K)`` of one programming write, from the datasheet spread of each cell at its
     target level and the periphery's decode factor of its slice and column."""
+    pos, neg = cell_sq_errors(chip, layer, model)
+    return (pos + neg).sum(0)  # (O, K)
+
+
+def cell_sq_errors(chip: Chip, layer: AnalogLayer, model: AnalogModel) -> tuple[Tensor, Tensor]:
+    """Each cell's expected squared contribution to its weight's error, (S, O, K) for the pos and the neg
+    cells (zeros for shared reference columns, which are verified whole)."""
     name = layer.layer_name
     spread = get_model(model.config.device, model.config.variability).write_spread
     pos_t, neg_t = (t.cpu() for t in chip.targets(name))  # (S, O', K)
@@ -151,7 +202,8 @@ def expected_sq_error(chip: Chip, layer: AnalogLayer, model: AnalogModel) -> Ten
     # weight per unit conductance of each (slice, column): decode a one-hot slice
     f = torch.stack([chip.decode(name, F.one_hot(torch.tensor(si), s_).to(pos_t).view(1, s_, 1, 1).expand(
         1, s_, o_, k_), torch.zeros(1, s_, o_, k_))[0, :, 0].cpu() for si in range(s_)])  # (S, O)
-    var = spread(pos_t) ** 2
-    if layer.config.mapping.scheme == "differential":  # reference columns are shared, verified whole
-        var = var + spread(neg_t) ** 2
-    return (f.unsqueeze(-1) ** 2 * var).sum(0)  # (O, K)
+    f2 = f.unsqueeze(-1) ** 2
+    pos = f2 * spread(pos_t) ** 2
+    if layer.config.mapping.scheme == "differential":
+        return pos, f2 * spread(neg_t) ** 2
+    return pos, torch.zeros_like(pos)
