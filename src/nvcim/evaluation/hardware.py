@@ -105,7 +105,9 @@ def _layer_cost(layer: AnalogLayer, positions: int) -> LayerCost:
     sram_weights = float(mask.sum()) / (mask.shape[0] if mask.dim() == 3 else 1) if mask.numel() else 0.0
     tuned = bool(layer.tune_gain.numel()) and bool(
         (layer.tune_gain != 1).any() or (layer.tune_offset != 0).any())
-    sram_bytes = sram_weights * SRAM_WEIGHT_BYTES + (n * REGISTER_BYTES if tuned else 0)
+    # a per-chip sparse table (rsa 'faults') also stores each entry's position within the layer
+    addr_bytes = math.ceil(math.log2(max(2, layer.out_features * layer.k)) / 8) if mask.dim() == 3 else 0
+    sram_bytes = sram_weights * (SRAM_WEIGHT_BYTES + addr_bytes) + (n * REGISTER_BYTES if tuned else 0)
     energy = (conversions * e_adc + drives * e_dac + positions * cells * cc.cell_read_energy_fj * 1e-3
               + adds * cc.digital_add_pj + positions * sram_bytes * cc.sram_read_pj_per_byte)
     conv_per_read = math.ceil(t * n * s / arrays)
