@@ -117,3 +117,20 @@ def test_linear_layer_accepts_extra_dimensions():
     m.calibrate(x)
     with torch.no_grad():
         assert m(x).shape == (3, 5, 7, 4)
+
+
+def test_single_tile_epilogue_is_the_general_one_element_for_element():
+    from nvcim.chip.kernel import _single_tile_epilogue, general_epilogue
+
+    g = torch.Generator().manual_seed(0)
+    b, n_l, c, o = 5, 7, 3, 6
+    y = torch.randn(b, n_l, c, 1, 1, o, generator=g) * 4
+    var = torch.rand(b, n_l, c, 1, 1, o, generator=g)
+    keys = torch.randint(-2**31, 2**31 - 1, (b, c), generator=g, dtype=torch.int64).to(torch.int32)
+    gain, offset = 1 + 0.1 * torch.randn(c, 1, 1, o, generator=g), 0.1 * torch.randn(c, 1, 1, o, generator=g)
+    delta = 0.05 + torch.rand(1, 1, o, generator=g)
+    args = (y, var, keys, gain, offset, delta, -127, 127, torch.tensor([0.7]), torch.rand(c, o, generator=g),
+            torch.randn(o, generator=g))
+    torch.testing.assert_close(_single_tile_epilogue(*args), general_epilogue(*args), rtol=0, atol=0)
+    bare = (y, None, None, None, None, None, 0, 0, torch.tensor([1.0]), torch.ones(c, o), None)
+    torch.testing.assert_close(_single_tile_epilogue(*bare), general_epilogue(*bare), rtol=0, atol=0)
