@@ -98,9 +98,9 @@ def _single_tile_epilogue(y: Tensor, var: Tensor | None, keys: Tensor | None, ga
     kb = None
     if var is not None and keys is not None:
         # key of (b, l, chip, o) = keys[b, chip] + (l O + o) G, wrapping: the position-0 keys + l (O G)
-        kb = (keys.view(b, c, 1) + torch.arange(o, dtype=torch.int32, device=y.device) * _GOLD).reshape(b, co)
+        kb = (keys.view(b, c, 1) + torch.arange(o, dtype=torch.int32, device=y.device) * rng._GOLD).reshape(b, co)
     run = kernel or _flat_kernel
-    out = run(y.reshape(b, n_l, co), None if var is None else var.reshape(b, n_l, co), kb, _s32(o * _GOLD),
+    out = run(y.reshape(b, n_l, co), None if var is None else var.reshape(b, n_l, co), kb, rng._s32(o * rng._GOLD),
               None if gain is None else gain.reshape(co), None if offset is None else offset.reshape(co),
               None if delta is None else flat(delta), lo, hi, slice_w.reshape(1), flat(out_scale),
               None if bias is None else flat(bias))
@@ -123,14 +123,6 @@ def _flat_kernel(y: Tensor, var: Tensor | None, kb: Tensor | None, pos_step: int
     if bias is not None:
         y = y + bias
     return y.contiguous()
-
-
-_GOLD = -1640531535
-
-
-def _s32(v: int) -> int:
-    v &= 0xFFFFFFFF
-    return v - (1 << 32) if v >= (1 << 31) else v
 
 
 _compiled: tuple[Callable[..., Tensor], Callable[..., Tensor]] | None = None

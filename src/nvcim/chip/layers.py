@@ -152,7 +152,7 @@ class AnalogLayer(nn.Module):
         perm = self.row_perm.cpu()
         self.chip_ids = chip_ids.to(dev)
         self._nominal = None
-        has_drift = d.drift.t_read != d.drift.t0 and (d.drift.nu_mean > 0 or d.drift.nu_std > 0)
+        has_drift = self._has_drift()
         out: dict[str, list[Tensor]] = {k: [] for k in ("pos", "neg", "fpos", "fneg", "dpos", "dneg", "comp")}
         for start in range(0, len(chip_ids), chunk):
             ids = chip_ids[start:start + chunk]
@@ -189,6 +189,10 @@ class AnalogLayer(nn.Module):
             "normal", rng.key(seed, self.layer_name, "adc-offset"), chip_ids, shape)).to(dev)
         self.tune_gain = torch.ones(n, self.out_features, device=dev)
         self.tune_offset = torch.zeros(n, self.out_features, device=dev)
+
+    def _has_drift(self) -> bool:
+        d = self.config.device.drift
+        return d.t_read != d.t0 and (d.nu_mean > 0 or d.nu_std > 0)
 
     def _sample(self, side: str, ids: Tensor, purpose: str | tuple[str, int], censor: float = 0.0,
                 target: Tensor | None = None, on_cpu: bool = False, mapped: Mapped | None = None,
@@ -274,7 +278,7 @@ class AnalogLayer(nn.Module):
         d = self.config.device
         ids = torch.tensor([chip_id])
         m = self.mapped()
-        has_drift = d.drift.t_read != d.drift.t0 and (d.drift.nu_mean > 0 or d.drift.nu_std > 0)
+        has_drift = self._has_drift()
         g0, gt = {}, {}
         for side, target in (("pos", m.pos), ("neg", m.neg)):
             shape = tuple(target.shape)

@@ -57,6 +57,21 @@ class TaskData:
         return self.unlabelled[:n]
 
 
+def read_back(chip: Chip, name: str, reads: int) -> tuple[Tensor, Tensor]:
+    """(pos, neg) conductances of layer ``name``, averaged over ``reads`` reads against read noise."""
+    acc = [chip.read(name) for _ in range(reads)]
+    return torch.stack([a[0] for a in acc]).mean(0), torch.stack([a[1] for a in acc]).mean(0)
+
+
+def decode_factors(chip: Chip, name: str) -> Tensor:
+    """Weight per unit conductance difference of each (slice, column), ``(S, O)`` on the CPU: the
+    periphery's decode (shift-and-add and column scale), found by decoding one-hot slices."""
+    pos_t, _ = chip.targets(name)
+    s_, o_, k_ = pos_t.shape
+    return torch.stack([chip.decode(name, torch.nn.functional.one_hot(torch.tensor(si), s_).to(pos_t).view(
+        1, s_, 1, 1).expand(1, s_, o_, k_), torch.zeros(1, s_, o_, k_))[0, :, 0].cpu() for si in range(s_)])
+
+
 def shuffled_batches(n: int, batch_size: int, gen: torch.Generator) -> Iterator[Tensor]:
     """Index batches of one epoch over ``n`` examples, in a seeded random order."""
     perm = torch.randperm(n, generator=gen)

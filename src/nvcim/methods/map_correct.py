@@ -54,7 +54,7 @@ from ..chip.layers import AnalogConv2d
 from ..chip.model import AnalogModel
 from ..devices import ProgrammingModel, get_model, round_to_levels
 from ..errors import NvcimError
-from .base import Cost, Method, TaskData, register
+from .base import Cost, Method, TaskData, decode_factors, read_back, register
 
 
 def _placed(target: Tensor, low: Tensor, high: Tensor, g_min: float, g_max: float) -> Tensor:
@@ -121,8 +121,7 @@ class MapCorrect(Method):
         self.moved = 0.0  # rows moved per chip by the remap step
 
     def _read(self, chip: Chip, name: str) -> tuple[Tensor, Tensor]:
-        acc = [chip.read(name) for _ in range(self.reads)]
-        return torch.stack([a[0] for a in acc]).mean(0), torch.stack([a[1] for a in acc]).mean(0)
+        return read_back(chip, name, self.reads)
 
     def _plan_predistort(self, chip: Chip, name: str, device: ProgrammingModel
                          ) -> tuple[Tensor, Tensor, float] | None:
@@ -194,9 +193,7 @@ class MapCorrect(Method):
         low_p, low_n = self._stuck_map(chip, name, d.g_max, (pos_t, neg_t), d.g_min, d.g_max)  # stuck at g_min (HRS)
         high_p, high_n = self._stuck_map(chip, name, d.g_min, (pos_t, neg_t), d.g_min, d.g_max)  # stuck at g_max (LRS)
         pulses = torch.full((n,), 4 * pos_t.numel(), dtype=torch.long)  # 2 test writes x 2 sides
-        # weight per unit conductance difference of each (slice, column): the periphery's decode
-        f = torch.stack([chip.decode(name, F.one_hot(torch.tensor(si), s_).to(pos_t).view(1, s_, 1, 1).expand(
-            1, s_, o_, k_), torch.zeros(1, s_, o_, k_))[0, :, 0] for si in range(s_)]).cpu()  # (S, O)
+        f = decode_factors(chip, name)  # (S, O) weight per unit conductance difference
         # the routing search runs on the CPU (small, sequential), whatever device simulates the chip
         pos_t, neg_t = pos_t.cpu(), neg_t.cpu()
         low_p, high_p, low_n, high_n = (m.cpu() for m in (low_p, high_p, low_n, high_n))

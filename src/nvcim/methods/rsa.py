@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from ..chip.interface import Chip
 from ..chip.model import AnalogModel
 from ..errors import NvcimError
-from .base import Cost, Method, TaskData, register, shuffled_batches
+from .base import Cost, Method, TaskData, read_back, register, shuffled_batches
 from .write_verify import fisher_diagonal
 
 
@@ -78,9 +78,7 @@ class RSA(Method):
         errs, scores = {}, {}
         for lay in model.analog_layers():
             name = lay.layer_name
-            reads = [chip.read(name) for _ in range(self.reads)]
-            pos = torch.stack([r[0] for r in reads]).mean(0)
-            neg = torch.stack([r[1] for r in reads]).mean(0)
+            pos, neg = read_back(chip, name, self.reads)
             w = lay.weight.detach().reshape(1, lay.out_features, -1)
             errs[name] = (w - chip.decode(name, pos, neg).to(w)).detach()
             scores[name] = fisher[name].reshape(1, lay.out_features, -1) * errs[name] ** 2

@@ -33,7 +33,7 @@ from ..chip.layers import AnalogLayer
 from ..chip.model import AnalogModel
 from ..devices import get_model
 from ..errors import NvcimError
-from .base import Cost, Method, TaskData, register
+from .base import Cost, Method, TaskData, decode_factors, register
 
 
 def fisher_diagonal(model: AnalogModel, data: TaskData, batches: int = 32, batch_size: int = 16
@@ -198,11 +198,7 @@ def cell_sq_errors(chip: Chip, layer: AnalogLayer, model: AnalogModel) -> tuple[
     name = layer.layer_name
     spread = get_model(model.config.device, model.config.variability).write_spread
     pos_t, neg_t = (t.cpu() for t in chip.targets(name))  # (S, O', K)
-    s_, o_, k_ = pos_t.shape
-    # weight per unit conductance of each (slice, column): decode a one-hot slice
-    f = torch.stack([chip.decode(name, F.one_hot(torch.tensor(si), s_).to(pos_t).view(1, s_, 1, 1).expand(
-        1, s_, o_, k_), torch.zeros(1, s_, o_, k_))[0, :, 0].cpu() for si in range(s_)])  # (S, O)
-    f2 = f.unsqueeze(-1) ** 2
+    f2 = decode_factors(chip, name).unsqueeze(-1) ** 2  # (S, O, 1)
     pos = f2 * spread(pos_t) ** 2
     if layer.config.mapping.scheme == "differential":
         return pos, f2 * spread(neg_t) ** 2
