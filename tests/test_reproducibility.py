@@ -134,3 +134,23 @@ def test_single_tile_epilogue_is_the_general_one_element_for_element():
     torch.testing.assert_close(_single_tile_epilogue(*args), general_epilogue(*args), rtol=0, atol=0)
     bare = (y, None, None, None, None, None, 0, 0, torch.tensor([1.0]), torch.ones(c, o), None)
     torch.testing.assert_close(_single_tile_epilogue(*bare), general_epilogue(*bare), rtol=0, atol=0)
+
+
+def test_single_tile_epilogue_in_position_innermost_memory_is_the_same():
+    """A one-channel convolution returns NCHW memory; the epilogue then loops positions innermost (``cm``),
+    which must change nothing, compiled or eager."""
+    from nvcim.chip.kernel import _single_tile_epilogue, epilogue, general_epilogue
+
+    g = torch.Generator().manual_seed(1)
+    b, n_l, c, o = 3, 20, 2, 5
+    cm = torch.randn(b, c * o, n_l, generator=g) * 4  # memory (B, CO, L)
+    y = cm.transpose(1, 2).reshape(b, n_l, c, 1, 1, o)  # a strided view, positions innermost
+    var = torch.rand(b, c * o, n_l, generator=g).transpose(1, 2).reshape(b, n_l, c, 1, 1, o)
+    assert y.stride()[1] == 1
+    keys = torch.randint(-2**31, 2**31 - 1, (b, c), generator=g, dtype=torch.int64).to(torch.int32)
+    args = (y, var, keys, None, None, torch.full((1, 1, o), 0.05), -127, 127, torch.tensor([1.0]),
+            torch.rand(c, o, generator=g), torch.randn(o, generator=g))
+    ref = general_epilogue(y.contiguous(), var.contiguous(), *args[2:])
+    torch.testing.assert_close(_single_tile_epilogue(*args), ref, rtol=0, atol=0)
+    fused = epilogue(True)(*args)
+    assert (fused - ref).abs().max() <= 0.05 + 1e-6 and ((fused - ref).abs() > 1e-6).float().mean() < 0.02

@@ -100,20 +100,41 @@ def _single_tile_epilogue(y: Tensor, var: Tensor | None, keys: Tensor | None, ga
         # key of (b, l, chip, o) = keys[b, chip] + (l O + o) G, wrapping: the position-0 keys + l (O G)
         kb = (keys.view(b, c, 1) + torch.arange(o, dtype=torch.int32, device=y.device) * rng._GOLD).reshape(b, co)
     run = kernel or _flat_kernel
-    out = run(y.reshape(b, n_l, co), None if var is None else var.reshape(b, n_l, co), kb, rng._s32(o * rng._GOLD),
+    yf = y.reshape(b, n_l, co)
+    vf = None if var is None else var.reshape(b, n_l, co)
+    # A convolution of a one-channel input comes back position-innermost (NCHW memory): run the loop in
+    # that order (``cm``) instead of striding across positions, which cannot vectorise (10x slower).
+    cm = n_l > 1 and yf.stride() == (co * n_l, 1, n_l)
+    if cm:
+        yf = yf.transpose(1, 2)
+        vf = None if vf is None else vf.transpose(1, 2).contiguous()
+    # position keys l (O G) as a loaded operand: an index-derived int32 in the loop defeats vectorisation
+    pk = None if kb is None else torch.arange(n_l, dtype=torch.int32, device=y.device) * rng._s32(o * rng._GOLD)
+    out = run(yf, vf, kb, pk,
               None if gain is None else gain.reshape(co), None if offset is None else offset.reshape(co),
               None if delta is None else flat(delta), lo, hi, slice_w.reshape(1), flat(out_scale),
-              None if bias is None else flat(bias))
+              None if bias is None else flat(bias), cm)
+    if cm:  # (B, CO, L) memory viewed as (B, L, c, O)
+        return out.transpose(1, 2).view(b, n_l, c, o)
     return out.view(b, n_l, c, o)
 
 
-def _flat_kernel(y: Tensor, var: Tensor | None, kb: Tensor | None, pos_step: int, gain: Tensor | None,
+def _flat_kernel(y: Tensor, var: Tensor | None, kb: Tensor | None, pk: Tensor | None, gain: Tensor | None,
                  offset: Tensor | None, delta: Tensor | None, lo: int, hi: int, slice_w: Tensor,
-                 out_scale: Tensor, bias: Tensor | None) -> Tensor:
-    """The single-tile epilogue on ``(B, L, CO)`` with flat ``(CO,)`` operands and ``(B, CO)`` keys."""
-    b, n_l, co = y.shape
-    if var is not None and kb is not None:
-        k = kb.view(b, 1, co) + torch.arange(n_l, dtype=torch.int32, device=y.device).view(1, n_l, 1) * pos_step
+                 out_scale: Tensor, bias: Tensor | None, cm: bool = False) -> Tensor:
+    """The single-tile epilogue on ``(B, L, CO)`` with flat ``(CO,)`` operands, ``(B, CO)`` keys and ``(L,)``
+    position keys ``pk``; with
+    ``cm`` on ``(B, CO, L)`` (columns outer, positions inner), the same arithmetic element for element."""
+    if cm:
+        b, co, n_l = y.shape
+        kv, pos = kb.view(b, co, 1) if kb is not None else None, (1, 1, n_l)
+        gain, offset, delta, out_scale, bias = (None if v is None else v.view(co, 1)
+                                                for v in (gain, offset, delta, out_scale, bias))
+    else:
+        b, n_l, co = y.shape
+        kv, pos = kb.view(b, 1, co) if kb is not None else None, (1, n_l, 1)
+    if var is not None and kv is not None and pk is not None:
+        k = kv + pk.view(pos)
         y = y + torch.sqrt(var.clamp_min(0.0)) * rng.normal(k)
     if gain is not None and offset is not None:
         y = y * gain + offset
