@@ -107,6 +107,29 @@ def test_adc_output_has_at_most_2_to_the_b_codes_per_column(bits):
             assert 2 < codes <= 2**bits
 
 
+def test_rows_spread_evenly_over_tiles_and_each_tile_is_digitised_on_its_own():
+    """400 rows on 128-row arrays take 4 tiles of 100 rows (not 3 x 128 + 16); each tile's partial sum
+    goes through its own ADC and the digital periphery adds the codes."""
+    net = linear(k=400, o=5)
+    model = nvcim.convert(net, cfg(**{"array.rows": 128, "circuit.adc_bits": 4}), chips=1, seed=0)
+    lay = model.analog_layers()[0]
+    assert (lay.row_tiles, lay.rows_per_tile()) == (4, 100)
+    assert torch.bincount(lay.row_tile_index()).tolist() == [100] * 4
+    x = torch.randn(64, 400)
+    model.calibrate(x)
+    with torch.no_grad():
+        y = model(x)[0]
+    pos, neg = lay.nominal()
+    diff = (pos - neg)[0, 0]  # (O, K)
+    delta = lay.adc_fs.expand(4, 1, 5)[:, 0] / 2**3  # (T, O)
+    want = sum(torch.clamp(torch.round(x[:, 100 * t:100 * t + 100] @ diff[:, 100 * t:100 * t + 100].T / delta[t]),
+                           -8, 7) * delta[t] for t in range(4))
+    assert torch.allclose(y, want * lay.scale, atol=1e-5 * float(y.abs().max()))
+    conv = nvcim.convert(nn.Sequential(nn.Conv2d(6, 4, 5)), cfg(**{"array.rows": 128}), chips=1, seed=0)
+    c = conv.analog_layers()[0]
+    assert (c.row_tiles, c.ch_per_tile, c.rows_per_tile()) == (2, 3, 75)
+
+
 def test_noiseless_bit_slicing_equals_quantised_weights():
     net = linear(k=48, o=10)
     w = net[0].weight.detach().clone()

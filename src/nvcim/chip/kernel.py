@@ -123,13 +123,13 @@ def _flat_kernel(y: Tensor, var: Tensor | None, kb: Tensor | None, pk: Tensor | 
                  offset: Tensor | None, delta: Tensor | None, lo: int, hi: int, slice_w: Tensor,
                  out_scale: Tensor, bias: Tensor | None, cm: bool = False) -> Tensor:
     """The single-tile epilogue on ``(B, L, CO)`` with flat ``(CO,)`` operands, ``(B, CO)`` keys and ``(L,)``
-    position keys ``pk``; with
-    ``cm`` on ``(B, CO, L)`` (columns outer, positions inner), the same arithmetic element for element."""
+    position keys ``pk``; with ``cm`` on ``(B, CO, L)`` (columns outer, positions inner), the same
+    arithmetic element for element."""
     if cm:
         b, co, n_l = y.shape
         kv, pos = kb.view(b, co, 1) if kb is not None else None, (1, 1, n_l)
-        gain, offset, delta, out_scale, bias = (None if v is None else v.view(co, 1)
-                                                for v in (gain, offset, delta, out_scale, bias))
+        out_scale = out_scale.view(co, 1)
+        gain, offset, delta, bias = (None if v is None else v.view(co, 1) for v in (gain, offset, delta, bias))
     else:
         b, n_l, co = y.shape
         kv, pos = kb.view(b, 1, co) if kb is not None else None, (1, n_l, 1)

@@ -107,6 +107,9 @@ class AnalogLayer(nn.Module):
         raise NotImplementedError
 
     def rows_per_tile(self) -> int:
+        """Rows used in each row tile. Rows are spread evenly over the T tiles a layer needs (400 rows on
+        128-row arrays: 4 x 100, not 3 x 128 + 16): no tile idles, and none of the matrix product is
+        spent on padding."""
         raise NotImplementedError
 
     @property
@@ -594,7 +597,7 @@ class AnalogLayer(nn.Module):
 
 
 class AnalogLinear(AnalogLayer):
-    """Analog ``nn.Linear``: K = in_features rows, split into tiles of ``array.rows``."""
+    """Analog ``nn.Linear``: K = in_features rows, split evenly over ceil(K / ``array.rows``) tiles."""
 
     def __init__(self, digital: nn.Linear, config: ChipConfig, name: str) -> None:
         super().__init__(digital, config, name)
@@ -605,10 +608,10 @@ class AnalogLinear(AnalogLayer):
         return math.ceil(self.k / self.config.array.rows)
 
     def rows_per_tile(self) -> int:
-        return min(self.config.array.rows, self.k)
+        return math.ceil(self.k / self.row_tiles)
 
     def row_tile_index(self) -> Tensor:
-        return torch.arange(self.k) // self.config.array.rows
+        return torch.arange(self.k) // self.rows_per_tile()
 
     def check_input(self, x: Tensor) -> None:
         if x.dim() < 2 or x.shape[-1] != self.in_features:
@@ -648,8 +651,9 @@ class AnalogLinear(AnalogLayer):
 class AnalogConv2d(AnalogLayer):
     """Analog ``nn.Conv2d`` (groups = 1), unrolled as K = C_in kh kw rows.
 
-    Tiles are kernel-aligned: a tile holds the whole kernels of floor(rows / (kh kw)) input channels, so a
-    kernel never straddles two arrays, and each tile is one group of a grouped convolution.
+    Tiles are kernel-aligned: a tile holds the whole kernels of at most floor(rows / (kh kw)) input
+    channels, so a kernel never straddles two arrays, and each tile is one group of a grouped convolution.
+    Channels are spread evenly over the tiles (6 channels of 5x5 on 128-row arrays: 3 + 3, not 5 + 1).
     """
 
     def __init__(self, digital: nn.Conv2d, config: ChipConfig, name: str) -> None:
@@ -668,9 +672,9 @@ class AnalogConv2d(AnalogLayer):
 
     @property
     def ch_per_tile(self) -> int:
-        """Input channels whose kernels fit one tile's rows."""
-        kk = self.kernel_size[0] * self.kernel_size[1]
-        return min(self.config.array.rows // kk, self.in_channels)
+        """Input channels per tile: as few tiles as whole kernels allow, the channels spread evenly."""
+        fit = min(self.config.array.rows // (self.kernel_size[0] * self.kernel_size[1]), self.in_channels)
+        return math.ceil(self.in_channels / math.ceil(self.in_channels / fit))
 
     @property
     def row_tiles(self) -> int:

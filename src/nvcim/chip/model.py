@@ -22,6 +22,7 @@ from ..config import ChipConfig, load_config, preset
 from ..config.fields import check, spec
 from ..errors import ConfigError, ConversionError, NvcimError, ShapeError
 from . import rng
+from .heap import retain_heap
 from .layers import AnalogConv2d, AnalogLayer, AnalogLinear, RunContext
 
 FilterFn = Callable[[nn.Module, str], bool]
@@ -38,6 +39,9 @@ class Runtime:
                            unit="chips", lo=1, hi=4096)
     compile: str = spec("auto", "fuse the analog epilogue with torch.compile: on, off, or auto (large "
                         "evaluations with a C++ compiler or a GPU)", choices=("auto", "on", "off"))
+    retain_heap: bool = spec(True, "CPU runs on Linux: fix glibc's malloc thresholds so that freed "
+                             "activations stay in the heap rather than being unmapped and faulted in again "
+                             "every sub-batch (up to 2x faster; the process keeps its peak heap)")
 
     def __post_init__(self) -> None:
         check(self)
@@ -156,6 +160,8 @@ class AnalogModel(nn.Module):
             read_key = rng.key(self.seed, "read", self._reads)
             self._reads += 1
         block, imgs_per = self.plan(x)
+        if self.device.type == "cpu" and self.runtime.retain_heap:
+            retain_heap()
         outs = []
         try:
             for c0 in range(0, self.chips, block):
@@ -184,7 +190,7 @@ class AnalogModel(nn.Module):
         block = min(self.runtime.chip_block, self.chips)
         budget = self.runtime.memory_mb * 2**20
         if self.device.type == "cpu":
-            budget = min(budget, 96 * 2**20)
+            budget = min(budget, 384 * 2**20)
         imgs = int(max(1, min(x.shape[0], budget // (per * block))))
         return block, imgs
 
