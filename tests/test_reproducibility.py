@@ -102,8 +102,9 @@ def test_compiled_and_eager_epilogue_agree():
     g = torch.Generator().manual_seed(0)
     y = torch.randn(4, 7, 3, 2, 1, 5, generator=g)
     var = torch.rand(4, 7, 3, 2, 1, 5, generator=g) * 0.01
-    keys = torch.randint(-2**31, 2**31 - 1, (4, 3), dtype=torch.int32, generator=g)
-    args = (y, var, keys, None, None, torch.full((2, 1, 5), 0.05), -128, 127, torch.ones(1), torch.ones(3, 5))
+    ck = torch.randint(-2**31, 2**31 - 1, (3,), dtype=torch.int32, generator=g)
+    ik = torch.randint(-2**31, 2**31 - 1, (4,), dtype=torch.int32, generator=g)
+    args = (y, var, ck, ik, None, None, torch.full((2, 1, 5), 0.05), -128, 127, torch.ones(1), torch.ones(3, 5))
     eager = analog_epilogue(*args)
     fused = epilogue(True)(*args)
     # identical up to rare last-bit rounding at a code boundary
@@ -126,13 +127,14 @@ def test_single_tile_epilogue_is_the_general_one_element_for_element():
     b, n_l, c, o = 5, 7, 3, 6
     y = torch.randn(b, n_l, c, 1, 1, o, generator=g) * 4
     var = torch.rand(b, n_l, c, 1, 1, o, generator=g)
-    keys = torch.randint(-2**31, 2**31 - 1, (b, c), generator=g, dtype=torch.int64).to(torch.int32)
+    ck = torch.randint(-2**31, 2**31 - 1, (c,), generator=g, dtype=torch.int64).to(torch.int32)
+    ik = torch.randint(-2**31, 2**31 - 1, (b,), generator=g, dtype=torch.int64).to(torch.int32)
     gain, offset = 1 + 0.1 * torch.randn(c, 1, 1, o, generator=g), 0.1 * torch.randn(c, 1, 1, o, generator=g)
     delta = 0.05 + torch.rand(1, 1, o, generator=g)
-    args = (y, var, keys, gain, offset, delta, -127, 127, torch.tensor([0.7]), torch.rand(c, o, generator=g),
+    args = (y, var, ck, ik, gain, offset, delta, -127, 127, torch.tensor([0.7]), torch.rand(c, o, generator=g),
             torch.randn(o, generator=g))
     torch.testing.assert_close(_single_tile_epilogue(*args), general_epilogue(*args), rtol=0, atol=0)
-    bare = (y, None, None, None, None, None, 0, 0, torch.tensor([1.0]), torch.ones(c, o), None)
+    bare = (y, None, None, None, None, None, None, 0, 0, torch.tensor([1.0]), torch.ones(c, o), None)
     torch.testing.assert_close(_single_tile_epilogue(*bare), general_epilogue(*bare), rtol=0, atol=0)
 
 
@@ -147,8 +149,9 @@ def test_single_tile_epilogue_in_position_innermost_memory_is_the_same():
     y = cm.transpose(1, 2).reshape(b, n_l, c, 1, 1, o)  # a strided view, positions innermost
     var = torch.rand(b, c * o, n_l, generator=g).transpose(1, 2).reshape(b, n_l, c, 1, 1, o)
     assert y.stride()[1] == 1
-    keys = torch.randint(-2**31, 2**31 - 1, (b, c), generator=g, dtype=torch.int64).to(torch.int32)
-    args = (y, var, keys, None, None, torch.full((1, 1, o), 0.05), -127, 127, torch.tensor([1.0]),
+    ck = torch.randint(-2**31, 2**31 - 1, (c,), generator=g, dtype=torch.int64).to(torch.int32)
+    ik = torch.randint(-2**31, 2**31 - 1, (b,), generator=g, dtype=torch.int64).to(torch.int32)
+    args = (y, var, ck, ik, None, None, torch.full((1, 1, o), 0.05), -127, 127, torch.tensor([1.0]),
             torch.rand(c, o, generator=g), torch.randn(o, generator=g))
     ref = general_epilogue(y.contiguous(), var.contiguous(), *args[2:])
     torch.testing.assert_close(_single_tile_epilogue(*args), ref, rtol=0, atol=0)

@@ -8,6 +8,7 @@ Compiled and eager results agree except for rare last-bit rounding differences a
 
 from __future__ import annotations
 
+import functools
 import logging
 import warnings
 from collections.abc import Callable
@@ -25,7 +26,8 @@ log = logging.getLogger(__name__)
 def analog_epilogue(
     y: Tensor,
     var: Tensor | None,
-    keys: Tensor | None,
+    ck: Tensor | None,
+    ik: Tensor | None,
     gain: Tensor | None,
     offset: Tensor | None,
     delta: Tensor | None,
@@ -37,37 +39,56 @@ def analog_epilogue(
 ) -> Tensor:
     """Tile outputs ``y`` (B, L, c, T, S, O) -> layer output (B, L, c, O), contiguous.
 
-    ``var``: read-noise variance of each element (same shape) and ``keys`` (B, c) int32 its random keys;
+    ``var``: read-noise variance of each element (same shape); its random keys derive from ``ck`` (c,)
+    int32 chip keys and ``ik`` (B,) int32 image keys: key(b, l, chip, t, s, o) = mix(ck + ik) + index G.
     ``gain``/``offset`` (c, T, S, O): ADC error; ``delta`` (T, S, O): ADC step, codes clipped to [lo, hi];
     ``slice_w`` (S,); ``out_scale`` (c, O): weight scale times drift compensation; ``bias`` (O,) digital.
     Positions lead and output columns are innermost, the order grouped convolutions produce in
     channels-last memory, so the fused kernel reads and writes in order.
     """
     if y.shape[3] == 1 and y.shape[4] == 1:
-        return _single_tile_epilogue(y, var, keys, gain, offset, delta, lo, hi, slice_w, out_scale, bias)
-    return general_epilogue(y, var, keys, gain, offset, delta, lo, hi, slice_w, out_scale, bias)
+        return _single_tile_epilogue(y, var, ck, ik, gain, offset, delta, lo, hi, slice_w, out_scale, bias)
+    return general_epilogue(y, var, ck, ik, gain, offset, delta, lo, hi, slice_w, out_scale, bias)
 
 
-def _compiled_epilogue(y: Tensor, var: Tensor | None, keys: Tensor | None, gain: Tensor | None,
-                       offset: Tensor | None, delta: Tensor | None, lo: int, hi: int, slice_w: Tensor,
-                       out_scale: Tensor, bias: Tensor | None = None) -> Tensor:
+@functools.lru_cache(maxsize=256)
+def _index_keys(n: int, step: int, device: torch.device) -> Tensor:
+    """(n,) int32 ``arange(n) * step`` (wrapping). Loaded by the fused loops as an operand: an int32 derived
+    from the loop index inside the loop defeats inductor's vectorisation (4-10x slower)."""
+    return torch.arange(n, dtype=torch.int32, device=device) * rng._s32(step)
+
+
+def _compiled_epilogue(y: Tensor, var: Tensor | None, ck: Tensor | None, ik: Tensor | None,
+                       gain: Tensor | None, offset: Tensor | None, delta: Tensor | None, lo: int, hi: int,
+                       slice_w: Tensor, out_scale: Tensor, bias: Tensor | None = None) -> Tensor:
     """:func:`analog_epilogue` with its two loops compiled (the small eager prep stays outside)."""
     assert _compiled is not None
     flat_k, general_k = _compiled
     if y.shape[3] == 1 and y.shape[4] == 1:
-        return _single_tile_epilogue(y, var, keys, gain, offset, delta, lo, hi, slice_w, out_scale, bias,
+        return _single_tile_epilogue(y, var, ck, ik, gain, offset, delta, lo, hi, slice_w, out_scale, bias,
                                      kernel=flat_k)
-    return general_k(y, var, keys, gain, offset, delta, lo, hi, slice_w, out_scale, bias)
+    return general_epilogue(y, var, ck, ik, gain, offset, delta, lo, hi, slice_w, out_scale, bias,
+                            kernel=general_k)
 
 
-def general_epilogue(y: Tensor, var: Tensor | None, keys: Tensor | None, gain: Tensor | None,
-                     offset: Tensor | None, delta: Tensor | None, lo: int, hi: int, slice_w: Tensor,
-                     out_scale: Tensor, bias: Tensor | None = None) -> Tensor:
+def general_epilogue(y: Tensor, var: Tensor | None, ck: Tensor | None, ik: Tensor | None,
+                     gain: Tensor | None, offset: Tensor | None, delta: Tensor | None, lo: int, hi: int,
+                     slice_w: Tensor, out_scale: Tensor, bias: Tensor | None = None,
+                     kernel: Callable[..., Tensor] | None = None) -> Tensor:
     """:func:`analog_epilogue` for any number of row tiles and slices."""
     b, n_l, c, t, s, o = y.shape
-    if var is not None and keys is not None:
-        idx = torch.arange(n_l * t * s * o, dtype=torch.int32, device=y.device).view(1, n_l, 1, t, s, o)
-        k = keys.view(b, 1, c, 1, 1, 1) + idx * -1640531535
+    eidx = _index_keys(n_l * t * s * o, rng._GOLD, y.device) if var is not None else None
+    return (kernel or _general_kernel)(y, var, ck, ik, eidx, gain, offset, delta, lo, hi, slice_w, out_scale, bias)
+
+
+def _general_kernel(y: Tensor, var: Tensor | None, ck: Tensor | None, ik: Tensor | None, eidx: Tensor | None,
+                    gain: Tensor | None, offset: Tensor | None, delta: Tensor | None, lo: int, hi: int,
+                    slice_w: Tensor, out_scale: Tensor, bias: Tensor | None) -> Tensor:
+    """The loop of :func:`general_epilogue`; ``eidx`` (L T S O,) holds the element key offsets."""
+    b, n_l, c, t, s, o = y.shape
+    if var is not None and ck is not None and ik is not None and eidx is not None:
+        keys = rng.mix(ck.view(1, c) + ik.view(b, 1))
+        k = keys.view(b, 1, c, 1, 1, 1) + eidx.view(1, n_l, 1, t, s, o)
         y = y + torch.sqrt(var.clamp_min(0.0)) * rng.normal(k)
     if gain is not None and offset is not None:
         y = y * gain.view(1, 1, c, t, s, o) + offset.view(1, 1, c, t, s, o)
@@ -80,10 +101,10 @@ def general_epilogue(y: Tensor, var: Tensor | None, keys: Tensor | None, gain: T
     return y.contiguous()
 
 
-def _single_tile_epilogue(y: Tensor, var: Tensor | None, keys: Tensor | None, gain: Tensor | None,
-                          offset: Tensor | None, delta: Tensor | None, lo: int, hi: int, slice_w: Tensor,
-                          out_scale: Tensor, bias: Tensor | None, kernel: Callable[..., Tensor] | None = None
-                          ) -> Tensor:
+def _single_tile_epilogue(y: Tensor, var: Tensor | None, ck: Tensor | None, ik: Tensor | None,
+                          gain: Tensor | None, offset: Tensor | None, delta: Tensor | None, lo: int, hi: int,
+                          slice_w: Tensor, out_scale: Tensor, bias: Tensor | None,
+                          kernel: Callable[..., Tensor] | None = None) -> Tensor:
     """:func:`analog_epilogue` for one row tile and one slice (most layers), element for element the same
     arithmetic and random keys, on the flattened ``(B, L, c * O)`` layout: the per-(chip, column) operands
     are laid out flat here (small tensors), so the loop over positions vectorises over chips x columns with
@@ -95,25 +116,25 @@ def _single_tile_epilogue(y: Tensor, var: Tensor | None, keys: Tensor | None, ga
     def flat(v: Tensor) -> Tensor:  # (O,) or (c, O) -> (c * O,)
         return v.reshape(-1, o).expand(c, o).reshape(co)
 
-    kb = None
-    if var is not None and keys is not None:
-        # key of (b, l, chip, o) = keys[b, chip] + (l O + o) G, wrapping: the position-0 keys + l (O G)
-        kb = (keys.view(b, c, 1) + torch.arange(o, dtype=torch.int32, device=y.device) * rng._GOLD).reshape(b, co)
-    run = kernel or _flat_kernel
+    # key of (b, l, chip, o) = mix(ck + ik) + (l O + o) G, wrapping: the (B, c O) keys of position 0 (made
+    # here: recovering chip and column from a flat index inside the loop would not vectorise) + l O G
+    kb = pk = None
+    if var is not None and ck is not None and ik is not None:
+        ok = _index_keys(o, rng._GOLD, y.device)
+        kb = (rng.mix(ck.view(1, c) + ik.view(b, 1)).view(b, c, 1) + ok.view(1, 1, o)).view(b, co)
+        pk = _index_keys(n_l, o * rng._GOLD, y.device)
     yf = y.reshape(b, n_l, co)
     vf = None if var is None else var.reshape(b, n_l, co)
-    # A convolution of a one-channel input comes back position-innermost (NCHW memory): run the loop in
-    # that order (``cm``) instead of striding across positions, which cannot vectorise (10x slower).
+    # A convolution that comes back position-innermost (NCHW memory): run the loop in that order (``cm``)
+    # instead of striding across positions, which cannot vectorise (10x slower).
     cm = n_l > 1 and yf.stride() == (co * n_l, 1, n_l)
     if cm:
         yf = yf.transpose(1, 2)
         vf = None if vf is None else vf.transpose(1, 2).contiguous()
-    # position keys l (O G) as a loaded operand: an index-derived int32 in the loop defeats vectorisation
-    pk = None if kb is None else torch.arange(n_l, dtype=torch.int32, device=y.device) * rng._s32(o * rng._GOLD)
-    out = run(yf, vf, kb, pk,
-              None if gain is None else gain.reshape(co), None if offset is None else offset.reshape(co),
-              None if delta is None else flat(delta), lo, hi, slice_w.reshape(1), flat(out_scale),
-              None if bias is None else flat(bias), cm)
+    out = (kernel or _flat_kernel)(
+        yf, vf, kb, pk, None if gain is None else gain.reshape(co),
+        None if offset is None else offset.reshape(co), None if delta is None else flat(delta), lo, hi,
+        slice_w.reshape(1), flat(out_scale), None if bias is None else flat(bias), cm)
     if cm:  # (B, CO, L) memory viewed as (B, L, c, O)
         return out.transpose(1, 2).view(b, n_l, c, o)
     return out.view(b, n_l, c, o)
@@ -122,19 +143,17 @@ def _single_tile_epilogue(y: Tensor, var: Tensor | None, keys: Tensor | None, ga
 def _flat_kernel(y: Tensor, var: Tensor | None, kb: Tensor | None, pk: Tensor | None, gain: Tensor | None,
                  offset: Tensor | None, delta: Tensor | None, lo: int, hi: int, slice_w: Tensor,
                  out_scale: Tensor, bias: Tensor | None, cm: bool = False) -> Tensor:
-    """The single-tile epilogue on ``(B, L, CO)`` with flat ``(CO,)`` operands, ``(B, CO)`` keys and ``(L,)``
-    position keys ``pk``; with ``cm`` on ``(B, CO, L)`` (columns outer, positions inner), the same
-    arithmetic element for element."""
+    """The single-tile epilogue on ``(B, L, CO)`` with flat ``(CO,)`` operands, ``(B, CO)`` keys of position
+    0 and ``(L,)`` position key offsets ``pk``; with ``cm`` on ``(B, CO, L)`` (columns outer, positions
+    inner), the same arithmetic element for element."""
     if cm:
         b, co, n_l = y.shape
-        kv, pos = kb.view(b, co, 1) if kb is not None else None, (1, 1, n_l)
         out_scale = out_scale.view(co, 1)
         gain, offset, delta, bias = (None if v is None else v.view(co, 1) for v in (gain, offset, delta, bias))
     else:
         b, n_l, co = y.shape
-        kv, pos = kb.view(b, 1, co) if kb is not None else None, (1, n_l, 1)
-    if var is not None and kv is not None and pk is not None:
-        k = kv + pk.view(pos)
+    if var is not None and kb is not None and pk is not None:
+        k = kb.view(b, co, 1) + pk.view(1, 1, n_l) if cm else kb.view(b, 1, co) + pk.view(1, n_l, 1)
         y = y + torch.sqrt(var.clamp_min(0.0)) * rng.normal(k)
     if gain is not None and offset is not None:
         y = y * gain + offset
@@ -163,7 +182,7 @@ def epilogue(compiled: bool) -> Callable[..., Tensor]:
         cfg = torch._dynamo.config
         if hasattr(cfg, "recompile_limit"):
             cfg.recompile_limit = max(cfg.recompile_limit, 64)
-        _compiled = (torch.compile(_flat_kernel, dynamic=True), torch.compile(general_epilogue, dynamic=True))
+        _compiled = (torch.compile(_flat_kernel, dynamic=True), torch.compile(_general_kernel, dynamic=True))
     return _safe
 
 

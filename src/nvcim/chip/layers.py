@@ -65,6 +65,21 @@ class Prepared:
         return Prepared(sq, self.n, self.n_l)
 
 
+@dataclass(frozen=True)
+class EpilogueOperands:
+    """Per-block operands of the analog epilogue (see :func:`~nvcim.chip.kernel.analog_epilogue`)."""
+
+    gain: Tensor | None
+    offset: Tensor | None
+    delta: Tensor | None
+    lo: int
+    hi: int
+    slice_w: Tensor
+    scale: Tensor
+    bias: Tensor
+    extra: Tensor | None  # (c, O) per-chip additive register part, added after the kernel
+
+
 @dataclass
 class RunContext:
     """What the enclosing :class:`~nvcim.chip.model.AnalogModel` tells its layers for one forward pass."""
@@ -79,6 +94,7 @@ class RunContext:
     train_chip: int = 0  # "train" mode: id of the fresh chip drawn for this step
     censor: float = 0.0  # "train" mode: right-censor programming draws at this many sigma (0 = off)
     act_quant: dict = field(default_factory=dict)  # "train" mode: layer name -> (step Parameter, bits, signed)
+    image_keys: Tensor | None = None  # (B,) int32 keys derived from image_ids (set by the first layer)
 
 
 class AnalogLayer(nn.Module):
@@ -506,10 +522,27 @@ class AnalogLayer(nn.Module):
         y = self.mvm(xp, wy, shared, c)
         if ctx.mode == "calibrate":
             self._calibrate_output(y)
-        var = keys = None
+        var = ck = ik = None
         if wv is not None:
             var = self.mvm(xp.squared(), wv, shared, c)
-            keys = self._read_keys(ctx, c)
+            ck, ik = self._read_keys(ctx)
+        k = self._epilogue_operands(ctx, c, y)
+        out = epilogue(ctx.compiled)(y, var, ck, ik, k.gain, k.offset, k.delta, k.lo, k.hi, k.slice_w, k.scale,
+                                     k.bias)
+        if k.extra is not None:
+            out = out + k.extra.view(1, 1, c, -1)
+        if ctx.mode == "chip":
+            extra = self.sram_output(xp, ctx, shared, c)
+            if extra is not None:
+                out = out + extra
+        return self.finish(out, x, shared)
+
+    def _epilogue_operands(self, ctx: RunContext, c: int, y: Tensor) -> EpilogueOperands:
+        """ADC step and errors, output scale and registers of this pass's chips: the same for every image
+        sub-batch of a chip block, so computed once per block (when no gradient is being taken)."""
+        key = (id(self), "operands", ctx.mode, c)
+        if not torch.is_grad_enabled() and key in ctx.cache:
+            return ctx.cache[key]
         gain = offset = delta = None
         lo = hi = 0
         cc = self.config.circuit
@@ -535,16 +568,12 @@ class AnalogLayer(nn.Module):
             tg = self.tune_gain[ctx.chips]
             scale = scale * self.drift_comp[ctx.chips].view(-1, 1) * tg
             if self.tune_offset.requires_grad or bool((self.tune_offset != 0).any() or (self.tune_gain != 1).any()):
-                extra = bias.view(1, -1) * (tg - 1) + self.tune_offset[ctx.chips]
-        kernel = epilogue(ctx.compiled)
-        out = kernel(y, var, keys, gain, offset, delta, lo, hi, self.slice_w.to(y), scale.to(y), _plain(bias.to(y)))
-        if extra is not None:
-            out = out + extra.to(y).view(1, 1, c, -1)
-        if ctx.mode == "chip":
-            extra = self.sram_output(xp, ctx, shared, c)
-            if extra is not None:
-                out = out + extra
-        return self.finish(out, x, shared)
+                extra = (bias.view(1, -1) * (tg - 1) + self.tune_offset[ctx.chips]).to(y)
+        ops = EpilogueOperands(gain, offset, delta, lo, hi, self.slice_w.to(y), scale.to(y), _plain(bias.to(y)),
+                               extra)
+        if not torch.is_grad_enabled():
+            ctx.cache[key] = ops
+        return ops
 
     def _train_forward(self, x: Tensor, ctx: RunContext) -> Tensor:
         """Noise-injection training: the forward pass sees a freshly drawn chip's weights (and quantised
@@ -562,10 +591,17 @@ class AnalogLayer(nn.Module):
         fs = self.adc_fs if bool(self.adc_fs.any()) else self._signal_full_scale()
         return fs.expand(self.row_tiles, self.n_slices, self.out_features)
 
-    def _read_keys(self, ctx: RunContext, c: int) -> Tensor:
-        ids = ctx.image_ids if ctx.image_ids is not None else torch.arange(ctx.batch)
-        ck = rng.chip_keys(ctx.read_key ^ rng.key(self.layer_name), self.chip_ids[ctx.chips].to(torch.int32))
-        return rng.mix(ck.view(1, c) + ids.to(ck.device, torch.int32).view(-1, 1) * 0x2545F491)
+    def _read_keys(self, ctx: RunContext) -> tuple[Tensor, Tensor]:
+        """Read-noise keys: (c,) per chip of this layer and (B,) per image; element keys mix the two."""
+        cache = ctx.cache if not torch.is_grad_enabled() else {}
+        if (id(self), "ck") not in cache:
+            cache[(id(self), "ck")] = rng.chip_keys(ctx.read_key ^ rng.key(self.layer_name),
+                                                    self.chip_ids[ctx.chips].to(torch.int32))
+        ck = cache[(id(self), "ck")]
+        if ctx.image_keys is None:
+            ids = ctx.image_ids if ctx.image_ids is not None else torch.arange(ctx.batch)
+            ctx.image_keys = ids.to(ck.device, torch.int32) * 0x2545F491
+        return ck, ctx.image_keys
 
     def apply_dac(self, x: Tensor) -> Tensor:
         bits = self.config.circuit.dac_bits
