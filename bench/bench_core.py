@@ -42,7 +42,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=500)
     ap.add_argument("--memory-mb", type=float, default=1024.0)
     ap.add_argument("--compile", default="on", choices=("on", "off"))
-    ap.add_argument("--chip-block", type=int, default=8, help="chips per grouped pass (Runtime.chip_block)")
+    ap.add_argument("--chip-block", type=int, default=10, help="chips per grouped pass (Runtime.chip_block)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--out", default="bench/results")
     ap.add_argument("--tag", default="", help="suffix of the results file name")
