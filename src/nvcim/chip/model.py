@@ -186,12 +186,13 @@ class AnalogModel(nn.Module):
     def plan(self, x: Tensor) -> tuple[int, int]:
         """(chips per block, images per sub-batch): blocks are ``runtime.chip_block`` chips (fewer if the
         model has fewer); sub-batches keep a block's activations within the memory budget and, on CPU,
-        within a cache-friendly working set (measured best for LeNet-5 in bench/)."""
+        within 384 MiB: measured best for LeNet-5 (docs/benchmarks.md), between the per-sub-batch overhead of
+        small ones and glibc's 32 MiB mmap limit per tensor of large ones."""
         per = self.bytes_per_chip_image(x)
         block = min(self.runtime.chip_block, self.chips)
         budget = self.runtime.memory_mb * 2**20
         if self.device.type == "cpu":
-            budget = min(budget, float(__import__("os").environ.get("CPUMB", 384)) * 2**20)
+            budget = min(budget, 384 * 2**20)
         imgs = int(max(1, min(x.shape[0], budget // (per * block))))
         return block, imgs
 
