@@ -36,6 +36,8 @@ def analog_epilogue(
     slice_w: Tensor,
     out_scale: Tensor,
     bias: Tensor | None = None,
+    *,
+    kernels: tuple[Callable[..., Tensor], Callable[..., Tensor]] | None = None,
 ) -> Tensor:
     """Tile outputs ``y`` (B, L, c, T, S, O) -> layer output (B, L, c, O), contiguous.
 
@@ -44,11 +46,14 @@ def analog_epilogue(
     ``gain``/``offset`` (c, T, S, O): ADC error; ``delta`` (T, S, O): ADC step, codes clipped to [lo, hi];
     ``slice_w`` (S,); ``out_scale`` (c, O): weight scale times drift compensation; ``bias`` (O,) digital.
     Positions lead and output columns are innermost, the order grouped convolutions produce in
-    channels-last memory, so the fused kernel reads and writes in order.
+    channels-last memory, so the fused kernel reads and writes in order. ``kernels``: compiled (flat,
+    general) loops to run instead of the eager ones.
     """
     if y.shape[3] == 1 and y.shape[4] == 1:
-        return _single_tile_epilogue(y, var, ck, ik, gain, offset, delta, lo, hi, slice_w, out_scale, bias)
-    return general_epilogue(y, var, ck, ik, gain, offset, delta, lo, hi, slice_w, out_scale, bias)
+        return _single_tile_epilogue(y, var, ck, ik, gain, offset, delta, lo, hi, slice_w, out_scale, bias,
+                                     kernel=kernels[0] if kernels else None)
+    return general_epilogue(y, var, ck, ik, gain, offset, delta, lo, hi, slice_w, out_scale, bias,
+                            kernel=kernels[1] if kernels else None)
 
 
 @functools.lru_cache(maxsize=256)
@@ -56,19 +61,6 @@ def _index_keys(n: int, step: int, device: torch.device) -> Tensor:
     """(n,) int32 ``arange(n) * step`` (wrapping). Loaded by the fused loops as an operand: an int32 derived
     from the loop index inside the loop defeats inductor's vectorisation (4-10x slower)."""
     return torch.arange(n, dtype=torch.int32, device=device) * rng._s32(step)
-
-
-def _compiled_epilogue(y: Tensor, var: Tensor | None, ck: Tensor | None, ik: Tensor | None,
-                       gain: Tensor | None, offset: Tensor | None, delta: Tensor | None, lo: int, hi: int,
-                       slice_w: Tensor, out_scale: Tensor, bias: Tensor | None = None) -> Tensor:
-    """:func:`analog_epilogue` with its two loops compiled (the small eager prep stays outside)."""
-    assert _compiled is not None
-    flat_k, general_k = _compiled
-    if y.shape[3] == 1 and y.shape[4] == 1:
-        return _single_tile_epilogue(y, var, ck, ik, gain, offset, delta, lo, hi, slice_w, out_scale, bias,
-                                     kernel=flat_k)
-    return general_epilogue(y, var, ck, ik, gain, offset, delta, lo, hi, slice_w, out_scale, bias,
-                            kernel=general_k)
 
 
 def general_epilogue(y: Tensor, var: Tensor | None, ck: Tensor | None, ik: Tensor | None,
@@ -87,7 +79,7 @@ def _general_kernel(y: Tensor, var: Tensor | None, ck: Tensor | None, ik: Tensor
     """The loop of :func:`general_epilogue`; ``eidx`` (L T S O,) holds the element key offsets."""
     b, n_l, c, t, s, o = y.shape
     if var is not None and ck is not None and ik is not None and eidx is not None:
-        keys = rng.mix(ck.view(1, c) + ik.view(b, 1))
+        keys = rng.read_keys(ck, ik)
         k = keys.view(b, 1, c, 1, 1, 1) + eidx.view(1, n_l, 1, t, s, o)
         y = y + torch.sqrt(var.clamp_min(0.0)) * rng.normal(k)
     if gain is not None and offset is not None:
@@ -121,7 +113,7 @@ def _single_tile_epilogue(y: Tensor, var: Tensor | None, ck: Tensor | None, ik: 
     kb = pk = None
     if var is not None and ck is not None and ik is not None:
         ok = _index_keys(o, rng._GOLD, y.device)
-        kb = (rng.mix(ck.view(1, c) + ik.view(b, 1)).view(b, c, 1) + ok.view(1, 1, o)).view(b, co)
+        kb = (rng.read_keys(ck, ik).view(b, c, 1) + ok.view(1, 1, o)).view(b, co)
         pk = _index_keys(n_l, o * rng._GOLD, y.device)
     yf = y.reshape(b, n_l, co)
     vf = None if var is None else var.reshape(b, n_l, co)
@@ -189,7 +181,7 @@ def epilogue(compiled: bool) -> Callable[..., Tensor]:
 def _safe(*args: Any) -> Tensor:
     global _compile_failed
     try:
-        return _compiled_epilogue(*args)
+        return analog_epilogue(*args, kernels=_compiled)
     except Exception as e:  # no C++ compiler, unsupported backend: stay correct, just slower
         _compile_failed = True
         warnings.warn(f"torch.compile failed ({type(e).__name__}); using the eager kernel", stacklevel=2)

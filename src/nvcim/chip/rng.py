@@ -58,6 +58,11 @@ def chip_keys(base: int, chip_ids: Tensor) -> Tensor:
     return mix(chip_ids.to(torch.int32) * _GOLD + base)
 
 
+def read_keys(ck: Tensor, ik: Tensor) -> Tensor:
+    """(B, c) read-noise keys from (c,) chip keys and (B,) image keys."""
+    return mix(ck.view(1, -1) + ik.view(-1, 1))
+
+
 def element_keys(keys: Tensor, n: int, shape: tuple[int, ...]) -> Tensor:
     """Keys of shape ``keys.shape + shape`` for ``n = prod(shape)`` elements under each key."""
     idx = torch.arange(n, dtype=torch.int32, device=keys.device).view(shape)
