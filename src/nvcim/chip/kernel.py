@@ -19,6 +19,7 @@ from torch import Tensor
 
 from ..circuits.converters import ste_round
 from . import rng
+from .tail import apply_tail
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +38,8 @@ def analog_epilogue(
     out_scale: Tensor,
     bias: Tensor | None = None,
     *,
-    kernels: tuple[Callable[..., Tensor], Callable[..., Tensor]] | None = None,
+    kernels: Callable[[str, tuple], Callable[..., Tensor]] | None = None,
+    tail: tuple[tuple[str | int, ...], int, int] | None = None,
 ) -> Tensor:
     """Tile outputs ``y`` (B, L, c, T, S, O) -> layer output (B, L, c, O), contiguous.
 
@@ -46,14 +48,17 @@ def analog_epilogue(
     ``gain``/``offset`` (c, T, S, O): ADC error; ``delta`` (T, S, O): ADC step, codes clipped to [lo, hi];
     ``slice_w`` (S,); ``out_scale`` (c, O): weight scale times drift compensation; ``bias`` (O,) digital.
     Positions lead and output columns are innermost, the order grouped convolutions produce in
-    channels-last memory, so the fused kernel reads and writes in order. ``kernels``: compiled (flat,
-    general) loops to run instead of the eager ones.
+    channels-last memory, so the fused kernel reads and writes in order. ``kernels``: ``(name, static) ->
+    loop``, the compiled loops to run instead of the eager ones (:func:`compiled_kernel`). ``tail``: (ops, H,
+    W) of a :class:`~nvcim.chip.tail.Tail` applied in the same loop, over L = H W positions; the output is
+    then (B, c, H', W', O) (see :func:`~nvcim.chip.tail.apply_tail`).
     """
+    get = kernels or eager_kernel
     if y.shape[3] == 1 and y.shape[4] == 1:
         return _single_tile_epilogue(y, var, ck, ik, gain, offset, delta, lo, hi, slice_w, out_scale, bias,
-                                     kernel=kernels[0] if kernels else None)
+                                     get=get, tail=tail)
     return general_epilogue(y, var, ck, ik, gain, offset, delta, lo, hi, slice_w, out_scale, bias,
-                            kernel=kernels[1] if kernels else None)
+                            get=get, tail=tail)
 
 
 @functools.lru_cache(maxsize=256)
@@ -66,11 +71,14 @@ def _index_keys(n: int, step: int, device: torch.device) -> Tensor:
 def general_epilogue(y: Tensor, var: Tensor | None, ck: Tensor | None, ik: Tensor | None,
                      gain: Tensor | None, offset: Tensor | None, delta: Tensor | None, lo: int, hi: int,
                      slice_w: Tensor, out_scale: Tensor, bias: Tensor | None = None,
-                     kernel: Callable[..., Tensor] | None = None) -> Tensor:
+                     get: Callable[[str, tuple], Callable[..., Tensor]] | None = None,
+                     tail: tuple[tuple[str | int, ...], int, int] | None = None) -> Tensor:
     """:func:`analog_epilogue` for any number of row tiles and slices."""
     b, n_l, c, t, s, o = y.shape
     eidx = _index_keys(n_l * t * s * o, rng._GOLD, y.device) if var is not None else None
-    return (kernel or _general_kernel)(y, var, ck, ik, eidx, gain, offset, delta, lo, hi, slice_w, out_scale, bias)
+    args = (y, var, ck, ik, eidx, gain, offset, delta, lo, hi, slice_w, out_scale, bias)
+    get = get or eager_kernel
+    return get("general_tail", tail)(*args) if tail else get("general", ())(*args)
 
 
 def _general_kernel(y: Tensor, var: Tensor | None, ck: Tensor | None, ik: Tensor | None, eidx: Tensor | None,
@@ -93,10 +101,20 @@ def _general_kernel(y: Tensor, var: Tensor | None, ck: Tensor | None, ik: Tensor
     return y.contiguous()
 
 
+def _general_tail_kernel(y: Tensor, var: Tensor | None, ck: Tensor | None, ik: Tensor | None,
+                         eidx: Tensor | None, gain: Tensor | None, offset: Tensor | None, delta: Tensor | None,
+                         lo: int, hi: int, slice_w: Tensor, out_scale: Tensor, bias: Tensor | None,
+                         ops: tuple[str | int, ...], h: int, w: int) -> Tensor:
+    """:func:`_general_kernel` followed by the layer's digital tail, in one loop when compiled."""
+    out = _general_kernel(y, var, ck, ik, eidx, gain, offset, delta, lo, hi, slice_w, out_scale, bias)
+    return apply_tail(out, ops, h, w)
+
+
 def _single_tile_epilogue(y: Tensor, var: Tensor | None, ck: Tensor | None, ik: Tensor | None,
                           gain: Tensor | None, offset: Tensor | None, delta: Tensor | None, lo: int, hi: int,
                           slice_w: Tensor, out_scale: Tensor, bias: Tensor | None,
-                          kernel: Callable[..., Tensor] | None = None) -> Tensor:
+                          get: Callable[[str, tuple], Callable[..., Tensor]] | None = None,
+                          tail: tuple[tuple[str | int, ...], int, int] | None = None) -> Tensor:
     """:func:`analog_epilogue` for one row tile and one slice (most layers), element for element the same
     arithmetic and random keys, on the flattened ``(B, L, c * O)`` layout: the per-(chip, column) operands
     are laid out flat here (small tensors), so the loop over positions vectorises over chips x columns with
@@ -123,10 +141,13 @@ def _single_tile_epilogue(y: Tensor, var: Tensor | None, ck: Tensor | None, ik: 
     if cm:
         yf = yf.transpose(1, 2)
         vf = None if vf is None else vf.transpose(1, 2).contiguous()
-    out = (kernel or _flat_kernel)(
-        yf, vf, kb, pk, None if gain is None else gain.reshape(co),
-        None if offset is None else offset.reshape(co), None if delta is None else flat(delta), lo, hi,
-        slice_w.reshape(1), flat(out_scale), None if bias is None else flat(bias), cm)
+    args = (yf, vf, kb, pk, None if gain is None else gain.reshape(co),
+            None if offset is None else offset.reshape(co), None if delta is None else flat(delta), lo, hi,
+            slice_w.reshape(1), flat(out_scale), None if bias is None else flat(bias), cm)
+    get = get or eager_kernel
+    if tail:
+        return get("flat_tail", (c, *tail))(*args)
+    out = get("flat", ())(*args)
     if cm:  # (B, CO, L) memory viewed as (B, L, c, O)
         return out.transpose(1, 2).view(b, n_l, c, o)
     return out.view(b, n_l, c, o)
@@ -157,32 +178,65 @@ def _flat_kernel(y: Tensor, var: Tensor | None, kb: Tensor | None, pk: Tensor | 
     return y.contiguous()
 
 
-_compiled: tuple[Callable[..., Tensor], Callable[..., Tensor]] | None = None
+def _flat_tail_kernel(y: Tensor, var: Tensor | None, kb: Tensor | None, pk: Tensor | None, gain: Tensor | None,
+                      offset: Tensor | None, delta: Tensor | None, lo: int, hi: int, slice_w: Tensor,
+                      out_scale: Tensor, bias: Tensor | None, cm: bool, c: int, ops: tuple[str | int, ...],
+                      h: int, w: int) -> Tensor:
+    """:func:`_flat_kernel` followed by the layer's digital tail, in one loop when compiled."""
+    out = _flat_kernel(y, var, kb, pk, gain, offset, delta, lo, hi, slice_w, out_scale, bias, cm)
+    b = out.shape[0]
+    z = out.transpose(1, 2) if cm else out  # (B, L, c O) either way
+    return apply_tail(z.view(b, h * w, c, -1), ops, h, w)
+
+
+_KERNELS: dict[str, Callable[..., Tensor]] = {
+    "flat": _flat_kernel, "general": _general_kernel, "flat_tail": _flat_tail_kernel,
+    "general_tail": _general_tail_kernel}
 _compile_failed = False
+
+
+def eager_kernel(name: str, static: tuple) -> Callable[..., Tensor]:
+    """Loop ``name`` with its trailing arguments ``static`` bound."""
+    fn = _KERNELS[name]
+    return (lambda *a: fn(*a, *static)) if static else fn
+
+
+@functools.lru_cache(maxsize=128)
+def compiled_kernel(name: str, static: tuple) -> Callable[..., Tensor]:
+    """Loop ``name`` under ``torch.compile``, one compiled function per ``static`` (the tail's ops and the
+    output geometry), closed over and compiled with automatic dynamic shapes, so that only what does change
+    (the sub-batch size) becomes symbolic: under ``dynamic=True`` the geometry would be symbolic too, and
+    the pooling windows' index arithmetic on symbols neither fuses with the epilogue nor vectorises (2.5x
+    slower, measured)."""
+    fn = _KERNELS[name]
+    if not static:
+        return torch.compile(fn, dynamic=True)
+
+    def bound(*a: Any) -> Tensor:
+        return fn(*a, *static)
+
+    return torch.compile(bound, dynamic=None)
 
 
 def epilogue(compiled: bool) -> Callable[..., Tensor]:
     """The epilogue, compiled with ``torch.compile`` when asked and possible (else eager, with a warning)."""
-    global _compiled, _compile_failed
     if not compiled or _compile_failed:
         return analog_epilogue
-    if _compiled is None:
-        # one graph per layer kind (size-1 dims and strides specialise); a deep model has more kinds than
-        # dynamo's default limit of 8, after which every call would silently run eager
-        import torch._dynamo
+    # one graph per layer kind (size-1 dims and strides specialise); a deep model has more kinds than
+    # dynamo's default limit of 8, after which every call would silently run eager
+    import torch._dynamo
 
-        cfg = torch._dynamo.config
-        if hasattr(cfg, "recompile_limit"):
-            cfg.recompile_limit = max(cfg.recompile_limit, 64)
-        _compiled = (torch.compile(_flat_kernel, dynamic=True), torch.compile(_general_kernel, dynamic=True))
+    cfg = torch._dynamo.config
+    if hasattr(cfg, "recompile_limit") and cfg.recompile_limit < 64:
+        cfg.recompile_limit = 64
     return _safe
 
 
-def _safe(*args: Any) -> Tensor:
+def _safe(*args: Any, tail: tuple[tuple[str | int, ...], int, int] | None = None) -> Tensor:
     global _compile_failed
     try:
-        return analog_epilogue(*args, kernels=_compiled)
+        return analog_epilogue(*args, kernels=compiled_kernel, tail=tail)
     except Exception as e:  # no C++ compiler, unsupported backend: stay correct, just slower
         _compile_failed = True
         warnings.warn(f"torch.compile failed ({type(e).__name__}); using the eager kernel", stacklevel=2)
-        return analog_epilogue(*args)
+        return analog_epilogue(*args, tail=tail)

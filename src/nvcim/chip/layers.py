@@ -26,6 +26,7 @@ from ..errors import ConversionError, NvcimError, ShapeError
 from ..mapping import Mapped, get_mapping
 from . import rng
 from .kernel import epilogue
+from .tail import Tail, mark
 
 
 def _plain(t: Tensor) -> Tensor:
@@ -131,6 +132,7 @@ class AnalogLayer(nn.Module):
         self.bias = digital.bias  # type: ignore[assignment]
         self.mapping = get_mapping(config)
         self.ctx: RunContext | None = None
+        self.tail: Tail | None = None  # digital modules after this layer that its fused epilogue may apply
         self.seed = 0
         self._nominal: tuple[Tensor, Tensor] | None = None
         out, k = self.weight.shape[0], self.weight[0].numel()
@@ -527,6 +529,12 @@ class AnalogLayer(nn.Module):
             var = self.mvm(xp.squared(), wv, shared, c)
             ck, ik = self._read_keys(ctx)
         k = self._epilogue_operands(ctx, c, y)
+        tail = self._fused_tail(ctx, k, x)
+        if tail is not None and self.tail is not None:
+            out = epilogue(ctx.compiled)(y, var, ck, ik, k.gain, k.offset, k.delta, k.lo, k.hi, k.slice_w,
+                                         k.scale, k.bias, tail=tail)  # (B, c, H', W', O)
+            n, _, ho, wo, o = out.shape
+            return mark(out.view(n * c, ho, wo, o).permute(0, 3, 1, 2), self.tail)
         out = epilogue(ctx.compiled)(y, var, ck, ik, k.gain, k.offset, k.delta, k.lo, k.hi, k.slice_w, k.scale,
                                      k.bias)
         if k.extra is not None:
@@ -536,6 +544,19 @@ class AnalogLayer(nn.Module):
             if extra is not None:
                 out = out + extra
         return self.finish(out, x, shared)
+
+    def _fused_tail(self, ctx: RunContext, k: EpilogueOperands, x: Tensor
+                    ) -> tuple[tuple[str | int, ...], int, int] | None:
+        """(ops, H, W) when this pass may apply the layer's digital tail inside the compiled epilogue: a plain
+        chip run, with nothing added after the kernel and nobody hooked to the layer's own output."""
+        if (self.tail is None or ctx.mode != "chip" or not ctx.compiled or torch.is_grad_enabled()
+                or k.extra is not None or self.sram_w.numel() or self._forward_hooks):
+            return None
+        return (self.tail.ops, *self._tail_hw(x))
+
+    def _tail_hw(self, x: Tensor) -> tuple[int, int]:
+        """Output rows and columns of the positions L (convolutions)."""
+        raise NotImplementedError
 
     def _epilogue_operands(self, ctx: RunContext, c: int, y: Tensor) -> EpilogueOperands:
         """ADC step and errors, output scale and registers of this pass's chips: the same for every image
@@ -814,6 +835,9 @@ class AnalogConv2d(AnalogLayer):
         ho, wo = self._out_hw(x.shape[-2:])
         y = contiguous_rows(y.transpose(1, 2))  # chips before positions, as the activation layout needs
         return y.view(n * c, ho, wo, o).permute(0, 3, 1, 2)  # NCHW view in channels-last memory
+
+    def _tail_hw(self, x: Tensor) -> tuple[int, int]:
+        return self._out_hw(x.shape[-2:])
 
     def _out_hw(self, hw: torch.Size) -> tuple[int, int]:
         out = []

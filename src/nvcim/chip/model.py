@@ -24,6 +24,7 @@ from ..errors import ConfigError, ConversionError, NvcimError, ShapeError
 from . import rng
 from .heap import retain_heap
 from .layers import AnalogConv2d, AnalogLayer, AnalogLinear, RunContext
+from .tail import attach_tails
 
 FilterFn = Callable[[nn.Module, str], bool]
 
@@ -281,6 +282,7 @@ def convert(
         raise ConversionError("nothing to convert: the model has no nn.Linear or nn.Conv2d layer"
                               + (" that filter_fn accepts" if filter_fn else ""))
     model.eval()
+    attach_tails(model, AnalogConv2d)  # ReLU / max pooling right after a convolution: fused into its epilogue
     wrapper = AnalogModel(model, cfg, chips, seed, runtime or Runtime())
     _check_state_fits(wrapper)
     ids = torch.arange(chips)
