@@ -271,3 +271,32 @@ def test_analog_layer_is_a_torch_module():
     assert isinstance(layer, AnalogLinear) and isinstance(layer, nn.Module)
     assert isinstance(model.config, ChipConfig)
     assert layer.g_pos.shape == (2, 1, 8, 64)
+
+
+@pytest.mark.parametrize("compile_", ["off", "on"])
+def test_paired_read_noise_of_a_convolution_is_independent_with_the_analytic_spread(compile_):
+    """Columns 2j and 2j+1 take the cosine and the sine of one Box-Muller draw: each must still have the
+    analytic read-noise spread, and neighbours of a pair must be uncorrelated (|r| within 5 / sqrt(n)), eager
+    and compiled. (The fused tail loops are checked against this path to the bit in test_tail.py.)"""
+    from nvcim.chip import Runtime
+
+    sr, n = 0.05, 4000
+    torch.manual_seed(0)
+    conv = nn.Conv2d(1, 3, 3, padding=1, bias=False)
+    net = nn.Sequential(conv).eval()
+    model = nvcim.convert(net, cfg(**{"device.read_noise": sr}), chips=1, seed=0,
+                          runtime=Runtime(compile=compile_))
+    x = torch.rand(1, 1, 4, 6).expand(n, 1, 4, 6).contiguous()  # the same image read n times
+    with torch.no_grad():
+        y = model(x)[0].double()  # (n, 3, 4, 6)
+    lay = model.analog_layers()[0]
+    m = lay.mapped()
+    w2 = (m.scale.double().view(-1, 1) ** 2) * (sr**2) * (m.pos[0].double() ** 2 + m.neg[0].double() ** 2)
+    var = F.conv2d(x[:1].double() ** 2, w2.view(3, 1, 3, 3), padding=1)[0]  # (3, 4, 6)
+    sd = var.sqrt()
+    assert ((y.std(0) - sd).abs() < 5 * sd / math.sqrt(2 * (n - 1))).all()
+    z = (y - y.mean(0)) / y.std(0)
+    r = (z[..., 0::2] * z[..., 1::2]).mean(0)  # correlation of each pair of columns
+    assert (r.abs() < 5 / math.sqrt(n)).all()
+    r_rows = (z[:, :, 0::2] * z[:, :, 1::2]).mean(0)  # neighbouring rows are different pairs
+    assert (r_rows.abs() < 5 / math.sqrt(n)).all()

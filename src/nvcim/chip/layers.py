@@ -536,7 +536,7 @@ class AnalogLayer(nn.Module):
             n, _, ho, wo, o = out.shape
             return mark(out.view(n * c, ho, wo, o).permute(0, 3, 1, 2), self.tail)
         out = epilogue(ctx.compiled)(y, var, ck, ik, k.gain, k.offset, k.delta, k.lo, k.hi, k.slice_w, k.scale,
-                                     k.bias)
+                                     k.bias, hw=self._positions_hw(x, y))
         if k.extra is not None:
             out = out + k.extra.view(1, 1, c, -1)
         if ctx.mode == "chip":
@@ -557,6 +557,10 @@ class AnalogLayer(nn.Module):
     def _tail_hw(self, x: Tensor) -> tuple[int, int]:
         """Output rows and columns of the positions L (convolutions)."""
         raise NotImplementedError
+
+    def _positions_hw(self, x: Tensor, y: Tensor) -> tuple[int, int]:
+        """The L positions of tile outputs ``y`` as (rows, columns): read-noise draws pair columns."""
+        return 1, int(y.shape[1])
 
     def _epilogue_operands(self, ctx: RunContext, c: int, y: Tensor) -> EpilogueOperands:
         """ADC step and errors, output scale and registers of this pass's chips: the same for every image
@@ -837,6 +841,9 @@ class AnalogConv2d(AnalogLayer):
         return y.view(n * c, ho, wo, o).permute(0, 3, 1, 2)  # NCHW view in channels-last memory
 
     def _tail_hw(self, x: Tensor) -> tuple[int, int]:
+        return self._out_hw(x.shape[-2:])
+
+    def _positions_hw(self, x: Tensor, y: Tensor) -> tuple[int, int]:
         return self._out_hw(x.shape[-2:])
 
     def _out_hw(self, hw: torch.Size) -> tuple[int, int]:

@@ -74,13 +74,20 @@ def uniform(k: Tensor) -> Tensor:
     return ((mix(k) & 0x7FFFFF).to(torch.float32) + 0.5) * _U
 
 
-def normal(k: Tensor) -> Tensor:
-    """Standard normal from int32 keys (Box-Muller on two hashed uniforms)."""
+def polar(k: Tensor) -> tuple[Tensor, Tensor]:
+    """Box-Muller radius and angle from int32 keys (two hashed uniforms): r cos(theta) and r sin(theta) are
+    two independent standard normals."""
     h1 = mix(k)
     h2 = mix(h1 ^ 0x5BD1E995)
     u1 = ((h1 & 0x7FFFFF).to(torch.float32) + 0.5) * _U
     u2 = (h2 & 0x7FFFFF).to(torch.float32) * _U
-    return torch.sqrt(-2.0 * torch.log(u1)) * torch.cos(6.283185307179586 * u2)
+    return torch.sqrt(-2.0 * torch.log(u1)), 6.283185307179586 * u2
+
+
+def normal(k: Tensor) -> Tensor:
+    """Standard normal from int32 keys: r cos(theta) of :func:`polar`."""
+    r, theta = polar(k)
+    return r * torch.cos(theta)
 
 
 def draw(kind: str, base: int, chip_ids: Tensor, shape: tuple[int, ...], device: torch.device | None = None
