@@ -168,3 +168,17 @@ def test_retain_heap_takes_effect_on_glibc_and_is_a_no_op_elsewhere():
     glibc = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
     assert retain_heap() is glibc
     assert retain_heap() is glibc  # idempotent
+
+
+def test_compiled_dac_is_the_eager_dac_bit_for_bit_and_keeps_the_layout():
+    from nvcim.chip.kernel import dac_kernel
+    from nvcim.circuits import dac
+
+    g = torch.Generator().manual_seed(3)
+    x = (torch.randn(20, 6, 14, 14, generator=g) * 2).contiguous(memory_format=torch.channels_last)
+    fs = torch.tensor(1.7)
+    for bits, signed in ((8, True), (4, False), (1, True)):
+        with torch.no_grad():
+            got = dac_kernel(bits, signed)(x, fs)
+        want = dac(x, fs, bits, signed)
+        assert torch.equal(got, want) and got.stride() == x.stride()

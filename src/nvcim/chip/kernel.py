@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..circuits.converters import ste_round
+from ..circuits.converters import dac, ste_round
 from . import rng
 from .tail import apply_tail
 
@@ -331,6 +331,28 @@ def compiled_kernel(name: str, static: tuple) -> Callable[..., Tensor]:
         return fn(*a, *static)
 
     return torch.compile(bound, dynamic=None)
+
+
+@functools.lru_cache(maxsize=16)
+def dac_kernel(bits: int, signed: bool) -> Callable[[Tensor, Tensor], Tensor]:
+    """:func:`~nvcim.circuits.converters.dac` as one compiled pass (eager, it is four passes over a block's
+    activations) for ``bits`` and ``signed``; falls back to eager where compiling fails."""
+    def bound(x: Tensor, full_scale: Tensor) -> Tensor:
+        return dac(x, full_scale, bits, signed)
+
+    fn = torch.compile(bound, dynamic=None)
+
+    def run(x: Tensor, full_scale: Tensor) -> Tensor:
+        global _compile_failed
+        if not _compile_failed:
+            try:
+                return fn(x, full_scale)
+            except Exception as e:  # no C++ compiler, unsupported backend
+                _compile_failed = True
+                warnings.warn(f"torch.compile failed ({type(e).__name__}); using the eager kernel", stacklevel=2)
+        return bound(x, full_scale)
+
+    return run
 
 
 def epilogue(compiled: bool) -> Callable[..., Tensor]:

@@ -25,7 +25,7 @@ from ..devices import apply_faults, drift, fault_codes, get_model, round_to_leve
 from ..errors import ConversionError, NvcimError, ShapeError
 from ..mapping import Mapped, get_mapping
 from . import rng
-from .kernel import epilogue
+from .kernel import dac_kernel, epilogue
 from .tail import Tail, mark
 
 
@@ -519,7 +519,7 @@ class AnalogLayer(nn.Module):
                                  f"input) or {b * c} (images x chips)")
         if ctx.mode == "calibrate":
             self._calibrate_input(x)
-        xp = self.prepare(self.apply_dac(x), shared, c)
+        xp = self.prepare(self.apply_dac(x, ctx.compiled and ctx.mode == "chip"), shared, c)
         wy, wv = self.packed_weights(ctx, shared)
         y = self.mvm(xp, wy, shared, c)
         if ctx.mode == "calibrate":
@@ -628,13 +628,17 @@ class AnalogLayer(nn.Module):
             ctx.image_keys = ids.to(ck.device, torch.int32) * 0x2545F491
         return ck, ctx.image_keys
 
-    def apply_dac(self, x: Tensor) -> Tensor:
+    def apply_dac(self, x: Tensor, compiled: bool = False) -> Tensor:
+        """The DAC on the layer's inputs; ``compiled``: in one fused pass (the same numbers) when no gradient
+        is taken."""
         bits = self.config.circuit.dac_bits
         if not bits:
             return x
         if not bool(self.dac_fs > 0):
             raise NvcimError(f"{self.layer_name}: the DAC range is not calibrated: call model.calibrate(x) "
                              "or set circuit.dac_range")
+        if compiled and not torch.is_grad_enabled():
+            return dac_kernel(bits, bool(self.dac_signed))(x, self.dac_fs)
         return dac(x, self.dac_fs, bits, bool(self.dac_signed))
 
     # ---- calibration ----------------------------------------------------------------------------
