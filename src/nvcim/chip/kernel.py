@@ -330,7 +330,14 @@ def compiled_kernel(name: str, static: tuple) -> Callable[..., Tensor]:
     def bound(*a: Any) -> Tensor:
         return fn(*a, *static)
 
-    return torch.compile(bound, dynamic=None)
+    return torch.compile(_own_code(bound, f"{name}_{compiled_kernel.cache_info().currsize}"), dynamic=None)
+
+
+def _own_code(fn: Callable[..., Any], name: str) -> Callable[..., Any]:
+    """``fn`` with a code object of its own: dynamo keeps compiled graphs per code object, so closures of
+    one function would otherwise share one cache (and one recompile limit) across every layer kind."""
+    fn.__code__ = fn.__code__.replace(co_name=name)
+    return fn
 
 
 @functools.lru_cache(maxsize=16)
@@ -340,7 +347,7 @@ def dac_kernel(bits: int, signed: bool) -> Callable[[Tensor, Tensor], Tensor]:
     def bound(x: Tensor, full_scale: Tensor) -> Tensor:
         return dac(x, full_scale, bits, signed)
 
-    fn = torch.compile(bound, dynamic=None)
+    fn = torch.compile(_own_code(bound, f"dac_{bits}_{int(signed)}"), dynamic=None)
 
     def run(x: Tensor, full_scale: Tensor) -> Tensor:
         global _compile_failed
