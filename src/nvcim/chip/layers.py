@@ -536,7 +536,7 @@ class AnalogLayer(nn.Module):
             n, _, ho, wo, o = out.shape
             return mark(out.view(n * c, ho, wo, o).permute(0, 3, 1, 2), self.tail)
         out = epilogue(ctx.compiled)(y, var, ck, ik, k.gain, k.offset, k.delta, k.lo, k.hi, k.slice_w, k.scale,
-                                     k.bias, hw=self._positions_hw(x, y))
+                                     k.bias, hw=self._positions_hw(x, int(y.shape[1])))
         if k.extra is not None:
             out = out + k.extra.view(1, 1, c, -1)
         if ctx.mode == "chip":
@@ -552,15 +552,11 @@ class AnalogLayer(nn.Module):
         if (self.tail is None or ctx.mode != "chip" or not ctx.compiled or torch.is_grad_enabled()
                 or k.extra is not None or self.sram_w.numel() or self._forward_hooks):
             return None
-        return (self.tail.ops, *self._tail_hw(x))
+        return (self.tail.ops, *self._positions_hw(x, 0))
 
-    def _tail_hw(self, x: Tensor) -> tuple[int, int]:
-        """Output rows and columns of the positions L (convolutions)."""
-        raise NotImplementedError
-
-    def _positions_hw(self, x: Tensor, y: Tensor) -> tuple[int, int]:
-        """The L positions of tile outputs ``y`` as (rows, columns): read-noise draws pair columns."""
-        return 1, int(y.shape[1])
+    def _positions_hw(self, x: Tensor, n_l: int) -> tuple[int, int]:
+        """The ``n_l`` output positions of input ``x`` as (rows, columns): read-noise draws pair columns."""
+        return 1, n_l
 
     def _epilogue_operands(self, ctx: RunContext, c: int, y: Tensor) -> EpilogueOperands:
         """ADC step and errors, output scale and registers of this pass's chips: the same for every image
@@ -844,10 +840,7 @@ class AnalogConv2d(AnalogLayer):
         y = contiguous_rows(y.transpose(1, 2))  # chips before positions, as the activation layout needs
         return y.view(n * c, ho, wo, o).permute(0, 3, 1, 2)  # NCHW view in channels-last memory
 
-    def _tail_hw(self, x: Tensor) -> tuple[int, int]:
-        return self._out_hw(x.shape[-2:])
-
-    def _positions_hw(self, x: Tensor, y: Tensor) -> tuple[int, int]:
+    def _positions_hw(self, x: Tensor, n_l: int) -> tuple[int, int]:
         return self._out_hw(x.shape[-2:])
 
     def _out_hw(self, hw: torch.Size) -> tuple[int, int]:
