@@ -24,7 +24,7 @@ from .tail import apply_tail
 log = logging.getLogger(__name__)
 
 
-Tail = tuple[tuple[str | int, ...], int, int]  # (ops, H, W) of a layer's digital tail
+TailSpec = tuple[tuple[str | int, ...], int, int]  # (ops, H, W) of a layer's digital tail
 Getter = Callable[[str, tuple], Callable[..., Tensor]]
 
 
@@ -43,7 +43,7 @@ def analog_epilogue(
     bias: Tensor | None = None,
     *,
     kernels: Getter | None = None,
-    tail: Tail | None = None,
+    tail: TailSpec | None = None,
     hw: tuple[int, int] | None = None,
 ) -> Tensor:
     """Tile outputs ``y`` (B, L, c, T, S, O) -> layer output (B, L, c, O), contiguous.
@@ -105,7 +105,7 @@ def read_noise(k: Tensor, odd: Tensor | None) -> Tensor:
 def general_epilogue(y: Tensor, var: Tensor | None, ck: Tensor | None, ik: Tensor | None,
                      gain: Tensor | None, offset: Tensor | None, delta: Tensor | None, lo: int, hi: int,
                      slice_w: Tensor, out_scale: Tensor, bias: Tensor | None = None,
-                     get: Getter | None = None, tail: Tail | None = None,
+                     get: Getter | None = None, tail: TailSpec | None = None,
                      hw: tuple[int, int] | None = None) -> Tensor:
     """:func:`analog_epilogue` for any number of row tiles and slices."""
     b, n_l, c, t, s, o = y.shape
@@ -205,7 +205,7 @@ def _general_tail_kernel(y: Tensor, var: Tensor | None, ck: Tensor | None, ik: T
 def _single_tile_epilogue(y: Tensor, var: Tensor | None, ck: Tensor | None, ik: Tensor | None,
                           gain: Tensor | None, offset: Tensor | None, delta: Tensor | None, lo: int, hi: int,
                           slice_w: Tensor, out_scale: Tensor, bias: Tensor | None,
-                          get: Getter | None = None, tail: Tail | None = None,
+                          get: Getter | None = None, tail: TailSpec | None = None,
                           hw: tuple[int, int] | None = None) -> Tensor:
     """:func:`analog_epilogue` for one row tile and one slice (most layers), element for element the same
     arithmetic and random keys, on the flattened ``(B, L, c * O)`` layout: the per-(chip, column) operands
@@ -376,7 +376,7 @@ def epilogue(compiled: bool) -> Callable[..., Tensor]:
     return _safe
 
 
-def _safe(*args: Any, tail: Tail | None = None, hw: tuple[int, int] | None = None) -> Tensor:
+def _safe(*args: Any, tail: TailSpec | None = None, hw: tuple[int, int] | None = None) -> Tensor:
     global _compile_failed
     try:
         return analog_epilogue(*args, kernels=compiled_kernel, tail=tail, hw=hw)

@@ -25,7 +25,7 @@ from ..devices import apply_faults, drift, fault_codes, get_model, round_to_leve
 from ..errors import ConversionError, NvcimError, ShapeError
 from ..mapping import Mapped, get_mapping
 from . import rng
-from .kernel import dac_kernel, epilogue
+from .kernel import TailSpec, dac_kernel, epilogue
 from .tail import Tail, mark
 
 
@@ -546,7 +546,7 @@ class AnalogLayer(nn.Module):
         return self.finish(out, x, shared)
 
     def _fused_tail(self, ctx: RunContext, k: EpilogueOperands, x: Tensor
-                    ) -> tuple[tuple[str | int, ...], int, int] | None:
+                    ) -> TailSpec | None:
         """(ops, H, W) when this pass may apply the layer's digital tail inside the compiled epilogue: a plain
         chip run, with nothing added after the kernel and nobody hooked to the layer's own output."""
         if (self.tail is None or ctx.mode != "chip" or not ctx.compiled or torch.is_grad_enabled()
