@@ -3,8 +3,8 @@
 On a chip these run in the digital periphery right after the ADC; in the simulator they are the model's own
 modules, which run once per chip on activations that are many times the size of the input (a LeNet-5's
 first convolution: 10 chips x 6 x 28 x 28 floats per image). Run separately, the epilogue, the reorder into
-the activation layout, the ReLU and the pooling each pass over that memory (four passes, most of a chip
-run's time on the CPU). :func:`attach_tails` lets the analog layer apply them inside its fused epilogue
+the activation layout, the ReLU and the pooling each pass over that memory (four passes, about a third of
+a chip run's time on the CPU). :func:`attach_tails` lets the analog layer apply them inside its fused epilogue
 instead, in one pass that writes only the pooled result.
 
 The model's tree is kept: each absorbed module is wrapped in :class:`Absorbed`, which runs it as before
