@@ -119,15 +119,20 @@ def general_epilogue(y: Tensor, var: Tensor | None, ck: Tensor | None, ik: Tenso
     return get("general_tail", tail)(*args) if tail else get("general", ())(*args)
 
 
+def _adc(y: Tensor, gain: Tensor | None, offset: Tensor | None, delta: Tensor | None, lo: int, hi: int) -> Tensor:
+    """ADC gain/offset error and quantisation of noisy outputs; operands broadcast from the right."""
+    if gain is not None and offset is not None:
+        y = y * gain + offset
+    if delta is not None:
+        y = torch.clamp(ste_round(y / delta), lo, hi) * delta
+    return y
+
+
 def _general_post(y: Tensor, gain: Tensor | None, offset: Tensor | None, delta: Tensor | None, lo: int,
                   hi: int, slice_w: Tensor, out_scale: Tensor, bias: Tensor | None) -> Tensor:
     """ADC error, ADC, shift-and-add over (T, S), scale and bias of noisy tile outputs (..., c, T, S, O)."""
-    s = slice_w.numel()
-    if gain is not None and offset is not None:
-        y = y * gain + offset  # (c, T, S, O), aligned from the right
-    if delta is not None:
-        y = torch.clamp(ste_round(y / delta), lo, hi) * delta
-    y = (y * slice_w.view(s, 1)).sum(dim=(-3, -2)) * out_scale
+    y = _adc(y, gain, offset, delta, lo, hi)  # operands (c, T, S, O) and (T, S, O)
+    y = (y * slice_w.view(slice_w.numel(), 1)).sum(dim=(-3, -2)) * out_scale
     if bias is not None:
         y = y + bias
     return y
@@ -249,11 +254,7 @@ def _single_tile_epilogue(y: Tensor, var: Tensor | None, ck: Tensor | None, ik: 
 def _flat_post(y: Tensor, gain: Tensor | None, offset: Tensor | None, delta: Tensor | None, lo: int, hi: int,
                slice_w: Tensor, out_scale: Tensor, bias: Tensor | None) -> Tensor:
     """ADC error, ADC, scale and bias of noisy outputs whose operands broadcast against them."""
-    if gain is not None and offset is not None:
-        y = y * gain + offset
-    if delta is not None:
-        y = torch.clamp(ste_round(y / delta), lo, hi) * delta
-    y = y * slice_w * out_scale
+    y = _adc(y, gain, offset, delta, lo, hi) * slice_w * out_scale
     if bias is not None:
         y = y + bias
     return y
