@@ -96,10 +96,8 @@ def position_keys(h: int, w: int, step: int, device: torch.device) -> tuple[Tens
 
 def read_noise(k: Tensor, odd: Tensor | None) -> Tensor:
     """Standard normals of pair keys ``k``: r cos(theta), or r sin(theta) where ``odd``."""
-    r, theta = rng.polar(k)
-    if odd is None:
-        return r * torch.cos(theta)
-    return torch.where(odd, r * torch.sin(theta), r * torch.cos(theta))
+    z0, z1 = rng.normal_pair(k)
+    return z0 if odd is None else torch.where(odd, z1, z0)
 
 
 def general_epilogue(y: Tensor, var: Tensor | None, ck: Tensor | None, ik: Tensor | None,
@@ -143,6 +141,7 @@ def _general_kernel(y: Tensor, var: Tensor | None, ck: Tensor | None, ik: Tensor
                     hi: int, slice_w: Tensor, out_scale: Tensor, bias: Tensor | None) -> Tensor:
     """The loop of :func:`general_epilogue`; ``eidx`` (L T S O,) holds the element key offsets, ``odd``
     (L,) the positions that take the sine of their pair."""
+    var = None if var is None else var.to(y.dtype)  # a bfloat16 variance is widened here
     b, n_l, c, t, s, o = y.shape
     if var is not None and ck is not None and ik is not None and eidx is not None:
         keys = rng.read_keys(ck, ik)
@@ -168,8 +167,8 @@ def _paired_max(noisy: Callable[[int, int, Tensor], Tensor], kk: Callable[[int, 
     z: Tensor | None = None
     for di in range(k):
         for dj in range(0, k, 2):
-            r, theta = rng.polar(kk(di, dj))
-            for e in (noisy(di, dj, r * torch.cos(theta)), noisy(di, dj + 1, r * torch.sin(theta))):
+            z0, z1 = rng.normal_pair(kk(di, dj))
+            for e in (noisy(di, dj, z0), noisy(di, dj + 1, z1)):
                 z = e if z is None else torch.maximum(z, e)
     assert z is not None
     return z
@@ -190,6 +189,7 @@ def _general_tail_kernel(y: Tensor, var: Tensor | None, ck: Tensor | None, ik: T
     """:func:`_general_kernel` followed by the layer's digital tail. With read noise and an even pooling
     window, each window is computed in place (pairs of columns from one draw) and only the pooled
     output is written; the same numbers, element for element, as the kernel followed by the tail."""
+    var = None if var is None else var.to(y.dtype)  # a bfloat16 variance is widened here
     k = _pool_window(ops)
     if var is None or ck is None or ik is None or eidx is None or not k or k % 2:
         out = _general_kernel(y, var, ck, ik, eidx, odd, gain, offset, delta, lo, hi, slice_w, out_scale, bias)
@@ -266,6 +266,7 @@ def _flat_kernel(y: Tensor, var: Tensor | None, kb: Tensor | None, pk: Tensor | 
     """The single-tile epilogue on ``(B, L, CO)`` with flat ``(CO,)`` operands, ``(B, CO)`` keys of position
     0, ``(L,)`` position key offsets ``pk`` and odd-column flags ``odd``; with ``cm`` on ``(B, CO, L)``
     (columns outer, positions inner), the same arithmetic element for element."""
+    var = None if var is None else var.to(y.dtype)  # a bfloat16 variance is widened here
     if cm:
         b, co, n_l = y.shape
         out_scale = out_scale.view(co, 1)
@@ -287,6 +288,7 @@ def _flat_tail_kernel(y: Tensor, var: Tensor | None, kb: Tensor | None, pk: Tens
                       ops: tuple[str | int, ...], h: int, w: int) -> Tensor:
     """:func:`_flat_kernel` followed by the layer's digital tail; with read noise and an even pooling
     window in one pass over the windows, as in :func:`_general_tail_kernel`."""
+    var = None if var is None else var.to(y.dtype)  # a bfloat16 variance is widened here
     k = _pool_window(ops)
     b = y.shape[0]
     if var is None or kb is None or pk is None or cm or not k or k % 2:
