@@ -111,7 +111,7 @@ F32_TOL = 1e-4  # documented in docs/reliability.md: float32 logits vs the float
 @pytest.mark.parametrize("name", ["rram-mlc-4bit", "rram-sliced-1bit", "fefet-2bit", "pcm", "flash"])
 def test_float32_agrees_with_the_float64_reference(name):
     x = torch.rand(32, 1, 28, 28, generator=torch.Generator().manual_seed(11))
-    m32 = nvcim.convert(lenet(), name, chips=4, seed=3, runtime=nvcim.Runtime(compile="off"))
+    m32 = nvcim.convert(lenet(), name, chips=4, seed=3, runtime=nvcim.Runtime(compile="off", variance="float32"))
     m32.calibrate(x)
     m64 = nvcim.convert(lenet(), name, chips=4, seed=3, runtime=nvcim.Runtime(compile="off"))
     m64.calibrate(x)

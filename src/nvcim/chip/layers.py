@@ -53,16 +53,18 @@ class Prepared:
     n: int
     n_l: int
 
-    def squared(self) -> Prepared:
-        """x * x, in x's memory layout (elementwise ops may pick another one for ambiguous strides, and a
-        variance in another layout than the value makes the epilogue stride across memory)."""
+    def squared(self, dtype: torch.dtype | None = None) -> Prepared:
+        """x * x (stored as ``dtype``, default x's), in x's memory layout (elementwise ops may pick another
+        one for ambiguous strides, and a variance in another layout than the value makes the epilogue
+        stride across memory)."""
         x = self.x
         if torch.is_grad_enabled() and x.requires_grad:  # out= has no autograd
             sq = x * x
-            if sq.stride() != x.stride():
-                sq = torch.empty_strided(x.shape, x.stride(), dtype=sq.dtype, device=sq.device).copy_(sq)
+            if sq.stride() != x.stride() or (dtype is not None and dtype != sq.dtype):
+                sq = torch.empty_strided(x.shape, x.stride(), dtype=dtype or sq.dtype, device=sq.device).copy_(sq)
         else:
-            sq = torch.mul(x, x, out=torch.empty_strided(x.shape, x.stride(), dtype=x.dtype, device=x.device))
+            sq = torch.mul(x, x, out=torch.empty_strided(x.shape, x.stride(), dtype=dtype or x.dtype,
+                                                         device=x.device))
         return Prepared(sq, self.n, self.n_l)
 
 
@@ -96,6 +98,7 @@ class RunContext:
     censor: float = 0.0  # "train" mode: right-censor programming draws at this many sigma (0 = off)
     act_quant: dict = field(default_factory=dict)  # "train" mode: layer name -> (step Parameter, bits, signed)
     image_keys: Tensor | None = None  # (B,) int32 keys derived from image_ids (set by the first layer)
+    var_dtype: torch.dtype | None = None  # "chip" mode: dtype of the read-noise variance products (None: as y)
 
 
 class AnalogLayer(nn.Module):
@@ -488,7 +491,10 @@ class AnalogLayer(nn.Module):
                 pos, neg = self.effective(ctx.chips)
             w, w2 = self.conductances(pos, neg)
             noisy = w2 is not None and ctx.mode == "chip"
-            ctx.cache[key] = (self.pack(w, shared), self.pack(w2, shared) if noisy and w2 is not None else None)
+            wv = self.pack(w2, shared) if noisy and w2 is not None else None
+            if wv is not None and ctx.var_dtype is not None:
+                wv = wv.to(ctx.var_dtype)  # keeps the (channels-last) layout
+            ctx.cache[key] = (self.pack(w, shared), wv)
         return ctx.cache[key]
 
     def finish(self, y: Tensor, x: Tensor, shared: bool) -> Tensor:
@@ -526,7 +532,7 @@ class AnalogLayer(nn.Module):
             self._calibrate_output(y)
         var = ck = ik = None
         if wv is not None:
-            var = self.mvm(xp.squared(), wv, shared, c)
+            var = self.mvm(xp.squared(ctx.var_dtype), wv, shared, c)
             ck, ik = self._read_keys(ctx)
         k = self._epilogue_operands(ctx, c, y)
         tail = self._fused_tail(ctx, k, x)
