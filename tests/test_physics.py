@@ -335,3 +335,19 @@ def test_bfloat16_variance_scales_each_read_noise_draw_within_its_rounding_bound
     assert (ratio - 1).abs().max() < 0.006, float((ratio - 1).abs().max())
     assert (ratio != 1).float().mean() > 0.5  # the reduced products did run
     assert float((ratio - 1).abs().mean()) < 0.002  # rounding errors average over the summed terms
+
+
+def test_variance_format_auto_picks_bfloat16_only_for_float32_runs_on_cpus_that_have_it(monkeypatch):
+    from nvcim.chip import Runtime
+    from nvcim.chip import model as chip_model
+
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    for native, expect in ((True, torch.bfloat16), (False, None)):
+        monkeypatch.setattr(chip_model, "native_bf16", lambda native=native: native)
+        assert chip_model.variance_dtype(Runtime(), torch.float32, cpu) == expect
+        assert chip_model.variance_dtype(Runtime(), torch.float64, cpu) is None  # float64 runs stay exact
+        assert chip_model.variance_dtype(Runtime(), torch.float32, gpu) is None
+        assert chip_model.variance_dtype(Runtime(variance="float32"), torch.float32, cpu) is None
+        assert chip_model.variance_dtype(Runtime(variance="bfloat16"), torch.float32, gpu) == torch.bfloat16
+    with pytest.raises(nvcim.ConfigError, match="variance.*'auto', 'float32', 'bfloat16'"):
+        Runtime(variance="half")
