@@ -63,8 +63,9 @@ class Prepared:
             if sq.stride() != x.stride() or (dtype is not None and dtype != sq.dtype):
                 sq = torch.empty_strided(x.shape, x.stride(), dtype=dtype or sq.dtype, device=sq.device).copy_(sq)
         else:
-            sq = torch.mul(x, x, out=torch.empty_strided(x.shape, x.stride(), dtype=dtype or x.dtype,
-                                                         device=x.device))
+            sq = torch.mul(x, x, out=torch.empty_strided(x.shape, x.stride(), dtype=x.dtype, device=x.device))
+            if dtype is not None and dtype != sq.dtype:
+                sq = sq.to(dtype)  # keeps the strides; a mixed-dtype out= above would be 10x slower
         return Prepared(sq, self.n, self.n_l)
 
 
