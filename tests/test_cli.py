@@ -1,5 +1,6 @@
 """The command line end to end: demo, evaluate, train, presets; result.json; Fashion-MNIST."""
 
+import copy
 import json
 from pathlib import Path
 
@@ -130,3 +131,21 @@ def test_device_option_names_the_bad_value_and_what_is_allowed(tmp_path, capsys)
     assert f"--device = '{bad}' is invalid" in capsys.readouterr().err
     assert main([*args, "--device", "cpu"]) == 0
     assert len(json.loads((tmp_path / "result.json").read_text())["accuracy"]["per_chip"]) == 2
+
+
+def test_variance_option_reaches_the_runtime_and_bad_values_are_named(tmp_path, capsys):
+    args = ["evaluate", "--model", "mlp", "--chips", "4", "--limit", "120", "--quiet", "--seed", "1",
+            "--set", "device.read_noise=0.05", "--out", str(tmp_path)]
+    data = load_dataset("digits")
+    model, _ = trained_model("mlp", data, seed=1, progress=False)
+    test = (data.test[0][:120], data.test[1][:120])
+    for v in ("float32", "bfloat16"):
+        assert main([*args, "--variance", v]) == 0
+        cfg = nvcim.override(nvcim.preset("rram-mlc-4bit"), {"device.read_noise": 0.05})
+        api = nvcim.convert(copy.deepcopy(model), cfg, chips=4, seed=1, runtime=nvcim.Runtime(variance=v))
+        api.calibrate(data.train[0][:256])
+        assert _result(tmp_path)["accuracy"]["per_chip"] == nvcim.evaluate(api, test, progress=False).accuracy.per_chip
+    with pytest.raises(SystemExit) as e:
+        main([*args, "--variance", "half"])
+    assert e.value.code == 2
+    assert "invalid choice: 'half'" in capsys.readouterr().err
