@@ -47,7 +47,7 @@ class Runtime:
                              "every sub-batch (up to 2x faster; the process keeps its peak heap)")
     variance: str = spec("auto", "number format of the read-noise variance products (sum of x^2 G^2 per "
                          "output): float32 (as the values), bfloat16 (inputs and conductances rounded to 8 "
-                         "significant bits, accumulated in float32: each output's noise std within 0.4 % of "
+                         "significant bits, accumulated in float32: each output's noise std within 0.6 % of "
                          "its float32 value; 1.3-2x faster convolutions), or auto: bfloat16 for float32 "
                          "runs on CPUs with native bfloat16 instructions (AVX512-BF16, AMX), else float32",
                          choices=("auto", "float32", "bfloat16"))
