@@ -58,9 +58,10 @@ def test_uncalibrated_converters_explain_what_to_do():
         m(torch.randn(3, 64))
 
 
-def test_grouped_conv_is_refused_clearly():
-    with pytest.raises(ConversionError, match="groups=2"):
-        nvcim.convert(nn.Sequential(nn.Conv2d(4, 4, 3, groups=2)), "ideal", chips=1)
+def test_a_kernel_larger_than_the_array_is_refused_clearly():
+    cfg = nvcim.override(nvcim.preset("ideal"), {"array.rows": 16})
+    with pytest.raises(ConversionError, match=r"needs 25 rows but array.rows = 16"):
+        nvcim.convert(nn.Sequential(nn.Conv2d(4, 4, 5, groups=2)), cfg, chips=1)
 
 
 def test_unknown_dataset_and_model():

@@ -10,6 +10,18 @@ Quick use::
 
 __version__ = "0.1.0"
 
+import logging as _logging  # noqa: E402
+
+# One-line notices (for example "compiling the chip kernels") go to stderr unless the user has set up the
+# "nvcim" logger; silence them with logging.getLogger("nvcim").setLevel(logging.WARNING).
+_log = _logging.getLogger("nvcim")
+if not _log.handlers:
+    _handler = _logging.StreamHandler()
+    _handler.setFormatter(_logging.Formatter("nvcim: %(message)s"))
+    _log.addHandler(_handler)
+    _log.setLevel(_logging.INFO)
+    _log.propagate = False
+
 from . import methods  # noqa: E402  (nvcim.methods.get)
 from .chip import AnalogModel, Runtime, convert  # noqa: E402
 from .config import ChipConfig, dumps, load_config, override, preset, preset_names, save_config  # noqa: E402

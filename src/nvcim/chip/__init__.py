@@ -1,9 +1,11 @@
 """Simulated chips: analog layers, counter-based randomness, model conversion."""
 
+from .convert import ConversionReport, convert, resolve_config
 from .layers import AnalogConv2d, AnalogLayer, AnalogLinear
-from .model import AnalogModel, Runtime, convert, resolve_config
+from .model import AnalogModel, Runtime
 
-__all__ = ["AnalogConv2d", "AnalogLayer", "AnalogLinear", "AnalogModel", "Runtime", "convert", "resolve_config"]
+__all__ = ["AnalogConv2d", "AnalogLayer", "AnalogLinear", "AnalogModel", "ConversionReport", "Runtime", "convert",
+           "resolve_config"]
 
 from .interface import Chip, SimulatedChip  # noqa: E402
 

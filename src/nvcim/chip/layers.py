@@ -26,6 +26,7 @@ from ..errors import ConversionError, NvcimError, ShapeError
 from ..mapping import Mapped, get_mapping
 from . import rng
 from .kernel import TailSpec, dac_kernel, epilogue
+from .registry import register
 from .tail import Tail, mark
 
 
@@ -41,6 +42,9 @@ def contiguous_rows(t: Tensor) -> Tensor:
     gather short rows (6 filters of a first convolution: about 1.5x faster)."""
     if (t.dtype == torch.float32 and t.shape[-1] % 2 == 0 and t.stride(-1) == 1 and t.storage_offset() % 2 == 0
             and all(st % 2 == 0 for st, n in zip(t.stride()[:-1], t.shape[:-1]) if n > 1)):
+        # Tensor.view(dtype) checks the stride of every dimension, size-1 ones included (a 1x1 feature map
+        # of a ResNet gives odd ones); their stride is never used, so it is set to 0 first.
+        t = t.as_strided(t.shape, [st if n > 1 else 0 for st, n in zip(t.stride(), t.shape)], t.storage_offset())
         return t.view(torch.float64).contiguous().view(torch.float32)
     return t.contiguous()
 
@@ -100,6 +104,13 @@ class RunContext:
     act_quant: dict = field(default_factory=dict)  # "train" mode: layer name -> (step Parameter, bits, signed)
     image_keys: Tensor | None = None  # (B,) int32 keys derived from image_ids (set by the first layer)
     var_dtype: torch.dtype | None = None  # "chip" mode: dtype of the read-noise variance products (None: as y)
+    # "chip" mode: the model's input as every chip sees it, (B c, ...) image-major (``entry``), made from the
+    # shared (B, ...) batch ``entry_src``; a layer whose input is still that very tensor, unmodified, may
+    # compute all chips from ``entry_src`` (the same numbers, fewer products)
+    entry: Tensor | None = None
+    entry_src: Tensor | None = None
+    entry_version: int = 0
+    ran: set[int] = field(default_factory=set)  # "chip" mode: ids of the analog layers that ran
 
 
 class AnalogLayer(nn.Module):
@@ -456,6 +467,10 @@ class AnalogLayer(nn.Module):
     def digital(self, x: Tensor) -> Tensor:
         return self.digital_with(x, self.weight)
 
+    def pad_input(self, x: Tensor) -> Tensor:
+        """The input as the array receives it (a convolution may pad it digitally first)."""
+        return x
+
     def digital_with(self, x: Tensor, w: Tensor) -> Tensor:
         """The digital layer with weights ``w``."""
         raise NotImplementedError
@@ -517,7 +532,10 @@ class AnalogLayer(nn.Module):
         else:
             assert ctx.chips is not None
             c = int(ctx.chips.numel())
-            if x.shape[0] == b * c:
+            ctx.ran.add(id(self))
+            if x is ctx.entry and ctx.entry_src is not None and x._version == ctx.entry_version:
+                x, shared = ctx.entry_src, True  # the model's own input: one shared product serves all chips
+            elif x.shape[0] == b * c:
                 shared = c == 1
             elif x.shape[0] == b:
                 shared = True
@@ -526,6 +544,7 @@ class AnalogLayer(nn.Module):
                                  f"input) or {b * c} (images x chips)")
         if ctx.mode == "calibrate":
             self._calibrate_input(x)
+        x = self.pad_input(x)
         xp = self.prepare(self.apply_dac(x, ctx.compiled and ctx.mode == "chip"), shared, c)
         wy, wv = self.packed_weights(ctx, shared)
         y = self.mvm(xp, wy, shared, c)
@@ -700,6 +719,7 @@ class AnalogLayer(nn.Module):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 
+@register(nn.Linear)
 class AnalogLinear(AnalogLayer):
     """Analog ``nn.Linear``: K = in_features rows, split evenly over ceil(K / ``array.rows``) tiles."""
 
@@ -753,37 +773,61 @@ class AnalogLinear(AnalogLayer):
         return y.transpose(1, 2).reshape(n * c, *x.shape[1:-1], o)
 
 
+@register(nn.Conv2d)
 class AnalogConv2d(AnalogLayer):
-    """Analog ``nn.Conv2d`` (groups = 1), unrolled as K = C_in kh kw rows.
+    """Analog ``nn.Conv2d``, unrolled as K = (C_in / groups) kh kw rows.
 
     Tiles are kernel-aligned: a tile holds the whole kernels of at most floor(rows / (kh kw)) input
     channels, so a kernel never straddles two arrays, and each tile is one group of a grouped convolution.
     Channels are spread evenly over the tiles (6 channels of 5x5 on 128-row arrays: 3 + 3, not 5 + 1).
+    A grouped (or depthwise) convolution puts each group on arrays of its own: group j's output columns
+    see only the rows of group j's input channels. ``padding='same'`` and every ``padding_mode`` pad the
+    input digitally before the DAC, as the periphery would (zero padding of a plain convolution stays
+    inside the product, which is the same).
     """
 
     def __init__(self, digital: nn.Conv2d, config: ChipConfig, name: str) -> None:
-        if digital.groups != 1:
-            raise ConversionError(f"{name}: grouped/depthwise Conv2d (groups={digital.groups}) is not supported "
-                                  "yet; leave it digital with filter_fn")
-        if digital.padding_mode != "zeros":
-            raise ConversionError(f"{name}: padding_mode={digital.padding_mode!r} is not supported ('zeros' is)")
         kk = digital.kernel_size[0] * digital.kernel_size[1]
         if kk > config.array.rows:
             raise ConversionError(f"{name}: one {digital.kernel_size} kernel needs {kk} rows but array.rows = "
                                   f"{config.array.rows}; use larger tiles")
         self.in_channels, self.kernel_size = digital.in_channels, digital.kernel_size
-        self.stride, self.padding, self.dilation = digital.stride, digital.padding, digital.dilation
+        self.groups = digital.groups
+        self.cg = digital.in_channels // digital.groups  # input channels per group
+        self.stride, self.dilation = digital.stride, digital.dilation
+        self.pre_pad: tuple[int, ...] | None = None
+        self.pad_mode = "constant" if digital.padding_mode == "zeros" else digital.padding_mode
+        if isinstance(digital.padding, str) or digital.padding_mode != "zeros":
+            # (left, right, top, bottom), as nn.Conv2d pads for 'same' or a padding_mode of its own
+            self.pre_pad = tuple(digital._reversed_padding_repeated_twice)
+            self.padding: tuple[int, ...] = (0, 0)
+        else:
+            self.padding = tuple(digital.padding)
         super().__init__(digital, config, name)
+
+    def pad_input(self, x: Tensor) -> Tensor:
+        """The input as the array sees it: padded first where the convolution cannot pad with zeros itself."""
+        if self.pre_pad is None or not any(self.pre_pad):
+            return x
+        return F.pad(x, self.pre_pad, mode=self.pad_mode)
+
+    def unfold_input(self, v: Tensor) -> Tensor:
+        """Inputs ``v`` (B, C_in, H, W) as the rows of the matrix product, (B L groups, K)."""
+        cols = F.unfold(self.pad_input(v), self.kernel_size, self.dilation, self.padding,  # type: ignore[arg-type]
+                        self.stride)  # (B, C_in kh kw, L), group-major rows
+        b, _, n_l = cols.shape
+        return cols.view(b, self.groups, self.k, n_l).permute(0, 3, 1, 2).reshape(-1, self.k)
 
     @property
     def ch_per_tile(self) -> int:
         """Input channels per tile: as few tiles as whole kernels allow, the channels spread evenly."""
-        fit = min(self.config.array.rows // (self.kernel_size[0] * self.kernel_size[1]), self.in_channels)
-        return math.ceil(self.in_channels / math.ceil(self.in_channels / fit))
+        fit = min(self.config.array.rows // (self.kernel_size[0] * self.kernel_size[1]), self.cg)
+        return math.ceil(self.cg / math.ceil(self.cg / fit))
 
     @property
     def row_tiles(self) -> int:
-        return math.ceil(self.in_channels / self.ch_per_tile)
+        """Row tiles of each group."""
+        return math.ceil(self.cg / self.ch_per_tile)
 
     def rows_per_tile(self) -> int:
         return self.ch_per_tile * self.kernel_size[0] * self.kernel_size[1]
@@ -798,43 +842,60 @@ class AnalogConv2d(AnalogLayer):
                              f" got {tuple(x.shape)}")
 
     def digital_with(self, x: Tensor, w: Tensor) -> Tensor:
-        return F.conv2d(x, w, self.bias, self.stride, self.padding, self.dilation)
+        return F.conv2d(self.pad_input(x), w, self.bias, self.stride, self.padding, self.dilation, self.groups)
 
     def pack(self, w: Tensor, shared: bool) -> Tensor:
-        t, ct = self.row_tiles, self.ch_per_tile
+        t, ct, g = self.row_tiles, self.ch_per_tile, self.groups
         kh, kw = self.kernel_size
         c, s, o = w.shape[:3]
-        pad_ch = t * ct - self.in_channels
-        wk = F.pad(w.reshape(c, s, o, self.in_channels, kh * kw), (0, 0, 0, pad_ch))
-        wk = wk.reshape(c, s, o, t, ct, kh, kw)
-        order = (3, 0, 1, 2, 4, 5, 6) if shared else (0, 3, 1, 2, 4, 5, 6)
-        wg = wk.permute(*order).reshape(c * t * s * o, ct, kh, kw)
+        og = o // g
+        pad_ch = t * ct - self.cg
+        wk = F.pad(w.reshape(c, s, g, og, self.cg, kh * kw), (0, 0, 0, pad_ch))
+        wk = wk.reshape(c, s, g, og, t, ct, kh, kw)
+        # filters in the order of the convolution's groups: (tile, chip) shared, (chip, tile) otherwise, with
+        # the model's groups outermost (shared) or inside the chip (per chip), as the inputs are laid out
+        order = (2, 4, 0, 1, 3, 5, 6, 7) if shared else (0, 2, 4, 1, 3, 5, 6, 7)
+        wg = wk.permute(*order).reshape(c * g * t * s * og, ct, kh, kw)
         return wg.contiguous(memory_format=torch.channels_last)
+
+    def _group_pad(self, x: Tensor, lead: int) -> Tensor:
+        """(..., C_in, H, W) -> (..., groups t ct, H, W): each group's channels padded to whole tiles."""
+        pad_ch = self.row_tiles * self.ch_per_tile - self.cg
+        if not pad_ch:
+            return x
+        h, wd = x.shape[-2:]
+        xg = F.pad(x.reshape(*x.shape[:lead], self.groups, self.cg, h, wd), (0, 0, 0, 0, 0, pad_ch))
+        return xg.reshape(*x.shape[:lead], -1, h, wd)
 
     def prepare(self, x: Tensor, shared: bool, c: int) -> Prepared:
         """Channels-last input of the grouped convolution (several times faster for many small groups on
         CPU): (B, C_in', H, W) shared, or (B, c C_in', H, W) with each chip's channels side by side, built
-        from the activation layout (B c, C_in, H, W) in one copy. C_in' pads channels to whole tiles."""
-        pad_ch = self.row_tiles * self.ch_per_tile - self.in_channels
+        from the activation layout (B c, C_in, H, W) in one copy. C_in' pads each group's channels to
+        whole tiles."""
         n = x.shape[0] // (1 if shared else c)
         h, wd = x.shape[-2:]
         if shared:
-            xin = F.pad(x, (0, 0, 0, 0, 0, pad_ch)) if pad_ch else x
-            xin = xin.contiguous(memory_format=torch.channels_last)
+            xin = self._group_pad(x, 1).contiguous(memory_format=torch.channels_last)
             if xin.shape[1] == 1:  # one channel is NCHW and NHWC alike; oneDNN then picks NCHW (2x slower)
                 xin = xin.as_strided(xin.shape, (h * wd, 1, wd, 1))
             return Prepared(xin, n, 0)
-        xin = x.reshape(n, c, self.in_channels, h, wd)
-        if pad_ch:
-            xin = F.pad(xin, (0, 0, 0, 0, 0, pad_ch))
+        xin = self._group_pad(x.reshape(n, c, self.in_channels, h, wd), 2)
         rows = contiguous_rows(xin.permute(0, 3, 4, 1, 2))  # (B, H, W, c, C_in')
         return Prepared(rows.view(n, h, wd, -1).permute(0, 3, 1, 2), n, 0)
 
     def mvm(self, p: Prepared, packed: Tensor, shared: bool, c: int, s: int = 0) -> Tensor:
-        t, s, o = self.row_tiles, s or self.n_slices, self.out_features
+        t, s, o, g = self.row_tiles, s or self.n_slices, self.out_features, self.groups
+        og = o // g
         if shared:
-            return self._conv(p.x, packed, t).view(p.n, -1, t, c, s, o).transpose(2, 3)
-        return self._conv(p.x, packed, c * t).view(p.n, -1, c, t, s, o)
+            y = self._conv(p.x, packed, g * t)  # output channels (g, t, c, s, og)
+            if g == 1:
+                return y.view(p.n, -1, t, c, s, o).transpose(2, 3)
+            y = y.view(p.n, -1, g, t, c, s, og).permute(0, 1, 4, 3, 5, 2, 6)
+            return y.reshape(p.n, -1, c, t, s, o)
+        y = self._conv(p.x, packed, c * g * t)  # output channels (c, g, t, s, og)
+        if g == 1 or t * s == 1:
+            return y.view(p.n, -1, c, t, s, o)
+        return y.view(p.n, -1, c, g, t, s, og).permute(0, 1, 2, 4, 5, 3, 6).reshape(p.n, -1, c, t, s, o)
 
     def _conv(self, x: Tensor, w: Tensor, groups: int) -> Tensor:
         """Grouped convolution of a prepared input; returns the output as a (N, H*W, C_out) tensor."""

@@ -1,6 +1,6 @@
-"""``convert``: swap a model's Linear/Conv2d for analog layers holding N chips, and run them in one pass.
+"""``AnalogModel``: a converted model's N chips, run in one batched pass (see :mod:`.convert`).
 
-The returned :class:`AnalogModel` maps an input batch ``(B, ...)`` to outputs ``(N, B, ...)``: the chip
+An :class:`AnalogModel` maps an input batch ``(B, ...)`` to outputs ``(N, B, ...)``: the chip
 dimension leads. Chips are processed in chunks sized to a memory budget, and images in sub-batches when
 even one chip would not fit; thanks to counter-based randomness (:mod:`.rng`) the result does not depend
 on either.
@@ -8,26 +8,36 @@ on either.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
+import logging
 import shutil
-from collections.abc import Callable
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.utils._pytree import tree_flatten, tree_unflatten
 
-from ..config import ChipConfig, load_config, preset
+from ..config import ChipConfig
 from ..config.fields import check, spec
-from ..errors import ConfigError, ConversionError, NvcimError, ShapeError
+from ..errors import NvcimError, ShapeError
 from . import rng
 from .heap import retain_heap
-from .layers import AnalogConv2d, AnalogLayer, AnalogLinear, RunContext
-from .tail import attach_tails
+from .layers import AnalogLayer, RunContext
 
-FilterFn = Callable[[nn.Module, str], bool]
+log = logging.getLogger("nvcim")
+
+# Runtime.compile="auto": compile when one chip pass, or all of a model's chip passes so far, move this many
+# activation elements (chips x images x elements per chip-image). On the 2-core CI host compiling LeNet-5's
+# kernels takes one to two minutes and an eager chip pass runs about 10x slower than a compiled one, so
+# 5e8 elements (about 14 000 LeNet-5 chip-images, some 15 s eager) is where one call begins to repay it,
+# and 2e9 in all is where a loop of small calls has (docs/user-guide.md, "When nvcim compiles").
+COMPILE_CALL_ELEMENTS = 5e8
+COMPILE_TOTAL_ELEMENTS = 2e9
 
 
 @dataclass(frozen=True)
@@ -40,8 +50,11 @@ class Runtime:
                            "results are bitwise identical whatever the chip count or memory budget (10 divides "
                            "the usual 100 or 1000 chips: no padded chips computed)",
                            unit="chips", lo=1, hi=4096)
-    compile: str = spec("auto", "fuse the analog epilogue with torch.compile: on, off, or auto (large "
-                        "evaluations with a C++ compiler or a GPU)", choices=("auto", "on", "off"))
+    compile: str = spec("auto", "fuse the analog epilogue with torch.compile: on, off, or auto (compile once "
+                        "this model's chip passes are large enough to repay the one-off compile: one call of at "
+                        "least 5e8 activation elements, or 2e9 in all; needs a C++ compiler or a GPU). Compiled "
+                        "and eager passes give the same numbers to the bit, so this only changes speed",
+                        choices=("auto", "on", "off"))
     retain_heap: bool = spec(True, "CPU runs on Linux: fix glibc's malloc thresholds so that freed "
                              "activations stay in the heap rather than being unmapped and faulted in again "
                              "every sub-batch (up to 2x faster; the process keeps its peak heap)")
@@ -54,16 +67,6 @@ class Runtime:
 
     def __post_init__(self) -> None:
         check(self)
-
-
-def resolve_config(config: ChipConfig | str | Path) -> ChipConfig:
-    """A ChipConfig from a config, a preset name or a config file path."""
-    if isinstance(config, ChipConfig):
-        return config
-    p = Path(str(config))
-    if p.suffix.lower() in (".toml", ".json", ".yaml", ".yml") or p.is_file():
-        return load_config(p)
-    return preset(str(config))
 
 
 @functools.lru_cache(maxsize=1)
@@ -97,8 +100,10 @@ class AnalogModel(nn.Module):
     def __init__(self, net: nn.Module, config: ChipConfig, chips: int, seed: int, runtime: Runtime) -> None:
         super().__init__()
         self.net, self.config, self.chips, self.seed, self.runtime = net, config, chips, seed, runtime
-        self.compiled = runtime.compile == "on"
         self._reads = 0
+        self._elements_run = 0.0  # activation elements of every chip pass so far (Runtime.compile="auto")
+        self._announced = False
+        self.report: Any = None  # the ConversionReport of convert()
         self._bytes_per_chip_image: dict[tuple[int, ...], float] = {}
 
     # ---- structure ------------------------------------------------------------------------------
@@ -155,7 +160,8 @@ class AnalogModel(nn.Module):
         x = self._check(x)
         self._set(RunContext("calibrate", batch=x.shape[0]))
         try:
-            self.net(x)
+            with _modules_run():
+                self.net(x)
         finally:
             self._set(None)
 
@@ -176,41 +182,93 @@ class AnalogModel(nn.Module):
         """Outputs of every chip: ``(chips, B, ...)``.
 
         ``image_ids`` (B,) label each image for the read-noise stream (default ``0..B-1``); ``read_key``
-        fixes the read-noise draw (default: a fresh one per call, as on a real chip).
+        fixes the read-noise draw (default: a fresh one per call, as on a real chip). This is the fast path:
+        the same :class:`Runtime` policy as :func:`nvcim.evaluate` decides whether it runs compiled.
+
+        Gradients: a chip pass records them only where they can mean something on a chip, that is for an
+        input that requires them or for a chip register a method trains (``tune_gain``/``tune_offset``,
+        ``sram_w`` with ``requires_grad``); not for the ideal model's parameters, which the programmed chip
+        does not read. Without either, the pass runs as under ``torch.no_grad()``.
         """
         x = self._check(x)
         if not self.is_calibrated():
             raise NvcimError("this chip config has converters with ranges to calibrate: call "
                              "model.calibrate(x) with representative inputs first (nvcim.evaluate does it)")
+        grad = torch.is_grad_enabled() and (x.requires_grad or self._registers_need_grad())
+        with torch.set_grad_enabled(grad):
+            return self._chip_pass(x, image_ids, read_key, compiled=not grad and self._compile_now(x))
+
+    def _registers_need_grad(self) -> bool:
+        return any(t.requires_grad for lay in self.analog_layers()
+                   for t in (lay.tune_gain, lay.tune_offset, lay.sram_w))
+
+    def _compile_now(self, x: Tensor) -> bool:
+        """Runtime.compile for this pass: "on"/"off", or for "auto" once the work repays compiling. Compiled and
+        eager passes give the same numbers (tested), so the choice, and hence the call pattern, changes speed
+        only."""
+        mode = self.runtime.compile
+        if mode != "auto":
+            return mode == "on"
+        elements = self.bytes_per_chip_image(x) / 6.0 * self.chips * x.shape[0]
+        self._elements_run += elements
+        if not can_compile(self.device) or (elements < COMPILE_CALL_ELEMENTS
+                                            and self._elements_run < COMPILE_TOTAL_ELEMENTS):
+            return False
+        if not self._announced:
+            self._announced = True
+            log.info("compiling the chip kernels of this model with torch.compile (once per process and layer "
+                     "shape; a minute or two on a small CPU, seconds when cached); Runtime(compile='off') skips "
+                     "it")
+        return True
+
+    def _chip_pass(self, x: Tensor, image_ids: Tensor | None, read_key: int | None, compiled: bool) -> Any:
         b = x.shape[0]
         if image_ids is None:
             image_ids = torch.arange(b)
         if read_key is None:
             read_key = rng.key(self.seed, "read", self._reads)
             self._reads += 1
-        block, imgs_per = self.plan(x)
         if self.device.type == "cpu" and self.runtime.retain_heap:
             retain_heap()
-        outs = []
-        var_dtype = variance_dtype(self.runtime, self.analog_layers()[0].weight.dtype, self.device)
+        ctx = RunContext("chip", read_key=read_key, compiled=compiled,
+                         var_dtype=variance_dtype(self.runtime, self.analog_layers()[0].weight.dtype, self.device))
         try:
-            for c0 in range(0, self.chips, block):
-                # a full block always: the last one repeats its final chip, dropped below
-                chunk = torch.arange(c0, c0 + block, device=self.device).clamp(max=self.chips - 1)
-                keep = min(block, self.chips - c0)
-                parts = []
-                cache: dict = {}
-                for i0 in range(0, b, imgs_per):
-                    xb = x[i0:i0 + imgs_per]
-                    ctx = RunContext("chip", chunk, xb.shape[0], image_ids[i0:i0 + imgs_per], read_key,
-                                     self.compiled, cache, var_dtype=var_dtype)
-                    self._set(ctx)
-                    y = self.net(xb)
-                    parts.append(y.reshape(xb.shape[0], block, *y.shape[1:]).transpose(0, 1)[:keep])
-                outs.append(torch.cat(parts, dim=1))
+            with _modules_run():
+                blocks, spec = self._blocks(x, image_ids, ctx)
         finally:
             self._set(None)
-        return torch.cat(outs, dim=0)
+        unused = [lay.layer_name for lay in self.analog_layers() if id(lay) not in ctx.ran]
+        if unused:
+            raise NvcimError(f"converted layer(s) {', '.join(unused)} did not run in the chip pass: the model "
+                             "uses their weights without calling the module (as nn.MultiheadAttention does "
+                             "with out_proj), so the output would not be the chip's; leave them digital with "
+                             "filter_fn")
+        leaves = [_join([[p[i] for p in parts] for parts in blocks]) for i in range(len(blocks[0][0]))]
+        return tree_unflatten(leaves, spec)
+
+    def _blocks(self, x: Tensor, image_ids: Tensor, base: RunContext) -> tuple[list[list[list[Any]]], Any]:
+        """Every chip block on every image sub-batch: the output leaves of each pass, ``(keep, b, ...)``, by
+        block and sub-batch, and the output's tree structure."""
+        block, imgs_per = self.plan(x)
+        b = x.shape[0]
+        blocks, spec = [], None
+        for c0 in range(0, self.chips, block):
+            # a full block always: the last one repeats its final chip, dropped below
+            chunk = torch.arange(c0, c0 + block, device=self.device).clamp(max=self.chips - 1)
+            keep = min(block, self.chips - c0)
+            parts = []
+            cache: dict = {}
+            for i0 in range(0, b, imgs_per):
+                xb = x[i0:i0 + imgs_per]
+                # every chip's copy of the input, from the model's entry on: residuals, reshapes that
+                # take the batch size from a tensor, learned queries and the like see one batch
+                xe = xb.repeat_interleave(block, dim=0) if block > 1 else xb
+                self._set(replace(base, chips=chunk, batch=xb.shape[0], image_ids=image_ids[i0:i0 + imgs_per],
+                                  cache=cache, entry=xe, entry_src=xb, entry_version=xe._version, ran=base.ran))
+                leaves, spec = tree_flatten(self.net(xe))
+                parts.append([_per_chip(leaf, xb.shape[0], block, keep) for leaf in leaves])
+            blocks.append(parts)
+        return blocks, spec
 
     def plan(self, x: Tensor) -> tuple[int, int]:
         """(chips per block, images per sub-batch): blocks are ``runtime.chip_block`` chips (fewer if the
@@ -265,102 +323,36 @@ class AnalogModel(nn.Module):
             layer._nominal = None
 
 
-def _swap(module: nn.Module, config: ChipConfig, filter_fn: FilterFn | None, prefix: str = "") -> int:
-    n = 0
-    for name, child in list(module.named_children()):
-        fqn = f"{prefix}.{name}" if prefix else name
-        if isinstance(child, (nn.Linear, nn.Conv2d)) and not isinstance(child, AnalogLayer):
-            if filter_fn is None or filter_fn(child, fqn):
-                new: AnalogLayer = (AnalogLinear(child, config, fqn) if isinstance(child, nn.Linear)
-                                    else AnalogConv2d(child, config, fqn))
-                setattr(module, name, new)
-                n += 1
-        else:
-            n += _swap(child, config, filter_fn, fqn)
-    return n
-
-
-def convert(
-    model: nn.Module,
-    config: ChipConfig | str | Path,
-    chips: int = 100,
-    seed: int = 0,
-    filter_fn: FilterFn | None = None,
-    runtime: Runtime | None = None,
-) -> AnalogModel:
-    """Put ``model`` on ``chips`` simulated chips described by ``config`` (a ChipConfig, preset or file).
-
-    Every ``nn.Linear`` and ``nn.Conv2d`` at any depth for which ``filter_fn(module, qualified_name)`` is
-    true (all, by default) is swapped **in place** for an analog layer; everything else stays digital.
-    All chips are programmed now; chip ``k`` depends only on ``(config, seed, k)``. Returns the wrapper
-    whose forward gives ``(chips, B, ...)``. The model is put in eval mode.
-    """
-    cfg = resolve_config(config)
-    if isinstance(chips, bool) or not isinstance(chips, int) or chips < 1:
-        raise ConfigError("chips", chips, "an integer >= 1")
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise ConfigError("seed", seed, "an integer")
-    if not isinstance(model, nn.Module):
-        raise ConversionError(f"expected a torch.nn.Module, got {type(model).__name__}")
-    for name, p in model.named_parameters():
-        if not bool(torch.isfinite(p).all()):
-            raise ConversionError(f"parameter '{name}' contains NaN or inf")
-    n = _swap(model, cfg, filter_fn)
-    if n == 0:
-        raise ConversionError("nothing to convert: the model has no nn.Linear or nn.Conv2d layer"
-                              + (" that filter_fn accepts" if filter_fn else ""))
-    model.eval()
-    attach_tails(model, AnalogConv2d)  # ReLU / max pooling right after a convolution: fused into its epilogue
-    wrapper = AnalogModel(model, cfg, chips, seed, runtime or Runtime())
-    _check_state_fits(wrapper)
-    ids = torch.arange(chips)
-    for layer in wrapper.analog_layers():
-        layer.program(seed, ids)
-    return wrapper.eval()
-
-
-def available_bytes(device: torch.device) -> int | None:
-    """Memory free for new tensors on ``device`` (MemAvailable on CPU), or None where unknown."""
-    if device.type == "cuda":
-        return int(torch.cuda.mem_get_info(device)[0])
+@contextlib.contextmanager
+def _modules_run() -> Iterator[None]:
+    """Switch off PyTorch's fused transformer fast path, which reads a TransformerEncoderLayer's Linear weights
+    itself instead of calling the (analog) modules."""
+    before = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
     try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
+        yield
+    finally:
+        torch.backends.mha.set_fastpath_enabled(before)
 
 
-def state_bytes_per_chip(model: AnalogModel) -> int:
-    """Bytes of programmed state per chip: conductance (4), fault code (1) and drift factor (4, if any) per
-    cell, for both sides of every analog layer."""
-    d = model.config.device
-    has_drift = d.drift.t_read != d.drift.t0 and (d.drift.nu_mean > 0 or d.drift.nu_std > 0)
-    per_cell = 5 + (4 if has_drift else 0)
-    total = 0
-    for lay in model.analog_layers():
-        m = lay.mapped()
-        total += (m.pos.numel() + m.neg.numel()) * per_cell
-    return total
+def _per_chip(leaf: Any, b: int, block: int, keep: int) -> Any:
+    """One output leaf of a block pass, ``(B block, ...)`` image-major -> ``(keep, B, ...)``."""
+    if not isinstance(leaf, Tensor):
+        return leaf
+    if leaf.dim() == 0 or leaf.shape[0] != b * block:
+        raise ShapeError(f"a model output has shape {tuple(leaf.shape)}: every output tensor must keep the "
+                         f"batch as its first dimension ({b} images x {block} chips in this pass)")
+    return leaf.reshape(b, block, *leaf.shape[1:]).transpose(0, 1)[:keep]
 
 
-def _check_state_fits(model: AnalogModel) -> None:
-    """Refuse, before allocating, a chip count whose programmed state cannot fit in memory (programming
-    briefly holds it twice, while chunks are concatenated), instead of dying of out-of-memory."""
-    need = 2 * model.chips * state_bytes_per_chip(model)
-    free = available_bytes(model.device)
-    if free is not None and need > 0.9 * free:
-        per = state_bytes_per_chip(model)
-        fit = max(1, int(0.9 * free // (2 * per)))
-        raise ConversionError(f"chips = {model.chips} needs about {need / 2**30:.1f} GiB to program "
-                              f"({per / 2**20:.1f} MiB of state per chip) but only {free / 2**30:.1f} GiB is "
-                              f"free on {model.device}: use at most about {fit} chips per run")
+def _join(blocks: list[list[Any]]) -> Any:
+    """Per block, per sub-batch pieces of one output leaf -> ``(chips, B, ...)``."""
+    if not isinstance(blocks[0][0], Tensor):
+        return blocks[0][0]
+    return torch.cat([torch.cat(subs, dim=1) for subs in blocks], dim=0)
 
 
 def with_runtime(model: AnalogModel, **changes: Any) -> Runtime:
     """A validated copy of the model's runtime settings with ``changes`` applied (and set on the model)."""
     model.runtime = replace(model.runtime, **changes)
-    model.compiled = model.runtime.compile == "on"
     return model.runtime

@@ -34,7 +34,8 @@ def _eval_opts(p: argparse.ArgumentParser, chips: int, chip: str, out: str) -> N
                    "of training")
     p.add_argument("--memory-mb", type=float, default=1024.0, help="memory budget per chip chunk (MiB)")
     p.add_argument("--compile", choices=("auto", "on", "off"), default="auto",
-                   help="fuse the analog epilogue with torch.compile")
+                   help="fuse the analog epilogue with torch.compile (auto: once the work repays compiling; the "
+                   "results are the same either way)")
     p.add_argument("--variance", choices=("auto", "float32", "bfloat16"), default="auto",
                    help="number format of the read-noise variance products (auto: bfloat16 on CPUs with "
                    "native bfloat16; each noise std within 0.6 %% of float32)")
@@ -117,7 +118,7 @@ def _prepare(args: argparse.Namespace, convert_model: bool = True):  # type: ign
     import torch
 
     from .. import convert
-    from ..chip.model import Runtime, resolve_config
+    from ..chip import Runtime, resolve_config
     from ..config import override, parse_sets
     from ..experiments import build_model, load_dataset, trained_model
 

@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 
 from .. import __version__
 from ..chip import rng
-from ..chip.model import AnalogModel, can_compile
+from ..chip.model import AnalogModel
 from ..errors import NvcimError, ShapeError
 from .metrics import AccuracyStats
 
@@ -91,11 +91,6 @@ def evaluate(model: AnalogModel, data: Data, batch_size: int = 500, calibration:
             calibration = next(_batches(data, 256))[0][:256]
         model.calibrate(calibration)
     n_total = _length(data)
-    saved = model.compiled
-    if model.runtime.compile == "auto" and n_total:
-        probe = next(_batches(data, 1))[0][:1]
-        elements = model.bytes_per_chip_image(probe) / 6.0 * model.chips * n_total
-        model.compiled = can_compile(model.device) and elements > 2e9
     read_key = rng.key(model.seed, "evaluate")
     correct = torch.zeros(model.chips, dtype=torch.float64)
     ideal_correct, seen = 0, 0
@@ -114,7 +109,6 @@ def evaluate(model: AnalogModel, data: Data, batch_size: int = 500, calibration:
                 bar.update(xb.shape[0])
     finally:
         bar.close()
-        model.compiled = saved
     if seen == 0:
         raise NvcimError("the dataset is empty")
     per_chip = (correct / seen).tolist()

@@ -107,7 +107,7 @@ def _se(v: list[float]) -> float:
 def analyze(net: nn.Module, config: ChipConfig, data: tuple[Any, Any], calibration: Any, chips: int = 100,
             seed: int = 0, batch_size: int = 500, progress: bool = True) -> Analysis:
     """Impact analysis of ``config`` on the digital model ``net`` (left untouched) over ``chips`` chips."""
-    from ..chip.model import convert
+    from ..chip import convert
     from ..evaluation import evaluate
 
     layer_names = [n for n, m in net.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))]

@@ -1,10 +1,16 @@
-"""Built-in classifiers for 28x28 (MNIST-like) and 8x8 (digits) single-channel images."""
+"""Built-in classifiers for 28x28 (MNIST-like), 32x32 and 8x8 (digits) images.
+
+``mlp``, ``lenet5``, ``vgg`` and ``resnet`` (ResNet-8 style) are small; ``resnet18`` (torchvision's
+ResNet-18 layout), ``mobilenetv2`` (inverted residuals with depthwise convolutions) and ``vit`` (patches
+through Linear, ``nn.TransformerEncoderLayer`` attention) are the real architectures the field uses.
+"""
 
 from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
 
+import torch
 from torch import Tensor, nn
 
 from ..errors import NvcimError
@@ -71,8 +77,109 @@ def resnet(in_shape: tuple[int, int, int], classes: int) -> nn.Module:
                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, classes))
 
 
+
+class ResNet18(nn.Module):
+    """torchvision's ResNet-18 layout (basic blocks [2, 2, 2, 2], widths w, 2w, 4w, 8w). ``stem``: "small"
+    (one 3x3 convolution, stride 1: the usual choice for 32x32 inputs) or "imagenet" (7x7 stride 2 and max
+    pooling, as torchvision's, which leaves a 1x1 feature map at the last stage of a 32x32 input)."""
+
+    def __init__(self, in_shape: tuple[int, int, int], classes: int, width: int = 64, stem: str = "small") -> None:
+        super().__init__()
+        c = in_shape[0]
+        if stem == "imagenet":
+            self.stem: nn.Module = nn.Sequential(nn.Conv2d(c, width, 7, 2, 3, bias=False), nn.BatchNorm2d(width),
+                                                 nn.ReLU(), nn.MaxPool2d(3, 2, 1))
+        else:
+            self.stem = nn.Sequential(nn.Conv2d(c, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU())
+        blocks: list[nn.Module] = []
+        cin = width
+        for i, cout in enumerate((width, 2 * width, 4 * width, 8 * width)):
+            blocks += [BasicBlock(cin, cout, 1 if i == 0 else 2), BasicBlock(cout, cout, 1)]
+            cin = cout
+        self.layers = nn.Sequential(*blocks)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(cin, classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc(self.pool(self.layers(self.stem(x))).flatten(1))
+
+
+def resnet18(in_shape: tuple[int, int, int], classes: int) -> nn.Module:
+    """ResNet-18 (11 M weights) with the small stem."""
+    return ResNet18(in_shape, classes)
+
+
+class InvertedResidual(nn.Module):
+    """MobileNetV2's block: 1x1 expansion, 3x3 depthwise convolution, 1x1 linear projection, and a residual
+    connection when the shape allows."""
+
+    def __init__(self, cin: int, cout: int, stride: int, expand: int) -> None:
+        super().__init__()
+        hid = cin * expand
+        layers: list[nn.Module] = []
+        if expand != 1:
+            layers += [nn.Conv2d(cin, hid, 1, bias=False), nn.BatchNorm2d(hid), nn.ReLU6()]
+        layers += [nn.Conv2d(hid, hid, 3, stride, 1, groups=hid, bias=False), nn.BatchNorm2d(hid), nn.ReLU6(),
+                   nn.Conv2d(hid, cout, 1, bias=False), nn.BatchNorm2d(cout)]
+        self.body = nn.Sequential(*layers)
+        self.residual = stride == 1 and cin == cout
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = self.body(x)
+        return x + y if self.residual else y
+
+
+def mobilenetv2(in_shape: tuple[int, int, int], classes: int) -> nn.Module:
+    """A MobileNetV2 (Sandler 2018) sized for 28x28 / 32x32 inputs: (expansion, channels, blocks, stride) =
+    (1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 2, 2), (6, 64, 2, 2), then a 1x1 convolution to 256 channels."""
+    c = in_shape[0]
+    layers: list[nn.Module] = [nn.Conv2d(c, 32, 3, 1, 1, bias=False), nn.BatchNorm2d(32), nn.ReLU6()]
+    cin = 32
+    for t, cout, n, s in ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 2, 2), (6, 64, 2, 2)):
+        for i in range(n):
+            layers.append(InvertedResidual(cin, cout, s if i == 0 else 1, t))
+            cin = cout
+    layers += [nn.Conv2d(cin, 256, 1, bias=False), nn.BatchNorm2d(256), nn.ReLU6(), nn.AdaptiveAvgPool2d(1),
+               nn.Flatten(), nn.Linear(256, classes)]
+    return nn.Sequential(*layers)
+
+
+class ViT(nn.Module):
+    """A small vision transformer: non-overlapping ``patch`` x ``patch`` patches through a Linear embedding, a
+    class token, learned position embeddings, ``depth`` ``nn.TransformerEncoderLayer`` blocks (pre-norm,
+    GELU) and a Linear head on the class token."""
+
+    def __init__(self, in_shape: tuple[int, int, int], classes: int, dim: int = 64, depth: int = 2,
+                 heads: int = 4, patch: int = 7) -> None:
+        super().__init__()
+        c, h, w = in_shape
+        if h % patch or w % patch:
+            patch = next(p for p in range(min(h, w) // 2, 0, -1) if h % p == 0 and w % p == 0)
+        self.patch = patch
+        n = (h // patch) * (w // patch)
+        self.embed = nn.Linear(c * patch * patch, dim)
+        self.cls = nn.Parameter(torch.zeros(1, 1, dim))
+        self.pos = nn.Parameter(0.02 * torch.randn(1, n + 1, dim))
+        self.blocks = nn.Sequential(*[nn.TransformerEncoderLayer(dim, heads, 2 * dim, dropout=0.0,
+                                                                 activation="gelu", batch_first=True,
+                                                                 norm_first=True) for _ in range(depth)])
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        p = nn.functional.unfold(x, self.patch, stride=self.patch).transpose(1, 2)  # (B, patches, C p p)
+        z = torch.cat([self.cls.expand(x.shape[0], -1, -1), self.embed(p)], dim=1) + self.pos
+        return self.head(self.norm(self.blocks(z))[:, 0])
+
+
+def vit(in_shape: tuple[int, int, int], classes: int) -> nn.Module:
+    """ViT with 64-dimensional tokens, two blocks of four heads, 7x7 patches (16 of a 28x28 image)."""
+    return ViT(in_shape, classes)
+
+
 MODELS: dict[str, Callable[[tuple[int, int, int], int], nn.Module]] = {
-    "mlp": mlp, "lenet5": lenet5, "vgg": vgg, "resnet": resnet}
+    "mlp": mlp, "lenet5": lenet5, "vgg": vgg, "resnet": resnet, "resnet18": resnet18, "mobilenetv2": mobilenetv2,
+    "vit": vit}
 
 
 def load_object(path: str) -> object:

@@ -55,7 +55,7 @@ def _trained(model: str, dataset: str, epochs: int, seed: int, progress: bool = 
 def compute_point(point: Point, device: str = "cpu", progress: bool = False) -> dict[str, Any]:
     """Evaluate (and recover, if the point has methods) one grid point; returns its result dict.
     ``progress`` shows the inner bars (chips x images, method steps) under the run's bar."""
-    from ..chip.model import Runtime, convert
+    from ..chip import Runtime, convert
     from ..evaluation import evaluate
     from ..evaluation.hardware import hardware_cost
     from ..methods import Cost, Method, TaskData, get, recover
@@ -179,7 +179,7 @@ def run(exp: Experiment, run_dir: str | Path, executor: Executor | None = None, 
 def estimate(exp: Experiment, run_dir: str | Path | None = None) -> dict[str, Any]:
     """Grid size and a rough time estimate: one probe evaluation (8 chips, up to 256 images) on this
     machine, scaled by chips x images, times a rough factor per method (training methods dominate)."""
-    from ..chip.model import convert
+    from ..chip import convert
     from ..evaluation import evaluate
 
     points = exp.points()

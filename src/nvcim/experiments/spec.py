@@ -82,7 +82,7 @@ class Experiment:
         return d
 
     def base_config(self) -> ChipConfig:
-        from ..chip.model import resolve_config
+        from ..chip import resolve_config
 
         chip = self.chip
         if Path(self.base_dir, chip).is_file():

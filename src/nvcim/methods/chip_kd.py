@@ -50,7 +50,6 @@ class ChipKD(Method):
             params += [lay.tune_gain, lay.tune_offset]
         opt = torch.optim.Adam(params, lr=self.lr)
         gen = torch.Generator().manual_seed(self.seed)
-        compiled, model.compiled = model.compiled, False
         t = self.tau
         try:
             for _ in tqdm(range(self.steps), desc="chip-kd", disable=not progress, leave=False):
@@ -70,7 +69,6 @@ class ChipKD(Method):
                 loss.backward()
                 opt.step()
         finally:
-            model.compiled = compiled
             for lay in layers:
                 lay.tune_gain = lay.tune_gain.detach()
                 lay.tune_offset = lay.tune_offset.detach()

@@ -46,7 +46,6 @@ Every cell is then programmed again (the test patterns erased it). Runs before t
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from ..chip.interface import Chip
@@ -69,8 +68,7 @@ def _placed(target: Tensor, low: Tensor, high: Tensor, g_min: float, g_max: floa
 def _moments(lay: object, v: Tensor) -> tuple[Tensor, Tensor]:
     """(E[x_k], E[x_k^2]) over images and positions of one chip's layer input ``v`` (B, ...), each (K,)."""
     if isinstance(lay, AnalogConv2d):
-        cols = F.unfold(v, lay.kernel_size, lay.dilation, lay.padding, lay.stride)  # type: ignore[arg-type]
-        flat = cols.transpose(1, 2).reshape(-1, cols.shape[1])  # (B L, K)
+        flat = lay.unfold_input(v)  # (B L groups, K): a grouped convolution's groups share row moments
     else:
         flat = v.reshape(-1, v.shape[-1])
     return flat.mean(0), (flat * flat).mean(0)

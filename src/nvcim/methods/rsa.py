@@ -107,7 +107,6 @@ class RSA(Method):
             chosen += float(m.sum()) / (model.chips if m.dim() == 3 else 1)
         opt = torch.optim.Adam(params, lr=self.lr)
         gen = torch.Generator().manual_seed(self.seed)
-        compiled, model.compiled = model.compiled, False
         steps = 0
         bar = tqdm(range(self.epochs), desc="rsa", unit="epoch", disable=not progress, leave=False)
         try:
@@ -122,7 +121,6 @@ class RSA(Method):
                     opt.step()
                     steps += 1
         finally:
-            model.compiled = compiled
             for lay in model.analog_layers():
                 lay.sram_w = lay.sram_w.detach()
         where = (f", per chip from {self.reads} read-backs per cell (each entry also stores its address)"

@@ -1,0 +1,164 @@
+"""``convert``: swap a model's matrix-product modules for analog layers holding N programmed chips.
+
+It is a module swap with a config and a filter, in the manner of torchao's ``quantize_``: every module for
+which :mod:`.registry` has an analog layer, and which ``filter_fn`` accepts, is replaced in place; the
+:class:`ConversionReport` names what was converted and every matrix product left digital, with the reason.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..config import ChipConfig, load_config, preset
+from ..errors import ConfigError, ConversionError
+from .layers import AnalogConv2d, AnalogLayer
+from .model import AnalogModel, Runtime
+from .registry import converter_for, digital_reason
+from .tail import attach_tails
+
+FilterFn = Callable[[nn.Module, str], bool]
+log = logging.getLogger("nvcim")
+
+
+@dataclass
+class ConversionReport:
+    """What :func:`convert` did: ``converted`` (qualified name, module type) and ``digital`` (qualified name,
+    module type, reason) for every matrix-product module it left digital."""
+
+    converted: list[tuple[str, str]] = field(default_factory=list)
+    digital: list[tuple[str, str, str]] = field(default_factory=list)
+
+    def summary(self) -> str:
+        kinds: dict[str, int] = {}
+        for _, k in self.converted:
+            kinds[k] = kinds.get(k, 0) + 1
+        text = f"converted {len(self.converted)} layers (" + ", ".join(f"{n} {k}" for k, n in kinds.items()) + ")"
+        if self.digital:
+            text += "; left digital: " + "; ".join(f"{n} ({k}: {why})" for n, k, why in self.digital)
+        return text
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"converted": [list(c) for c in self.converted], "digital": [list(d) for d in self.digital]}
+
+
+def resolve_config(config: ChipConfig | str | Path) -> ChipConfig:
+    """A ChipConfig from a config, a preset name or a config file path."""
+    if isinstance(config, ChipConfig):
+        return config
+    p = Path(str(config))
+    if p.suffix.lower() in (".toml", ".json", ".yaml", ".yml") or p.is_file():
+        return load_config(p)
+    return preset(str(config))
+
+
+def _swap(module: nn.Module, config: ChipConfig, filter_fn: FilterFn | None, report: ConversionReport,
+          prefix: str = "") -> None:
+    for name, child in list(module.named_children()):
+        fqn = f"{prefix}.{name}" if prefix else name
+        kind = type(child).__name__
+        if isinstance(child, AnalogLayer):
+            continue
+        make = converter_for(child)
+        if make is not None:
+            if filter_fn is not None and not filter_fn(child, fqn):
+                report.digital.append((fqn, kind, "excluded by filter_fn"))
+                continue
+            setattr(module, name, make(child, config, fqn))
+            report.converted.append((fqn, kind))
+        elif (why := digital_reason(child)) is not None:
+            report.digital.append((fqn, kind, why))  # and not its parts: they would never run
+        else:
+            _swap(child, config, filter_fn, report, fqn)
+
+
+def convert(
+    model: nn.Module,
+    config: ChipConfig | str | Path,
+    chips: int = 100,
+    seed: int = 0,
+    filter_fn: FilterFn | None = None,
+    runtime: Runtime | None = None,
+) -> AnalogModel:
+    """Put ``model`` on ``chips`` simulated chips described by ``config`` (a ChipConfig, preset or file).
+
+    Every ``nn.Linear`` and ``nn.Conv2d`` at any depth for which ``filter_fn(module, qualified_name)`` is
+    true (all, by default) is swapped **in place** for an analog layer; everything else stays digital, and
+    ``.report`` of the result (a :class:`ConversionReport`, also logged when anything was left digital)
+    names each matrix product that did. All chips are programmed now; chip ``k`` depends only on
+    ``(config, seed, k)``. Returns the wrapper whose forward gives ``(chips, B, ...)``. The model is put in
+    eval mode.
+    """
+    cfg = resolve_config(config)
+    if isinstance(chips, bool) or not isinstance(chips, int) or chips < 1:
+        raise ConfigError("chips", chips, "an integer >= 1")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ConfigError("seed", seed, "an integer")
+    if not isinstance(model, nn.Module):
+        raise ConversionError(f"expected a torch.nn.Module, got {type(model).__name__}")
+    for name, p in model.named_parameters():
+        if not bool(torch.isfinite(p).all()):
+            raise ConversionError(f"parameter '{name}' contains NaN or inf")
+    report = ConversionReport()
+    _swap(model, cfg, filter_fn, report)
+    if not report.converted:
+        raise ConversionError("nothing to convert: the model has no nn.Linear or nn.Conv2d layer"
+                              + (" that filter_fn accepts" if filter_fn else "")
+                              + ("; " + report.summary() if report.digital else ""))
+    if any(why != "excluded by filter_fn" for *_, why in report.digital):
+        log.info(report.summary())
+    model.eval()
+    attach_tails(model, AnalogConv2d)  # ReLU / max pooling right after a convolution: fused into its epilogue
+    wrapper = AnalogModel(model, cfg, chips, seed, runtime or Runtime())
+    wrapper.report = report
+    _check_state_fits(wrapper)
+    ids = torch.arange(chips)
+    for layer in wrapper.analog_layers():
+        layer.program(seed, ids)
+    return wrapper.eval()
+
+
+def available_bytes(device: torch.device) -> int | None:
+    """Memory free for new tensors on ``device`` (MemAvailable on CPU), or None where unknown."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def state_bytes_per_chip(model: AnalogModel) -> int:
+    """Bytes of programmed state per chip: conductance (4), fault code (1) and drift factor (4, if any) per
+    cell, for both sides of every analog layer."""
+    d = model.config.device
+    has_drift = d.drift.t_read != d.drift.t0 and (d.drift.nu_mean > 0 or d.drift.nu_std > 0)
+    per_cell = 5 + (4 if has_drift else 0)
+    total = 0
+    for lay in model.analog_layers():
+        m = lay.mapped()
+        total += (m.pos.numel() + m.neg.numel()) * per_cell
+    return total
+
+
+def _check_state_fits(model: AnalogModel) -> None:
+    """Refuse, before allocating, a chip count whose programmed state cannot fit in memory (programming
+    briefly holds it twice, while chunks are concatenated), instead of dying of out-of-memory."""
+    need = 2 * model.chips * state_bytes_per_chip(model)
+    free = available_bytes(model.device)
+    if free is not None and need > 0.9 * free:
+        per = state_bytes_per_chip(model)
+        fit = max(1, int(0.9 * free // (2 * per)))
+        raise ConversionError(f"chips = {model.chips} needs about {need / 2**30:.1f} GiB to program "
+                              f"({per / 2**20:.1f} MiB of state per chip) but only {free / 2**30:.1f} GiB is "
+                              f"free on {model.device}: use at most about {fit} chips per run")
