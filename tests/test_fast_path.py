@@ -1,0 +1,100 @@
+"""The converted model's own forward is the fast path: one compile policy for evaluate and user loops, and
+compiling, batching or the call pattern never change a result."""
+
+import logging
+
+import pytest
+import torch
+from helpers import lenet
+
+import nvcim
+from nvcim.chip import Runtime, rng
+from nvcim.chip import model as model_mod
+from nvcim.config import override, preset
+
+# multi-tile (64-row arrays) and bit-sliced cells: the general epilogue with its shift-and-add
+SLICED = override(preset("rram-sliced-1bit"), {"device.read_noise": 0.02, "circuit.dac_bits": 8,
+                                               "circuit.adc_bits": 8, "array.rows": 64})
+MLC = override(preset("rram-mlc-4bit"), {"device.read_noise": 0.02, "circuit.dac_bits": 8, "circuit.adc_bits": 8})
+
+
+def _x(n=40, seed=0):
+    return torch.rand(n, 1, 28, 28, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("cfg", [MLC, SLICED], ids=["mlc-flat", "sliced-general"])
+def test_compiled_and_eager_chip_passes_are_the_same_to_the_bit(cfg):
+    """So that whether a pass compiles (Runtime.compile="auto" decides by workload) changes no result."""
+    x = _x(12)
+    outs = []
+    for mode in ("off", "on"):
+        m = nvcim.convert(lenet(), cfg, chips=4, seed=1, runtime=Runtime(compile=mode, chip_block=2,
+                                                                          variance="float32"))
+        m.calibrate(x)
+        with torch.no_grad():
+            outs.append(m(x, read_key=3))
+    assert torch.equal(outs[0], outs[1])
+
+
+def test_a_plain_loop_over_chips_gives_evaluates_per_chip_accuracy_exactly():
+    """evaluate keys the read noise by each image's position and by rng.key(seed, "evaluate"): a user loop
+    that passes the same keys gets the same logits, whatever its batch size."""
+    x = _x(40)
+    m = nvcim.convert(lenet(), override(MLC, {"device.read_noise": 0.3}), chips=6, seed=2)
+    y = m.digital(x).argmax(-1)  # labels the chips get partly right
+    m.calibrate(x[:16])
+    res = nvcim.evaluate(m, (x, y), batch_size=16, progress=False)
+    key = rng.key(m.seed, "evaluate")
+    for batch in (7, 40):
+        correct = torch.zeros(6, dtype=torch.float64)
+        for i in range(0, 40, batch):
+            logits = m(x[i:i + batch], image_ids=torch.arange(i, min(i + batch, 40)), read_key=key)
+            correct += (logits.argmax(-1) == y[i:i + batch]).sum(1)
+        assert (correct / 40).tolist() == res.accuracy.per_chip
+    assert len(set(res.accuracy.per_chip)) > 1  # the chips differ
+
+
+def test_a_chip_pass_records_no_graph_unless_a_register_or_the_input_needs_one():
+    m = nvcim.convert(lenet(), MLC, chips=2, seed=0)
+    x = _x(4)
+    m.calibrate(x)
+    assert not m(x).requires_grad  # as a user writes it, without torch.no_grad()
+    assert m(x.clone().requires_grad_(True)).requires_grad
+    lay = m.analog_layers()[-1]
+    lay.tune_offset = lay.tune_offset.clone().requires_grad_(True)
+    out = m(x)
+    out.sum().backward()
+    assert lay.tune_offset.grad is not None and lay.tune_offset.grad.abs().sum() > 0
+
+
+def test_auto_compile_policy_by_call_and_by_total_with_one_log_line(monkeypatch):
+    """Runtime.compile="auto" compiles a call that is large enough, or once the calls so far are, never
+    when a gradient is being taken, and says so once. (The decision is checked without compiling.)"""
+    decided = []
+
+    def fake_pass(self, x, image_ids, read_key, compiled):
+        decided.append(compiled)
+        return torch.zeros(self.chips, x.shape[0], 10)
+
+    monkeypatch.setattr(model_mod.AnalogModel, "_chip_pass", fake_pass)
+    monkeypatch.setattr(model_mod, "can_compile", lambda device: True)
+    m = nvcim.convert(lenet(), MLC, chips=10, seed=0)
+    m.calibrate(_x(4))
+    per_image = m.bytes_per_chip_image(_x(1)) / 6.0 * m.chips
+    monkeypatch.setattr(model_mod, "COMPILE_CALL_ELEMENTS", 10 * per_image)
+    monkeypatch.setattr(model_mod, "COMPILE_TOTAL_ELEMENTS", 25 * per_image)
+    said: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: said.append(record.getMessage())  # type: ignore[method-assign]
+    logging.getLogger("nvcim").addHandler(handler)
+    try:
+        m(_x(4))  # 4 images: small, 4 in all
+        m(_x(12))  # a large call
+        m(_x(4))  # small again, 20 in all
+        m(_x(6))  # small, 26 in all: past the total
+        m.analog_layers()[0].sram_w = torch.zeros(10, 6, 25, requires_grad=True)
+        m(_x(12))  # a gradient is being taken: eager
+    finally:
+        logging.getLogger("nvcim").removeHandler(handler)
+    assert decided == [False, True, False, True, False]
+    assert sum("compiling the chip kernels" in msg for msg in said) == 1
