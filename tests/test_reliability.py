@@ -244,9 +244,9 @@ def test_a_thousand_chips_of_a_resnet_stay_under_the_memory_budget():
 
 
 def test_a_chip_count_that_cannot_fit_is_refused_before_allocating(monkeypatch):
-    from nvcim.chip import model as model_mod
+    from nvcim.chip import conversion
 
-    monkeypatch.setattr(model_mod, "available_bytes", lambda device: 50 * 2**20)
+    monkeypatch.setattr(conversion, "available_bytes", lambda device: 50 * 2**20)
     with pytest.raises(ConversionError, match=r"chips = 5000 needs about .* use at most about \d+ chips"):
         nvcim.convert(lenet(), "rram-mlc-4bit", chips=5000)
 

@@ -1,6 +1,6 @@
 """Simulated chips: analog layers, counter-based randomness, model conversion."""
 
-from .convert import ConversionReport, convert, resolve_config
+from .conversion import ConversionReport, convert, resolve_config
 from .layers import AnalogConv2d, AnalogLayer, AnalogLinear
 from .model import AnalogModel, Runtime
 

@@ -11,21 +11,21 @@ converted into layers that would not run.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TypeVar
 
 from torch import nn
 
-from ..config.schema import ChipConfig
-
-Converter = Callable[[nn.Module, ChipConfig, str], nn.Module]
+Converter = Callable[..., nn.Module]  # called as (module, config, qualified name)
+C = TypeVar("C", bound=Converter)
 
 _CONVERTERS: dict[type[nn.Module], Converter] = {}
 _DIGITAL: dict[type[nn.Module], str] = {}
 
 
-def register(kind: type[nn.Module]) -> Callable[[Converter], Converter]:
+def register(kind: type[nn.Module]) -> Callable[[C], C]:
     """Class decorator: the decorated analog layer (called as ``cls(module, config, name)``) replaces
     modules of type ``kind`` and its subclasses."""
-    def deco(conv: Converter) -> Converter:
+    def deco(conv: C) -> C:
         _CONVERTERS[kind] = conv
         _DIGITAL.pop(kind, None)
         return conv
