@@ -20,7 +20,7 @@ from ..config import ChipConfig, load_config, preset
 from ..errors import ConfigError, ConversionError
 from .layers import AnalogConv2d, AnalogLayer
 from .model import AnalogModel, Runtime
-from .registry import converter_for, digital_reason
+from .registry import Unsupported, converter_for, digital_reason
 from .tail import attach_tails
 
 FilterFn = Callable[[nn.Module, str], bool]
@@ -70,7 +70,11 @@ def _swap(module: nn.Module, config: ChipConfig, filter_fn: FilterFn | None, rep
             if filter_fn is not None and not filter_fn(child, fqn):
                 report.digital.append((fqn, kind, "excluded by filter_fn"))
                 continue
-            setattr(module, name, make(child, config, fqn))
+            try:
+                setattr(module, name, make(child, config, fqn))
+            except Unsupported as e:
+                report.digital.append((fqn, kind, str(e)))  # and not its parts, as below
+                continue
             report.converted.append((fqn, kind))
         elif (why := digital_reason(child)) is not None:
             report.digital.append((fqn, kind, why))  # and not its parts: they would never run

@@ -111,6 +111,7 @@ class RunContext:
     entry_src: Tensor | None = None
     entry_version: int = 0
     ran: set[int] = field(default_factory=set)  # "chip" mode: ids of the analog layers that ran
+    reads: dict[int, int] = field(default_factory=dict)  # "chip" mode: reads of each layer in this forward
 
 
 class AnalogLayer(nn.Module):
@@ -542,14 +543,18 @@ class AnalogLayer(nn.Module):
             else:
                 raise ShapeError(f"{self.layer_name}: got a batch of {x.shape[0]} rows, expected {b} (shared "
                                  f"input) or {b * c} (images x chips)")
+        again = False
         if ctx.mode == "calibrate":
-            self._calibrate_input(x)
+            # a layer read several times in one forward (a recurrent cell) takes the widest range of them
+            again = ctx.reads.get(id(self), 0) > 0
+            ctx.reads[id(self)] = ctx.reads.get(id(self), 0) + 1
+            self._calibrate_input(x, again)
         x = self.pad_input(x)
         xp = self.prepare(self.apply_dac(x, ctx.compiled and ctx.mode == "chip"), shared, c)
         wy, wv = self.packed_weights(ctx, shared)
         y = self.mvm(xp, wy, shared, c)
         if ctx.mode == "calibrate":
-            self._calibrate_output(y)
+            self._calibrate_output(y, again)
         var = ck = ik = None
         if wv is not None:
             var = self.mvm(xp.squared(ctx.var_dtype), wv, shared, c)
@@ -641,10 +646,14 @@ class AnalogLayer(nn.Module):
     def _read_keys(self, ctx: RunContext) -> tuple[Tensor, Tensor]:
         """Read-noise keys: (c,) per chip of this layer and (B,) per image; element keys mix the two."""
         cache = ctx.cache if not torch.is_grad_enabled() else {}
-        if (id(self), "ck") not in cache:
-            cache[(id(self), "ck")] = rng.chip_keys(ctx.read_key ^ rng.key(self.layer_name),
-                                                    self.chip_ids[ctx.chips].to(torch.int32))
-        ck = cache[(id(self), "ck")]
+        # the n-th read of this layer within one forward (a recurrent cell at step n, a layer shared by
+        # several branches) is a new read of the array: fresh noise, not the first read's draws again
+        n = ctx.reads.get(id(self), 0)
+        ctx.reads[id(self)] = n + 1
+        if (id(self), "ck", n) not in cache:
+            base = ctx.read_key ^ rng.key(self.layer_name) ^ (rng.key("read", n) if n else 0)
+            cache[(id(self), "ck", n)] = rng.chip_keys(base, self.chip_ids[ctx.chips].to(torch.int32))
+        ck = cache[(id(self), "ck", n)]
         if ctx.image_keys is None:
             ids = ctx.image_ids if ctx.image_ids is not None else torch.arange(ctx.batch)
             ctx.image_keys = ids.to(ck.device, torch.int32) * 0x2545F491
@@ -674,18 +683,21 @@ class AnalogLayer(nn.Module):
         k = max(1, min(n, math.ceil(q * n)))
         return v.float().kthvalue(k, dim=dim).values
 
-    def _calibrate_input(self, x: Tensor) -> None:
+    def _calibrate_input(self, x: Tensor, again: bool = False) -> None:
+        """DAC range from inputs ``x``; ``again``: a further read in the same calibration pass (widen only)."""
         cc = self.config.circuit
-        self.dac_signed = torch.tensor(bool((x < 0).any()), device=self.dac_fs.device)
+        signed = torch.tensor(bool((x < 0).any()), device=self.dac_fs.device)
         fs = torch.tensor(cc.dac_range) if cc.dac_range else self._percentile(x.detach().abs())
-        self.dac_fs = fs.to(self.dac_fs).clamp_min(1e-12)
+        fs = fs.to(self.dac_fs).clamp_min(1e-12)
+        self.dac_signed, self.dac_fs = (signed | self.dac_signed, torch.maximum(fs, self.dac_fs)) if again else (
+            signed, fs)
 
     def _signal_full_scale(self) -> Tensor:
         d = self.config.device
         xfs = self.dac_fs if bool(self.dac_fs > 0) else torch.ones(())
         return xfs * self.rows_per_tile() * (d.g_max - d.g_min)
 
-    def _calibrate_output(self, y: Tensor) -> None:
+    def _calibrate_output(self, y: Tensor, again: bool = False) -> None:
         cc = self.config.circuit
         if cc.adc_range:
             self.adc_fs = (cc.adc_range * self._signal_full_scale()).to(self.dac_fs).reshape(())
@@ -697,7 +709,8 @@ class AnalogLayer(nn.Module):
         else:
             per = a.permute(3, 4, 0, 1, 2, 5).reshape(a.shape[3], a.shape[4], -1)
             fs = self._percentile(per, dim=-1).unsqueeze(-1)
-        self.adc_fs = fs.clamp_min(1e-30).to(self.dac_fs)
+        fs = fs.clamp_min(1e-30).to(self.dac_fs)
+        self.adc_fs = torch.maximum(fs, self.adc_fs) if again and self.adc_fs.shape == fs.shape else fs
 
     def needs_calibration(self) -> bool:
         cc = self.config.circuit
@@ -744,6 +757,19 @@ class AnalogLinear(AnalogLayer):
 
     def digital_with(self, x: Tensor, w: Tensor) -> Tensor:
         return F.linear(x, w, self.bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """As :meth:`AnalogLayer.forward`, on inputs (batch, ..., in_features); an input whose batch is not
+        its first dimension (a sequence-first (L, B, E) inside a transformer) is recognised when exactly one
+        other dimension has the batch's size."""
+        ctx = self.ctx
+        if ctx is not None and ctx.mode in ("chip", "calibrate", "nominal") and x.dim() > 2:
+            n = ctx.batch * (int(ctx.chips.numel()) if ctx.mode == "chip" and ctx.chips is not None else 1)
+            if x.shape[0] not in (n, ctx.batch):
+                dims = [d for d in range(1, x.dim() - 1) if x.shape[d] == n]
+                if len(dims) == 1:
+                    return super().forward(x.movedim(dims[0], 0)).movedim(0, dims[0])
+        return super().forward(x)
 
     def pack(self, w: Tensor, shared: bool) -> Tensor:
         t, r = self.row_tiles, self.rows_per_tile()

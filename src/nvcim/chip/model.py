@@ -136,7 +136,8 @@ class AnalogModel(nn.Module):
         """The ideal (digital) model's output ``(B, ...)`` with the same weights."""
         self._set(RunContext("digital"))
         try:
-            return self.net(self._check(x))
+            with _modules_run():
+                return self.net(self._check(x))
         finally:
             self._set(None)
 
@@ -264,7 +265,8 @@ class AnalogModel(nn.Module):
                 # take the batch size from a tensor, learned queries and the like see one batch
                 xe = xb.repeat_interleave(block, dim=0) if block > 1 else xb
                 self._set(replace(base, chips=chunk, batch=xb.shape[0], image_ids=image_ids[i0:i0 + imgs_per],
-                                  cache=cache, entry=xe, entry_src=xb, entry_version=xe._version, ran=base.ran))
+                                  cache=cache, entry=xe, entry_src=xb, entry_version=xe._version, ran=base.ran,
+                                  reads={}))
                 leaves, spec = tree_flatten(self.net(xe))
                 parts.append([_per_chip(leaf, xb.shape[0], block, keep) for leaf in leaves])
             blocks.append(parts)

@@ -18,6 +18,11 @@ from torch import nn
 Converter = Callable[..., nn.Module]  # called as (module, config, qualified name)
 C = TypeVar("C", bound=Converter)
 
+class Unsupported(Exception):
+    """Raised by a converter for a module it cannot hold (an option it does not model): ``convert`` leaves
+    that module digital and names it, with this message, in its report."""
+
+
 _CONVERTERS: dict[type[nn.Module], Converter] = {}
 _DIGITAL: dict[type[nn.Module], str] = {}
 
@@ -56,10 +61,6 @@ def digital_reason(module: nn.Module) -> str | None:
 
 
 _NOT_YET = "no analog layer for it yet: it runs digitally"
-leave_digital(nn.MultiheadAttention, "its projections run through F.multi_head_attention_forward, not through "
-              "their modules; " + _NOT_YET)
-leave_digital(nn.RNNBase, "its gate products run inside one fused recurrent kernel; " + _NOT_YET)
-leave_digital(nn.Conv1d, _NOT_YET)
 leave_digital(nn.Conv3d, _NOT_YET)
 leave_digital(nn.ConvTranspose1d, _NOT_YET)
 leave_digital(nn.ConvTranspose2d, _NOT_YET)
