@@ -19,7 +19,7 @@ NOISY = override(preset("rram-mlc-4bit"), {"device.read_noise": 0.02, "circuit.d
 
 
 class Conv1dNet(nn.Module):
-    """A 1-D convolutional classifier (Conv1d stays digital; its Linear head is analog)."""
+    """A 1-D convolutional classifier."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -31,17 +31,38 @@ class Conv1dNet(nn.Module):
 
 
 class LSTMNet(nn.Module):
-    """Rows of the image as a sequence through an LSTM (digital), then analog Linear layers."""
+    """Rows of the image as a sequence through a two-layer LSTM, then a Linear head."""
 
     def __init__(self) -> None:
         super().__init__()
         self.inp = nn.Linear(28, 16)
-        self.lstm = nn.LSTM(16, 32, batch_first=True)
+        self.lstm = nn.LSTM(16, 32, num_layers=2, batch_first=True)
         self.head = nn.Linear(32, 10)
 
     def forward(self, x):
         out, _ = self.lstm(self.inp(x[:, 0]))
         return self.head(out[:, -1])
+
+
+class SeqFirstTransformer(nn.Module):
+    """A sequence-first encoder inside a batch-first model, a GRU, and learned queries cross-attending."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = nn.Linear(28, 16)
+        self.enc = nn.TransformerEncoder(nn.TransformerEncoderLayer(16, 4, 32, dropout=0.0), 1,
+                                         enable_nested_tensor=False)
+        self.gru = nn.GRU(16, 16, bidirectional=True)
+        self.q = nn.Parameter(torch.randn(1, 2, 32))
+        self.attn = nn.MultiheadAttention(32, 2, batch_first=True)
+        self.head = nn.Linear(64, 10)
+
+    def forward(self, x):
+        z = self.enc(self.emb(x[:, 0]).transpose(0, 1))  # (rows, B, 16)
+        z, _ = self.gru(z)
+        z = z.transpose(0, 1)  # (B, rows, 32)
+        o, _ = self.attn(self.q.expand(z.shape[0], -1, -1), z, z)
+        return self.head(o.flatten(1))
 
 
 MODELS = {
@@ -51,6 +72,7 @@ MODELS = {
     "vit": lambda: vit((1, 28, 28), 10),
     "conv1d": Conv1dNet,
     "lstm": LSTMNet,
+    "seq-first-transformer-gru": SeqFirstTransformer,
 }
 SHAPES = {"resnet18": (3, 32, 32), "resnet18-imagenet-stem": (3, 32, 32), "mobilenetv2": (3, 32, 32)}
 
@@ -126,19 +148,21 @@ def test_batch_of_one_and_channels_last_give_the_same_chip_outputs(name):
     torch.testing.assert_close(cl, y, rtol=1e-5, atol=1e-5)
 
 
-def test_conversion_report_names_what_stayed_digital():
+def test_conversion_report_names_what_was_converted_and_what_stayed_digital():
     m = nvcim.convert(_model("vit"), "ideal", chips=1)
-    digital = {name: kind for name, kind, _ in m.report.digital}
-    assert digital == {"blocks.0.self_attn": "MultiheadAttention", "blocks.1.self_attn": "MultiheadAttention"}
     converted = dict(m.report.converted)
-    assert converted["embed"] == "Linear" and converted["blocks.0.linear1"] == "Linear"
-    # the attention's out_proj, whose weight MHA reads directly, is never made an analog layer
-    assert not any("out_proj" in lay.layer_name for lay in m.analog_layers())
+    assert converted["embed"] == "Linear" and converted["blocks.0.self_attn"] == "MultiheadAttention"
+    assert m.report.digital == []
+    names = {lay.layer_name for lay in m.analog_layers()}
+    assert {"blocks.0.self_attn.in_proj", "blocks.0.self_attn.out_proj", "blocks.0.linear1"} <= names
     lstm = nvcim.convert(_model("lstm"), "ideal", chips=1)
-    assert [(n, k) for n, k, _ in lstm.report.digital] == [("lstm", "LSTM")]
-    assert "lstm (LSTM:" in lstm.report.summary()
+    assert {"lstm.ih_l0", "lstm.hh_l0", "lstm.ih_l1", "lstm.hh_l1"} <= {lay.layer_name for lay in lstm.analog_layers()}
     kept = nvcim.convert(_model("lstm"), "ideal", chips=1, filter_fn=lambda mod, name: name != "head")
     assert ("head", "Linear", "excluded by filter_fn") in kept.report.digital
+    odd = nn.Sequential(nn.Linear(4, 4), nn.ConvTranspose2d(4, 4, 2), nn.MultiheadAttention(4, 2, add_bias_kv=True))
+    rep = nvcim.convert(odd.eval(), "ideal", chips=1).report
+    assert [(n, k) for n, k, _ in rep.digital] == [("1", "ConvTranspose2d"), ("2", "MultiheadAttention")]
+    assert "add_bias_kv" in rep.summary() and "no analog layer" in rep.summary()
 
 
 def test_a_converted_layer_that_the_model_bypasses_is_an_error():
@@ -258,7 +282,36 @@ def test_analog_layers_are_registered_not_enumerated():
     from nvcim.chip.registry import converter_for, digital_reason
 
     assert converter_for(nn.Linear(2, 2)) is not None and converter_for(nn.Conv2d(1, 1, 1)) is not None
-    assert converter_for(nn.Conv1d(1, 1, 1)) is None and "no analog layer" in digital_reason(nn.Conv1d(1, 1, 1))
-    assert digital_reason(nn.GRU(2, 2)) is not None  # nn.RNNBase covers LSTM, GRU and RNN
+    assert converter_for(nn.LSTM(2, 2)) is not None and converter_for(nn.MultiheadAttention(4, 2)) is not None
+    assert converter_for(nn.ConvTranspose2d(1, 1, 1)) is None
+    assert "no analog layer" in digital_reason(nn.ConvTranspose2d(1, 1, 1))
     assert all(isinstance(lay, AnalogLayer) for lay in nvcim.convert(_model("mobilenetv2"), "ideal",
                                                                      chips=1).analog_layers())
+
+
+def test_each_read_of_a_layer_in_one_forward_draws_fresh_read_noise():
+    """A layer read twice in one forward (a recurrent cell's steps, a shared layer) gets independent read
+    noise each time: the two reads' deviations are uncorrelated (|r| within 5 / sqrt(n)) and each has the
+    analytic spread of one read."""
+    sr, n = 0.05, 4000
+
+    class Twice(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(16, 4, bias=False)
+
+        def forward(self, x):
+            return torch.stack([self.fc(x), self.fc(x)], dim=1)
+
+    torch.manual_seed(0)
+    model = nvcim.convert(Twice().eval(), override(preset("ideal"), {"device.read_noise": sr}), chips=1)
+    x = torch.rand(1, 16).expand(n, 16).contiguous()
+    with torch.no_grad():
+        y = model(x)[0].double()  # (n, 2, 4)
+    m = model.analog_layers()[0].mapped()
+    w2 = (m.scale.double().view(-1, 1) ** 2) * (sr**2) * (m.pos[0].double() ** 2 + m.neg[0].double() ** 2)
+    sd = (w2 @ (x[0].double() ** 2)).sqrt()  # (4,)
+    for k in range(2):
+        assert ((y[:, k].std(0) - sd).abs() < 5 * sd / math.sqrt(2 * (n - 1))).all()
+    z = (y - y.mean(0)) / y.std(0)
+    assert ((z[:, 0] * z[:, 1]).mean(0).abs() < 5 / math.sqrt(n)).all()
