@@ -159,9 +159,9 @@ def test_conversion_report_names_what_was_converted_and_what_stayed_digital():
     assert {"lstm.ih_l0", "lstm.hh_l0", "lstm.ih_l1", "lstm.hh_l1"} <= {lay.layer_name for lay in lstm.analog_layers()}
     kept = nvcim.convert(_model("lstm"), "ideal", chips=1, filter_fn=lambda mod, name: name != "head")
     assert ("head", "Linear", "excluded by filter_fn") in kept.report.digital
-    odd = nn.Sequential(nn.Linear(4, 4), nn.ConvTranspose2d(4, 4, 2), nn.MultiheadAttention(4, 2, add_bias_kv=True))
+    odd = nn.Sequential(nn.Linear(4, 4), nn.Conv3d(4, 4, 2), nn.MultiheadAttention(4, 2, add_bias_kv=True))
     rep = nvcim.convert(odd.eval(), "ideal", chips=1).report
-    assert [(n, k) for n, k, _ in rep.digital] == [("1", "ConvTranspose2d"), ("2", "MultiheadAttention")]
+    assert [(n, k) for n, k, _ in rep.digital] == [("1", "Conv3d"), ("2", "MultiheadAttention")]
     assert "add_bias_kv" in rep.summary() and "no analog layer" in rep.summary()
 
 
@@ -283,8 +283,8 @@ def test_analog_layers_are_registered_not_enumerated():
 
     assert converter_for(nn.Linear(2, 2)) is not None and converter_for(nn.Conv2d(1, 1, 1)) is not None
     assert converter_for(nn.LSTM(2, 2)) is not None and converter_for(nn.MultiheadAttention(4, 2)) is not None
-    assert converter_for(nn.ConvTranspose2d(1, 1, 1)) is None
-    assert "no analog layer" in digital_reason(nn.ConvTranspose2d(1, 1, 1))
+    assert converter_for(nn.ConvTranspose2d(1, 1, 1)) is not None and converter_for(nn.Conv3d(1, 1, 1)) is None
+    assert "no analog layer" in digital_reason(nn.ConvTranspose3d(1, 1, 1))
     assert all(isinstance(lay, AnalogLayer) for lay in nvcim.convert(_model("mobilenetv2"), "ideal",
                                                                      chips=1).analog_layers())
 
@@ -315,3 +315,28 @@ def test_each_read_of_a_layer_in_one_forward_draws_fresh_read_noise():
         assert ((y[:, k].std(0) - sd).abs() < 5 * sd / math.sqrt(2 * (n - 1))).all()
     z = (y - y.mean(0)) / y.std(0)
     assert ((z[:, 0] * z[:, 1]).mean(0).abs() < 5 / math.sqrt(n)).all()
+
+
+@pytest.mark.parametrize("kw", [dict(stride=2), dict(stride=2, padding=1, output_padding=1),
+                                dict(stride=3, padding=2, dilation=2, groups=2), dict(stride=(2, 1), padding=(0, 1))])
+def test_conv_transpose2d_on_an_ideal_chip_is_the_digital_one_and_keeps_its_weight_layout(kw, tmp_path):
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(4, 4, 1), nn.ConvTranspose2d(4, 6, 3, **kw), nn.ReLU(),
+                        nn.ConvTranspose2d(6, 2, 2, stride=2)).eval()
+    x = torch.randn(3, 4, 5, 5)
+    with torch.no_grad():
+        ref = net(x)
+    state = {k: v.clone() for k, v in net.state_dict().items()}
+    m = nvcim.convert(net, override(preset("ideal"), {"array.rows": 9}), chips=3)
+    y = _converted_and_ran(m, x)
+    torch.testing.assert_close(y, ref.expand_as(y), rtol=1e-4, atol=1e-5)
+    lay = m.analog_layers()[1]
+    assert torch.equal(lay.from_matrix(lay.as_matrix(lay.weight.detach())), lay.weight.detach())
+    torch.testing.assert_close(lay.fresh_weights(7), lay.weight.detach(), rtol=0, atol=1e-6)  # training's chip
+    assert {k: v.shape for k, v in state.items()} == {k: v.shape for k, v in m.net.state_dict().items()
+                                                       if k in state}
+    noisy = nvcim.convert(nn.Sequential(nn.ConvTranspose2d(4, 6, 3, **kw)).eval(), NOISY, chips=2)
+    noisy.calibrate(x)
+    with torch.no_grad():
+        out = noisy(x)
+    assert torch.isfinite(out).all() and (out[0] - out[1]).abs().max() > 1e-3

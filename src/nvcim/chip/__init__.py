@@ -1,6 +1,6 @@
 """Simulated chips: analog layers, counter-based randomness, model conversion."""
 
-from . import attention, conv1d, recurrent  # noqa: F401  (register MultiheadAttention, Conv1d, RNNs)
+from . import attention, conv1d, conv_transpose, recurrent  # noqa: F401  (they register their module kinds)
 from .conversion import ConversionReport, convert, resolve_config
 from .layers import AnalogConv2d, AnalogLayer, AnalogLinear
 from .model import AnalogModel, Runtime

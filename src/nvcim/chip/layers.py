@@ -151,7 +151,7 @@ class AnalogLayer(nn.Module):
         self.tail: Tail | None = None  # digital modules after this layer that its fused epilogue may apply
         self.seed = 0
         self._nominal: tuple[Tensor, Tensor] | None = None
-        out, k = self.weight.shape[0], self.weight[0].numel()
+        out, k = self.matrix_shape()
         self.out_features, self.k = out, k
         dev = self.weight.device  # the state lives where the weights are (CPU or GPU)
         for name_, t in self._empty_state().items():
@@ -197,8 +197,21 @@ class AnalogLayer(nn.Module):
                     row_perm=z.long())
 
     # ---- programming ----------------------------------------------------------------------------
+    def matrix_shape(self) -> tuple[int, int]:
+        """(O, K): columns and rows of the matrix the arrays hold."""
+        return self.weight.shape[0], self.weight[0].numel()
+
+    def as_matrix(self, t: Tensor) -> Tensor:
+        """A weight-shaped tensor (the weights, their gradient, a score per weight; any leading dims before
+        the weight's shape) as (..., O, K), the cell layout of the arrays."""
+        return t.reshape(*t.shape[: t.dim() - self.weight.dim()], self.out_features, self.k)
+
+    def from_matrix(self, m: Tensor) -> Tensor:
+        """Inverse of :meth:`as_matrix`: (..., O, K) -> (..., *weight.shape)."""
+        return m.reshape(*m.shape[:-2], *self.weight.shape)
+
     def w2d(self) -> Tensor:
-        return self.weight.detach().reshape(self.out_features, -1).float().cpu()
+        return self.as_matrix(self.weight.detach()).float().cpu()
 
     def mapped(self) -> Mapped:
         return self.mapping.map(self.w2d())
@@ -364,7 +377,7 @@ class AnalogLayer(nn.Module):
         dev = self.weight.device
         w, _ = self.conductances(gt["pos"].to(dev), gt["neg"].to(dev))  # (1, S, O, K)
         comp = comp.to(w)
-        return (self.decode(w)[0] * comp).reshape(self.weight.shape)
+        return self.from_matrix(self.decode(w)[0] * comp)
 
     def decode(self, diff: Tensor) -> Tensor:
         """Weights (..., O, K) that conductance differences (..., S, O, K) stand for: shift-and-add over

@@ -63,6 +63,5 @@ def digital_reason(module: nn.Module) -> str | None:
 _NOT_YET = "no analog layer for it yet: it runs digitally"
 leave_digital(nn.Conv3d, _NOT_YET)
 leave_digital(nn.ConvTranspose1d, _NOT_YET)
-leave_digital(nn.ConvTranspose2d, _NOT_YET)
 leave_digital(nn.ConvTranspose3d, _NOT_YET)
 leave_digital(nn.Bilinear, _NOT_YET)

@@ -288,7 +288,7 @@ class MapCorrect(Method):
             for name in names:  # in forward order: with stats="chip" each layer sees its
                 # upstream corrections
                 lay = layers[name]
-                w = lay.weight.detach().reshape(lay.out_features, -1).unsqueeze(0)  # (1, O, K)
+                w = lay.as_matrix(lay.weight.detach()).unsqueeze(0)  # (1, O, K)
                 pos, neg = self._read(chip, name)
                 a_pos, a_neg = chip.ir_attenuation(name, pos, neg)
                 # (N, O, K) effective weights, with the headroom of IR pre-distortion taken out

@@ -64,8 +64,8 @@ class RSA(Method):
             scores = {lay.layer_name: torch.rand(lay.out_features, lay.k, generator=gen) for lay in layers}
         else:
             fisher = fisher_diagonal(model, data)
-            scores = {lay.layer_name: (fisher[lay.layer_name] * lay.weight.detach() ** 2).reshape(
-                lay.out_features, -1).cpu() for lay in layers}
+            scores = {lay.layer_name: lay.as_matrix(fisher[lay.layer_name] * lay.weight.detach() ** 2).cpu()
+                      for lay in layers}
         flat = torch.cat([v.flatten() for v in scores.values()])
         k = max(1, int(round(self.fraction * flat.numel())))
         thresh = flat.topk(k).values.min()
@@ -79,9 +79,9 @@ class RSA(Method):
         for lay in model.analog_layers():
             name = lay.layer_name
             pos, neg = read_back(chip, name, self.reads)
-            w = lay.weight.detach().reshape(1, lay.out_features, -1)
+            w = lay.as_matrix(lay.weight.detach()).unsqueeze(0)
             errs[name] = (w - chip.decode(name, pos, neg).to(w)).detach()
-            scores[name] = fisher[name].reshape(1, lay.out_features, -1) * errs[name] ** 2
+            scores[name] = lay.as_matrix(fisher[name]).unsqueeze(0) * errs[name] ** 2
         flat = torch.cat([v.flatten(1) for v in scores.values()], dim=1)  # (N, all weights)
         k = max(1, int(round(self.fraction * flat.shape[1])))
         thresh = flat.topk(k, dim=1).values[:, -1:]  # each chip its own threshold

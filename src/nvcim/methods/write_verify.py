@@ -97,8 +97,8 @@ class WriteVerify(Method):
             if chip is None:
                 raise NvcimError("write-verify: sensitivity 'expected' needs the chip")
             fisher = fisher_diagonal(model, data)
-            return {lay.layer_name: fisher[lay.layer_name] * expected_sq_error(chip, lay, model).to(
-                fisher[lay.layer_name]).reshape(lay.weight.shape) for lay in layers}
+            return {lay.layer_name: fisher[lay.layer_name] * lay.from_matrix(expected_sq_error(chip, lay, model).to(
+                fisher[lay.layer_name])) for lay in layers}
         if self.sensitivity == "swim":
             fisher = fisher_diagonal(model, data)
             return {lay.layer_name: fisher[lay.layer_name] * lay.weight.detach().abs().max() ** 2
@@ -128,7 +128,7 @@ class WriteVerify(Method):
             if lay.config.mapping.scheme != "differential":
                 raise NvcimError(f"write-verify.cells = true needs the differential mapping ({lay.layer_name} "
                                  "uses reference columns)")
-            f = fisher[lay.layer_name].reshape(1, lay.out_features, -1).cpu()
+            f = lay.as_matrix(fisher[lay.layer_name]).unsqueeze(0).cpu()
             per_cell = cell_sq_errors(chip, lay, model)
             scores[lay.layer_name] = (f * per_cell[0], f * per_cell[1])
         flat = torch.cat([v.flatten() for pair in scores.values() for v in pair])
@@ -161,7 +161,7 @@ class WriteVerify(Method):
         pulses = torch.zeros(n)
         chosen = total = 0
         for name in chip.layer_names():
-            wmask = masks[name].reshape(layers[name].out_features, -1)
+            wmask = layers[name].as_matrix(masks[name])
             chosen += int(wmask.sum())
             total += wmask.numel()
             pos_t, neg_t = chip.targets(name)
