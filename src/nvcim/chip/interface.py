@@ -15,6 +15,7 @@ from typing import Protocol, runtime_checkable
 import torch
 from torch import Tensor
 
+from ..errors import NvcimError
 from . import rng
 from .layers import AnalogLayer
 from .model import AnalogModel
@@ -249,6 +250,10 @@ class SimulatedChip:
 def _assemble(parts: list[Tensor], b: int, n_chips: int, plan: tuple[int, int]) -> Tensor:
     """Stitch hooked layer outputs of every (chip block, image sub-batch) pass into ``(N, B, ...)``."""
     block, imgs = plan
+    passes = -(-n_chips // block) * -(-b // imgs)
+    if len(parts) != passes:
+        raise NvcimError(f"a captured layer ran {len(parts)} times in {passes} chip passes: a layer read several "
+                         "times per forward (a recurrent cell, a shared layer) has no single output to capture")
     blocks = []
     it = iter(parts)
     for c0 in range(0, n_chips, block):

@@ -485,6 +485,10 @@ class AnalogLayer(nn.Module):
         """The input as the array receives it (a convolution may pad it digitally first)."""
         return x
 
+    def unfold_input(self, v: Tensor) -> Tensor:
+        """Inputs ``v`` (B, ...) as the rows the arrays multiply, (positions, K)."""
+        return v.reshape(-1, self.k)
+
     def digital_with(self, x: Tensor, w: Tensor) -> Tensor:
         """The digital layer with weights ``w``."""
         raise NotImplementedError

@@ -49,7 +49,6 @@ import torch
 from torch import Tensor
 
 from ..chip.interface import Chip
-from ..chip.layers import AnalogConv2d
 from ..chip.model import AnalogModel
 from ..devices import ProgrammingModel, get_model, round_to_levels
 from ..errors import NvcimError
@@ -67,10 +66,7 @@ def _placed(target: Tensor, low: Tensor, high: Tensor, g_min: float, g_max: floa
 
 def _moments(lay: object, v: Tensor) -> tuple[Tensor, Tensor]:
     """(E[x_k], E[x_k^2]) over images and positions of one chip's layer input ``v`` (B, ...), each (K,)."""
-    if isinstance(lay, AnalogConv2d):
-        flat = lay.unfold_input(v)  # (B L groups, K): a grouped convolution's groups share row moments
-    else:
-        flat = v.reshape(-1, v.shape[-1])
+    flat = lay.unfold_input(v)  # type: ignore[attr-defined]  # (positions, K); a convolution's groups share
     return flat.mean(0), (flat * flat).mean(0)
 
 
