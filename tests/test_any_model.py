@@ -340,3 +340,23 @@ def test_conv_transpose2d_on_an_ideal_chip_is_the_digital_one_and_keeps_its_weig
     with torch.no_grad():
         out = noisy(x)
     assert torch.isfinite(out).all() and (out[0] - out[1]).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "mobilenet_v2"])
+def test_torchvision_models_where_torchvision_is_installed(arch):
+    """pip install 'nvcim[vision]' (torchvision; not installable beside this machine's CPU torch build)."""
+    tv = pytest.importorskip("torchvision")
+    torch.manual_seed(0)
+    net = getattr(tv.models, arch)(num_classes=10, width_mult=0.25) if arch == "mobilenet_v2" else \
+        getattr(tv.models, arch)(num_classes=10)
+    net.eval()
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        ref = net(x)
+    m = nvcim.convert(net, "ideal", chips=2)
+    y = _converted_and_ran(m, x)
+    torch.testing.assert_close(y, ref.expand_as(y), rtol=1e-4, atol=1e-4)
+    noisy = nvcim.convert(getattr(tv.models, arch)(num_classes=10).eval(), NOISY, chips=2)
+    noisy.calibrate(x)
+    with torch.no_grad():
+        assert torch.isfinite(noisy(x)).all()
