@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 import nvcim
-from nvcim.chip.layers import RunContext
+from nvcim.chip.context import RunContext
 from nvcim.experiments import build_model, load_dataset
 from nvcim.methods.training import TRAIN_CHIP_BASE
 

@@ -1,8 +1,10 @@
 """Simulated chips: analog layers, counter-based randomness, model conversion."""
 
 from . import attention, conv1d, conv_transpose, recurrent  # noqa: F401  (they register their module kinds)
+from .conv2d import AnalogConv2d
 from .conversion import ConversionReport, convert, resolve_config
-from .layers import AnalogConv2d, AnalogLayer, AnalogLinear
+from .layers import AnalogLayer
+from .linear import AnalogLinear
 from .model import AnalogModel, Runtime
 
 __all__ = ["AnalogConv2d", "AnalogLayer", "AnalogLinear", "AnalogModel", "ConversionReport", "Runtime", "convert",

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..config.schema import ChipConfig
-from .layers import AnalogLinear
+from .linear import AnalogLinear
 from .registry import Unsupported, register
 
 

@@ -1,5 +1,5 @@
 """Analog ``nn.Conv1d``: the 2-D analog convolution on a height-1 image (kernel 1 x k), so the tiling,
-read noise and converters are those of :class:`~nvcim.chip.layers.AnalogConv2d`, row for row."""
+read noise and converters are those of :class:`~nvcim.chip.conv2d.AnalogConv2d`, row for row."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from torch import Tensor, nn
 
 from ..config.schema import ChipConfig
 from ..errors import ShapeError
-from .layers import AnalogConv2d
+from .conv2d import AnalogConv2d
 from .registry import register
 
 

@@ -2,7 +2,7 @@
 upsampled with zeros (and padded), with the kernel flipped and its in/out channels swapped on the arrays.
 
 The arrays hold K = (C_in / groups) kh kw rows per output channel, like
-:class:`~nvcim.chip.layers.AnalogConv2d`; the zero-stuffing and padding happen digitally before the DAC
+:class:`~nvcim.chip.conv2d.AnalogConv2d`; the zero-stuffing and padding happen digitally before the DAC
 (zeros convert to zero). The layer's ``weight`` keeps PyTorch's (C_in, C_out / groups, kh, kw) layout, so
 state_dict keys and shapes are the module's; :meth:`as_matrix` maps it to the cells.
 """
@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..config.schema import ChipConfig
-from .layers import AnalogConv2d
+from .conv2d import AnalogConv2d
 from .registry import Unsupported, register
 
 
@@ -26,11 +26,13 @@ class AnalogConvTranspose2d(AnalogConv2d):
             raise Unsupported("a padding_mode other than 'zeros' is not defined for ConvTranspose2d")
         g = digital.groups
         kh, kw = digital.kernel_size
-        as_conv = nn.Conv2d(digital.in_channels, digital.out_channels, (kh, kw), 1, 0, digital.dilation, g,
+        dh, dw = digital.dilation
+        as_conv = nn.Conv2d(digital.in_channels, digital.out_channels, (kh, kw), 1, 0, (dh, dw), g,
                             digital.bias is not None, device="meta")
         as_conv.weight, as_conv.bias = digital.weight, digital.bias  # (C_in, C_out/g, kh, kw) as it is
-        self.t_stride, self.t_padding = tuple(digital.stride), tuple(digital.padding)
-        self.output_padding = tuple(digital.output_padding)
+        self.t_stride: tuple[int, int] = (int(digital.stride[0]), int(digital.stride[1]))
+        self.t_padding: tuple[int, int] = (int(digital.padding[0]), int(digital.padding[1]))  # type: ignore[index]
+        self.output_padding: tuple[int, int] = (int(digital.output_padding[0]), int(digital.output_padding[1]))
         self.out_channels = digital.out_channels
         super().__init__(as_conv, config, name)
         self.pre_pad = None  # pad_input below does the transposed convolution's own upsampling and padding

@@ -18,7 +18,8 @@ from torch import nn
 
 from ..config import ChipConfig, load_config, preset
 from ..errors import ConfigError, ConversionError
-from .layers import AnalogConv2d, AnalogLayer
+from .conv2d import AnalogConv2d
+from .layers import AnalogLayer
 from .model import AnalogModel, Runtime
 from .registry import Unsupported, converter_for, digital_reason
 from .tail import attach_tails

@@ -26,8 +26,9 @@ from ..config import ChipConfig
 from ..config.fields import check, spec
 from ..errors import NvcimError, ShapeError
 from . import rng
+from .context import RunContext
 from .heap import retain_heap
-from .layers import AnalogLayer, RunContext
+from .layers import AnalogLayer
 
 log = logging.getLogger("nvcim")
 

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from ..config.schema import ChipConfig
 from ..errors import ShapeError
 from .attention import _linear
-from .layers import AnalogLinear
+from .linear import AnalogLinear
 from .registry import Unsupported, register
 
 

@@ -15,8 +15,8 @@ from torch import Tensor, nn
 from torch.func import functional_call
 from tqdm.auto import tqdm
 
+from ..chip.context import RunContext
 from ..chip.interface import Chip
-from ..chip.layers import RunContext
 from ..chip.model import AnalogModel
 from ..errors import NvcimError
 from .base import Cost, Method, TaskData, register, shuffled_batches

@@ -44,7 +44,7 @@ def fisher_diagonal(model: AnalogModel, data: TaskData, batches: int = 32, batch
     x, y = data.train
     gen = torch.Generator().manual_seed(0)
     idx = torch.randperm(len(y), generator=gen)[: batches * batch_size]
-    from ..chip.layers import RunContext
+    from ..chip.context import RunContext
 
     model._set(RunContext("digital"))
     try:

@@ -1,0 +1,93 @@
+"""What one forward pass tells the analog layers (:class:`RunContext`), and the small value types and layout
+helpers that the layers' matrix products share."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+
+def _plain(t: Tensor) -> Tensor:
+    """A Parameter as a plain tensor (detached under no_grad): the compiled epilogue guards on the type
+    and on requires_grad, and recompiles for each mismatch (hitting dynamo's recompile limit on a ResNet)."""
+    return t.view(-1) if torch.is_grad_enabled() else t.detach().view(-1)
+
+
+def contiguous_rows(t: Tensor) -> Tensor:
+    """``t.contiguous()`` for a permuted tensor whose last dimension is still innermost. Pairs of float32
+    move as one float64 where strides allow: PyTorch's strided copy costs per element, and these copies
+    gather short rows (6 filters of a first convolution: about 1.5x faster)."""
+    if (t.dtype == torch.float32 and t.shape[-1] % 2 == 0 and t.stride(-1) == 1 and t.storage_offset() % 2 == 0
+            and all(st % 2 == 0 for st, n in zip(t.stride()[:-1], t.shape[:-1]) if n > 1)):
+        # Tensor.view(dtype) checks the stride of every dimension, size-1 ones included (a 1x1 feature map
+        # of a ResNet gives odd ones); their stride is never used, so it is set to 0 first.
+        t = t.as_strided(t.shape, [st if n > 1 else 0 for st, n in zip(t.stride(), t.shape)], t.storage_offset())
+        return t.view(torch.float64).contiguous().view(torch.float32)
+    return t.contiguous()
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A layer input laid out for :meth:`AnalogLayer.mvm`: ``x``, B images, and L positions (Linear)."""
+
+    x: Tensor
+    n: int
+    n_l: int
+
+    def squared(self, dtype: torch.dtype | None = None) -> Prepared:
+        """x * x (stored as ``dtype``, default x's), in x's memory layout (elementwise ops may pick another
+        one for ambiguous strides, and a variance in another layout than the value makes the epilogue
+        stride across memory)."""
+        x = self.x
+        if torch.is_grad_enabled() and x.requires_grad:  # out= has no autograd
+            sq = x * x
+            if sq.stride() != x.stride() or (dtype is not None and dtype != sq.dtype):
+                sq = torch.empty_strided(x.shape, x.stride(), dtype=dtype or sq.dtype, device=sq.device).copy_(sq)
+        else:
+            sq = torch.mul(x, x, out=torch.empty_strided(x.shape, x.stride(), dtype=x.dtype, device=x.device))
+            if dtype is not None and dtype != sq.dtype:
+                sq = sq.to(dtype)  # keeps the strides; a mixed-dtype out= above would be 10x slower
+        return Prepared(sq, self.n, self.n_l)
+
+
+@dataclass(frozen=True)
+class EpilogueOperands:
+    """Per-block operands of the analog epilogue (see :func:`~nvcim.chip.kernel.analog_epilogue`)."""
+
+    gain: Tensor | None
+    offset: Tensor | None
+    delta: Tensor | None
+    lo: int
+    hi: int
+    slice_w: Tensor
+    scale: Tensor
+    bias: Tensor
+    extra: Tensor | None  # (c, O) per-chip additive register part, added after the kernel
+
+
+@dataclass
+class RunContext:
+    """What the enclosing :class:`~nvcim.chip.model.AnalogModel` tells its layers for one forward pass."""
+
+    mode: str  # "chip", "digital", "train" (fresh noisy chip, straight-through), "nominal" or "calibrate"
+    chips: Tensor | None = None  # (c,) indices into the chip dimension of this pass
+    batch: int = 0
+    image_ids: Tensor | None = None  # (B,) global image indices, keys of the read noise
+    read_key: int = 0
+    compiled: bool = False
+    cache: dict = field(default_factory=dict)  # per chip block: packed weights of each layer
+    train_chip: int = 0  # "train" mode: id of the fresh chip drawn for this step
+    censor: float = 0.0  # "train" mode: right-censor programming draws at this many sigma (0 = off)
+    act_quant: dict = field(default_factory=dict)  # "train" mode: layer name -> (step Parameter, bits, signed)
+    image_keys: Tensor | None = None  # (B,) int32 keys derived from image_ids (set by the first layer)
+    var_dtype: torch.dtype | None = None  # "chip" mode: dtype of the read-noise variance products (None: as y)
+    # "chip" mode: the model's input as every chip sees it, (B c, ...) image-major (``entry``), made from the
+    # shared (B, ...) batch ``entry_src``; a layer whose input is still that very tensor, unmodified, may
+    # compute all chips from ``entry_src`` (the same numbers, fewer products)
+    entry: Tensor | None = None
+    entry_src: Tensor | None = None
+    entry_version: int = 0
+    ran: set[int] = field(default_factory=set)  # "chip" mode: ids of the analog layers that ran
+    reads: dict[int, int] = field(default_factory=dict)  # "chip" mode: reads of each layer in this forward

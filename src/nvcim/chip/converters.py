@@ -1,0 +1,77 @@
+"""An analog layer's DAC and ADC: input quantisation, and the ranges calibrated on data."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from ..circuits import dac
+from ..errors import NvcimError
+from .cells import CellArrays
+from .kernel import dac_kernel
+
+
+class Converters(CellArrays):
+    """The DAC on a layer's inputs and the calibration of its DAC and ADC ranges."""
+
+    def apply_dac(self, x: Tensor, compiled: bool = False) -> Tensor:
+        """The DAC on the layer's inputs; ``compiled``: in one fused pass (the same numbers) when no gradient
+        is taken."""
+        bits = self.config.circuit.dac_bits
+        if not bits:
+            return x
+        if not bool(self.dac_fs > 0):
+            raise NvcimError(f"{self.layer_name}: the DAC range is not calibrated: call model.calibrate(x) "
+                             "or set circuit.dac_range")
+        if compiled and not torch.is_grad_enabled():
+            return dac_kernel(bits, bool(self.dac_signed))(x, self.dac_fs)
+        return dac(x, self.dac_fs, bits, bool(self.dac_signed))
+
+    # ---- calibration ----------------------------------------------------------------------------
+    def _percentile(self, v: Tensor, dim: int | None = None) -> Tensor:
+        q = self.config.circuit.adc_percentile / 100.0
+        if dim is None:
+            v = v.reshape(-1)
+            k = max(1, min(v.numel(), math.ceil(q * v.numel())))
+            return v.float().kthvalue(k).values
+        n = v.shape[dim]
+        k = max(1, min(n, math.ceil(q * n)))
+        return v.float().kthvalue(k, dim=dim).values
+
+    def _calibrate_input(self, x: Tensor, again: bool = False) -> None:
+        """DAC range from inputs ``x``; ``again``: a further read in the same calibration pass (widen only)."""
+        cc = self.config.circuit
+        signed = torch.tensor(bool((x < 0).any()), device=self.dac_fs.device)
+        fs = torch.tensor(cc.dac_range) if cc.dac_range else self._percentile(x.detach().abs())
+        fs = fs.to(self.dac_fs).clamp_min(1e-12)
+        self.dac_signed, self.dac_fs = (signed | self.dac_signed, torch.maximum(fs, self.dac_fs)) if again else (
+            signed, fs)
+
+    def _signal_full_scale(self) -> Tensor:
+        d = self.config.device
+        xfs = self.dac_fs if bool(self.dac_fs > 0) else torch.ones(())
+        return xfs * self.rows_per_tile() * (d.g_max - d.g_min)
+
+    def _calibrate_output(self, y: Tensor, again: bool = False) -> None:
+        cc = self.config.circuit
+        if cc.adc_range:
+            self.adc_fs = (cc.adc_range * self._signal_full_scale()).to(self.dac_fs).reshape(())
+            return
+        a = y.detach().abs()  # (B, L, 1, T, S, O)
+        if cc.adc_per_column:
+            per = a.permute(3, 4, 5, 0, 1, 2).reshape(a.shape[3], a.shape[4], a.shape[5], -1)
+            fs = self._percentile(per, dim=-1)
+        else:
+            per = a.permute(3, 4, 0, 1, 2, 5).reshape(a.shape[3], a.shape[4], -1)
+            fs = self._percentile(per, dim=-1).unsqueeze(-1)
+        fs = fs.clamp_min(1e-30).to(self.dac_fs)
+        self.adc_fs = torch.maximum(fs, self.adc_fs) if again and self.adc_fs.shape == fs.shape else fs
+
+    def needs_calibration(self) -> bool:
+        cc = self.config.circuit
+        return bool(cc.adc_bits or cc.dac_bits or cc.adc_offset_sigma)
+
+    def is_calibrated(self) -> bool:
+        return bool(self.dac_fs > 0) or not self.needs_calibration()
