@@ -120,7 +120,7 @@ class CellArrays(nn.Module):
         ``g_pos``/``g_neg`` hold the conductances right after programming (time t0, faults applied);
         ``drift_pos``/``drift_neg`` the per-cell factors (t_read/t0)^-nu that reads apply (empty: no drift).
         """
-        cfg, d = self.config, self.config.device
+        cfg = self.config
         dev = self.weight.device
         m = self.mapped()
         self.seed = seed
@@ -131,31 +131,14 @@ class CellArrays(nn.Module):
         perm = self.row_perm.cpu()
         self.chip_ids = chip_ids.to(dev)
         self._nominal = None
-        has_drift = self._has_drift()
         out: dict[str, list[Tensor]] = {k: [] for k in ("pos", "neg", "fpos", "fneg", "dpos", "dneg", "comp")}
         for start in range(0, len(chip_ids), chunk):
-            ids = chip_ids[start:start + chunk]
-            g0, gt = {}, {}
-            for side, target in (("pos", m.pos), ("neg", m.neg)):
-                shape = tuple(target.shape)
-                # faults and drift exponents belong to physical cells: drawn in physical order, then seen
-                # through the row routing (identity unless map-correct moved rows)
-                rows = perm[start:start + chunk].view(len(ids), *([1] * (len(shape) - 1)), -1).expand(
-                    len(ids), *shape)
-                codes = fault_codes(rng.draw("uniform", rng.key(seed, self.layer_name, side, "fault"), ids,
-                                             shape), d).gather(-1, rows)
-                # the whole draw stays on the CPU (as do the counter-based draws) and moves once, below
-                g0[side] = apply_faults(self._sample(side, ids, "program", on_cpu=True), codes, d)
-                factor = torch.ones(0)
-                if has_drift:
-                    z_nu = rng.draw("normal", rng.key(seed, self.layer_name, side, "drift"), ids,
-                                    shape).gather(-1, rows)
-                    factor = drift(torch.ones_like(z_nu), z_nu, d).masked_fill(codes != 0, 1.0)
-                gt[side] = g0[side] * factor if has_drift else g0[side]
+            g0, codes, factor, comp = self._write_all(m, chip_ids[start:start + chunk], perm[start:start + chunk])
+            for side in ("pos", "neg"):
                 out[side].append(g0[side])
-                out["f" + side].append(codes)
-                out["d" + side].append(factor)
-            out["comp"].append(self._drift_compensation(m, g0, gt))
+                out["f" + side].append(codes[side])
+                out["d" + side].append(factor[side])
+            out["comp"].append(comp)
         self.g_pos, self.g_neg = torch.cat(out["pos"]).to(dev), torch.cat(out["neg"]).to(dev)
         self.faults_pos, self.faults_neg = torch.cat(out["fpos"]).to(dev), torch.cat(out["fneg"]).to(dev)
         self.drift_pos, self.drift_neg = torch.cat(out["dpos"]).to(dev), torch.cat(out["dneg"]).to(dev)
@@ -168,6 +151,39 @@ class CellArrays(nn.Module):
             "normal", rng.key(seed, self.layer_name, "adc-offset"), chip_ids, shape)).to(dev)
         self.tune_gain = torch.ones(n, self.out_features, device=dev)
         self.tune_offset = torch.zeros(n, self.out_features, device=dev)
+
+    def _write_all(self, m: Mapped, ids: Tensor, perm: Tensor | None, censor: float = 0.0, stream: bool = False
+                   ) -> tuple[dict[str, Tensor], dict[str, Tensor], dict[str, Tensor], Tensor]:
+        """One programming of every cell of chips ``ids`` to the mapping ``m``, on the CPU: per side the
+        conductances at t0 (faults applied), the fault codes and the drift factors (t_read/t0)^-nu (empty
+        without drift), and the chips' drift compensation. The one programming function of evaluation chips
+        (counter-based draws, ``perm`` (n, K) the row routing) and of training chips (``stream``: one fresh
+        chip from the fast generator, no routing; ``censor``: draws clipped at that many sigma)."""
+        d = self.config.device
+        has_drift = self._has_drift()
+
+        def draw(kind: str, side: str, purpose: str, shape: tuple[int, ...]) -> Tensor:
+            key = rng.key(self.seed, self.layer_name, side, purpose)
+            z = rng.draw_stream(kind, key, int(ids[0]), shape) if stream else rng.draw(kind, key, ids, shape)
+            if perm is None:
+                return z
+            # faults and drift exponents belong to physical cells: drawn in physical order, then seen
+            # through the row routing (identity unless map-correct moved rows)
+            rows = perm.view(len(ids), *([1] * (len(shape) - 1)), -1).expand(len(ids), *shape)
+            return z.gather(-1, rows)
+
+        g0, codes, factor, gt = {}, {}, {}, {}
+        for side, target in (("pos", m.pos), ("neg", m.neg)):
+            shape = tuple(target.shape)
+            codes[side] = fault_codes(draw("uniform", side, "fault", shape), d)
+            g = self._sample(side, ids, "program", censor, on_cpu=True, mapped=m, stream=stream)
+            g0[side] = apply_faults(g, codes[side], d)
+            factor[side], gt[side] = torch.ones(0), g0[side]
+            if has_drift:
+                z_nu = draw("normal", side, "drift", shape)
+                factor[side] = drift(torch.ones_like(z_nu), z_nu, d).masked_fill(codes[side] != 0, 1.0)
+                gt[side] = g0[side] * factor[side]
+        return g0, codes, factor, self._drift_compensation(m, g0, gt)
 
     def _has_drift(self) -> bool:
         d = self.config.device.drift
@@ -254,24 +270,9 @@ class CellArrays(nn.Module):
         current weights: levels, programming variation, faults, drift (and its compensation), IR drop.
         Training draws one per step: it maps the weights once and uses the fast generator
         (:func:`rng.draw_stream`) for its per-cell draws."""
-        d = self.config.device
-        ids = torch.tensor([chip_id])
         m = self.mapped()
-        has_drift = self._has_drift()
-        g0, gt = {}, {}
-        for side, target in (("pos", m.pos), ("neg", m.neg)):
-            shape = tuple(target.shape)
-            codes = fault_codes(rng.draw_stream("uniform", rng.key(self.seed, self.layer_name, side, "fault"),
-                                                chip_id, shape), d)
-            g = self._sample(side, ids, "program", censor, on_cpu=True, mapped=m, stream=True)
-            g0[side] = apply_faults(g, codes, d)
-            if has_drift:
-                z_nu = rng.draw_stream("normal", rng.key(self.seed, self.layer_name, side, "drift"), chip_id,
-                                       shape)
-                gt[side] = apply_faults(drift(g0[side], z_nu, d), codes, d)
-            else:
-                gt[side] = g0[side]
-        comp = self._drift_compensation(m, g0, gt)  # all on the CPU so far
+        g0, _, factor, comp = self._write_all(m, torch.tensor([chip_id]), None, censor=censor, stream=True)
+        gt = {side: g0[side] * factor[side] if factor[side].numel() else g0[side] for side in g0}
         dev = self.weight.device
         w, _ = self.conductances(gt["pos"].to(dev), gt["neg"].to(dev))  # (1, S, O, K)
         comp = comp.to(w)
