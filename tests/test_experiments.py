@@ -38,6 +38,23 @@ def _no_timing(result: dict) -> dict:
     return r
 
 
+def test_the_variance_format_is_part_of_a_points_identity():
+    """A store shared by machines with and without bfloat16 must not mix their results under one key."""
+    import torch
+
+    from nvcim.chip.model import Runtime, native_bf16
+
+    f32 = from_dict(dict(SMALL, variance="float32")).points()[0]
+    bf16 = from_dict(dict(SMALL, variance="bfloat16")).points()[0]
+    auto = from_dict(SMALL).points()[0]
+    assert f32.identity()["numerics"] == {"variance": "float32"} and f32.key != bf16.key
+    expect = "bfloat16" if native_bf16() and not torch.cuda.is_available() else "float32"
+    assert auto.variance() == expect and auto.key == (bf16 if expect == "bfloat16" else f32).key
+    assert Runtime(variance=auto.variance()).variance == expect
+    with pytest.raises(ConfigError, match="variance"):
+        from_dict(dict(SMALL, variance="float16"))
+
+
 def test_grid_is_the_full_product_with_stable_keys():
     exp = from_dict(SMALL)
     pts = exp.points()

@@ -67,7 +67,8 @@ def compute_point(point: Point, device: str = "cpu", progress: bool = False) -> 
     test = data.test if not e.limit else (data.test[0][:e.limit], data.test[1][:e.limit])
     test = (test[0].to(device), test[1].to(device))
     train = (data.train[0].to(device), data.train[1].to(device))
-    model = convert(net, point.config, chips=e.chips, seed=point.seed, runtime=Runtime(memory_mb=e.memory_mb))
+    runtime = Runtime(memory_mb=e.memory_mb, variance=point.variance())  # as the point's key says
+    model = convert(net, point.config, chips=e.chips, seed=point.seed, runtime=runtime)
     model.calibrate(train[0][:256])
     chain = point.chain()
     if chain:

@@ -49,6 +49,8 @@ _FIELDS = {
     "limit": "evaluate on the first N test images only (0 = all)",
     "batch_size": "images per evaluation batch",
     "memory_mb": "memory budget per chip chunk (MiB)",
+    "variance": "number format of the read-noise variance products: auto, float32 or bfloat16 (Runtime.variance); "
+                "the resolved format is part of each point's identity",
     "set": "fixed config overrides {dotted.path: value}",
     "sweep": "sweep axes {dotted.path: [values]}",
     "options": "method options {method: {option: value}}",
@@ -71,6 +73,7 @@ class Experiment:
     limit: int = 0
     batch_size: int = 500
     memory_mb: float = 1024.0
+    variance: str = "auto"
     set: dict[str, Any] = field(default_factory=dict)
     sweep: dict[str, list[Any]] = field(default_factory=dict)
     options: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -123,7 +126,23 @@ class Point:
         chain = self.chain()
         return {"model": e.model, "dataset": e.dataset, "epochs": e.epochs, "train_seed": e.train_seed,
                 "chips": e.chips, "limit": e.limit, "seed": self.seed, "method": self.method,
-                "options": {m: e.options.get(m, {}) for m in chain}, "config": self.config.to_dict()}
+                "options": {m: e.options.get(m, {}) for m in chain}, "config": self.config.to_dict(),
+                "numerics": {"variance": self.variance()}}
+
+    def variance(self) -> str:
+        """The read-noise variance format this point is computed with: the experiment's, with "auto" resolved
+        for this machine (bfloat16 on CPUs with native bfloat16 unless a GPU runs it). Part of the identity,
+        so that a store shared by differently equipped machines never mixes the two under one key; the
+        runner passes it explicitly. (Compiling changes no result, so it is not part of it.)"""
+        e = self.experiment
+        if e.variance != "auto":
+            return e.variance
+        import torch
+
+        from ..chip.model import Runtime, variance_dtype
+
+        dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return "bfloat16" if variance_dtype(Runtime(), torch.float32, dev) == torch.bfloat16 else "float32"
 
     @property
     def key(self) -> str:
@@ -202,11 +221,14 @@ def _from_dict(d: dict[str, Any], base_dir: str) -> Experiment:
     memory = d.get("memory_mb", 1024.0)
     _need(isinstance(memory, (int, float)) and not isinstance(memory, bool) and memory >= 1, "memory_mb", memory,
           "a number >= 1 (MiB)")
+    variance = d.get("variance", "auto")
+    _need(variance in ("auto", "float32", "bfloat16"), "variance", variance, "one of auto, float32, bfloat16")
     exp = Experiment(name=name.strip(), model=d.get("model", "lenet5"), dataset=d.get("dataset", "digits"),
                      epochs=_int(d, "epochs", 0, 0), train_seed=_int(d, "train_seed", 0, 0),
                      chip=d.get("chip", "rram-mlc-4bit"), chips=_int(d, "chips", 1, 100),
                      seeds=tuple(seeds), methods=tuple(methods), limit=_int(d, "limit", 0, 0),
-                     batch_size=_int(d, "batch_size", 1, 500), memory_mb=float(memory), set=dict(sets),
+                     batch_size=_int(d, "batch_size", 1, 500), memory_mb=float(memory), variance=variance,
+                     set=dict(sets),
                      sweep={k: list(v) for k, v in sweep.items()}, options={k: dict(v) for k, v in options.items()},
                      base_dir=base_dir)
     for m, opts in exp.options.items():  # options are checked by building the method once
