@@ -1,4 +1,4 @@
-"""``AnalogModel``: a converted model's N chips, run in one batched pass (see :mod:`.convert`).
+"""``AnalogModel``: a converted model's N chips, run in one batched pass (see :mod:`.conversion`).
 
 An :class:`AnalogModel` maps an input batch ``(B, ...)`` to outputs ``(N, B, ...)``: the chip
 dimension leads. Chips are processed in chunks sized to a memory budget, and images in sub-batches when
@@ -266,8 +266,7 @@ class AnalogModel(nn.Module):
                 # take the batch size from a tensor, learned queries and the like see one batch
                 xe = xb.repeat_interleave(block, dim=0) if block > 1 else xb
                 self._set(replace(base, chips=chunk, batch=xb.shape[0], image_ids=image_ids[i0:i0 + imgs_per],
-                                  cache=cache, entry=xe, entry_src=xb, entry_version=xe._version, ran=base.ran,
-                                  reads={}))
+                                  cache=cache, entry=xe, entry_src=xb, entry_version=xe._version, reads={}))
                 leaves, spec = tree_flatten(self.net(xe))
                 parts.append([_per_chip(leaf, xb.shape[0], block, keep) for leaf in leaves])
             blocks.append(parts)
