@@ -114,8 +114,10 @@ class CellArrays(nn.Module):
     def mapped(self) -> Mapped:
         return self.mapping.map(self.w2d())
 
-    def program(self, seed: int, chip_ids: Tensor, chunk: int = 64) -> None:
+    def program(self, seed: int, chip_ids: Tensor, chunk: int = 0) -> None:
         """Program all chips ``chip_ids`` (global ids): noisy writes, faults, drift; fills the buffers.
+        ``chunk``: chips drawn together (default: as many as keep each draw's temporaries near 64 MiB, up to
+        64; the draws are counter-based, so the chunking changes no number).
 
         ``g_pos``/``g_neg`` hold the conductances right after programming (time t0, faults applied);
         ``drift_pos``/``drift_neg`` the per-cell factors (t_read/t0)^-nu that reads apply (empty: no drift).
@@ -126,6 +128,7 @@ class CellArrays(nn.Module):
         self.seed = seed
         self.scale, self.slice_w = m.scale.to(dev), m.slice_weights.to(dev)
         n = len(chip_ids)
+        chunk = chunk or max(1, min(64, 2**24 // max(1, m.pos.numel())))
         if tuple(self.row_perm.shape) != (n, self.k):  # a fresh chip: logical row k on physical row k
             self.row_perm = torch.arange(self.k, device=dev).expand(n, -1).clone()
         perm = self.row_perm.cpu()

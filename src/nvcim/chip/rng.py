@@ -37,11 +37,24 @@ def mix_int(v: int) -> int:
 
 def mix(x: Tensor) -> Tensor:
     """lowbias32 on an int32 tensor (wrapping multiply, logical shifts via masks)."""
-    x = x ^ ((x >> 16) & 0xFFFF)
-    x = x * _M1
-    x = x ^ ((x >> 15) & 0x1FFFF)
-    x = x * _M2
-    return x ^ ((x >> 16) & 0xFFFF)
+    if torch.compiler.is_compiling():  # inductor fuses it into one loop either way
+        x = x ^ ((x >> 16) & 0xFFFF)
+        x = x * _M1
+        x = x ^ ((x >> 15) & 0x1FFFF)
+        x = x * _M2
+        return x ^ ((x >> 16) & 0xFFFF)
+    # eager (programming draws: tens of millions of cells per chip of a ResNet-18): the same integers with
+    # half the temporaries, about 2x faster
+    x = x.clone()
+    t = x >> 16
+    x ^= t.bitwise_and_(0xFFFF)
+    x *= _M1
+    t = x >> 15
+    x ^= t.bitwise_and_(0x1FFFF)
+    x *= _M2
+    t = x >> 16
+    x ^= t.bitwise_and_(0xFFFF)
+    return x
 
 
 def key(*parts: int | str) -> int:
