@@ -11,8 +11,8 @@ from ..errors import NvcimError
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default="lenet5", help="mlp, lenet5, vgg, resnet, or pkg.module:factory "
-                   "(an import path runs that module's code)")
+    p.add_argument("--model", default="lenet5", help="mlp, lenet5, vgg, resnet, resnet18, mobilenetv2, vit, or "
+                   "pkg.module:factory (an import path runs that module's code)")
     p.add_argument("--dataset", default="digits", help="digits, fashion-mnist, mnist, a folder of IDX files, "
                    "or pkg.module:factory")
     p.add_argument("--epochs", type=int, default=None, help="training epochs (default: 40 on digits, else 5)")

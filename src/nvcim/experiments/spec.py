@@ -38,7 +38,7 @@ from ..errors import ConfigError, NvcimError
 
 _FIELDS = {
     "name": "run name; also the default run folder runs/NAME",
-    "model": "mlp, lenet5, vgg, resnet, or pkg.module:factory",
+    "model": "mlp, lenet5, vgg, resnet, resnet18, mobilenetv2, vit, or pkg.module:factory",
     "dataset": "digits, fashion-mnist, mnist, an IDX folder, or pkg.module:factory",
     "epochs": "digital training epochs (0 = the default: 40 on digits, else 5)",
     "train_seed": "seed of the digital training (shared by every grid point)",
