@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 import nvcim
-from nvcim.chip.context import RunContext
+from nvcim.chip.context import TrainPass
 from nvcim.experiments import build_model, load_dataset
 from nvcim.methods.training import TRAIN_CHIP_BASE
 
@@ -57,7 +57,7 @@ def main() -> None:
     chips = nvcim.convert(net, args.chip, chips=1, seed=0)
 
     def ctx(step: int, b: int) -> None:
-        chips._set(RunContext("train", batch=b, train_chip=TRAIN_CHIP_BASE + step))
+        chips._set(TrainPass(batch=b, train_chip=TRAIN_CHIP_BASE + step))
 
     t_vat = epoch(chips.net, x, y, args.batch, ctx)
     chips._set(None)

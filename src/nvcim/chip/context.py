@@ -1,5 +1,5 @@
-"""What one forward pass tells the analog layers (:class:`RunContext`), and the small value types and layout
-helpers that the layers' matrix products share."""
+"""What one forward pass tells the analog layers (a :class:`Pass` of one of four types: digital, calibrate,
+train, chip), and the small value types and layout helpers that the layers' matrix products share."""
 
 from __future__ import annotations
 
@@ -68,26 +68,51 @@ class EpilogueOperands:
 
 
 @dataclass
-class RunContext:
-    """What the enclosing :class:`~nvcim.chip.model.AnalogModel` tells its layers for one forward pass."""
+class Pass:
+    """What the enclosing :class:`~nvcim.chip.model.AnalogModel` tells its layers for one forward pass; the
+    pass's type says what kind of pass it is (no mode strings)."""
 
-    mode: str  # "chip", "digital", "train" (fresh noisy chip, straight-through), "nominal" or "calibrate"
+    batch: int = 0  # images of this pass
+    cache: dict = field(default_factory=dict)  # per chip block: packed weights and operands of each layer
+    reads: dict[int, int] = field(default_factory=dict)  # reads of each layer in this forward
+
+
+@dataclass
+class DigitalPass(Pass):
+    """The ideal model: the layers run their digital modules' arithmetic with the ideal weights."""
+
+
+@dataclass
+class CalibratePass(Pass):
+    """Noise-free mapped weights (levels, no variation); each layer sets its DAC and ADC ranges."""
+
+
+@dataclass
+class TrainPass(Pass):
+    """Noise-injection training: a freshly drawn chip's weights forward, the ideal ones backward."""
+
+    train_chip: int = 0  # id of the fresh chip drawn for this step
+    censor: float = 0.0  # right-censor programming draws at this many sigma (0 = off)
+    act_quant: dict = field(default_factory=dict)  # layer name -> (step Parameter, bits, signed)
+
+
+@dataclass
+class ChipPass(Pass):
+    """The programmed chips ``chips`` of one block read the images of one sub-batch."""
+
     chips: Tensor | None = None  # (c,) indices into the chip dimension of this pass
-    batch: int = 0
     image_ids: Tensor | None = None  # (B,) global image indices, keys of the read noise
     read_key: int = 0
     compiled: bool = False
-    cache: dict = field(default_factory=dict)  # per chip block: packed weights of each layer
-    train_chip: int = 0  # "train" mode: id of the fresh chip drawn for this step
-    censor: float = 0.0  # "train" mode: right-censor programming draws at this many sigma (0 = off)
-    act_quant: dict = field(default_factory=dict)  # "train" mode: layer name -> (step Parameter, bits, signed)
     image_keys: Tensor | None = None  # (B,) int32 keys derived from image_ids (set by the first layer)
-    var_dtype: torch.dtype | None = None  # "chip" mode: dtype of the read-noise variance products (None: as y)
-    # "chip" mode: the model's input as every chip sees it, (B c, ...) image-major (``entry``), made from the
-    # shared (B, ...) batch ``entry_src``; a layer whose input is still that very tensor, unmodified, may
-    # compute all chips from ``entry_src`` (the same numbers, fewer products)
+    var_dtype: torch.dtype | None = None  # dtype of the read-noise variance products (None: as y)
+    # the model's input as every chip sees it, (B c, ...) image-major (``entry``), made from the shared
+    # (B, ...) batch ``entry_src``; a layer whose input is still that very tensor, unmodified, may compute
+    # all chips from ``entry_src`` (the same numbers, fewer products)
     entry: Tensor | None = None
     entry_src: Tensor | None = None
     entry_version: int = 0
-    ran: set[int] = field(default_factory=set)  # "chip" mode: ids of the analog layers that ran
-    reads: dict[int, int] = field(default_factory=dict)  # "chip" mode: reads of each layer in this forward
+    ran: set[int] = field(default_factory=set)  # ids of the analog layers that ran (shared by the blocks)
+
+
+RunContext = DigitalPass | CalibratePass | TrainPass | ChipPass

@@ -38,7 +38,7 @@ class AnalogConv1d(AnalogConv2d):
     def unfold_input(self, v: Tensor) -> Tensor:
         return super().unfold_input(v.unsqueeze(2))
 
-    def _fused_tail(self, *args: object) -> None:
+    def _fused_tail(self, *args: object, **kwargs: object) -> None:
         return None  # a ReLU after it runs as the model's own module
 
     def forward(self, x: Tensor) -> Tensor:

@@ -17,7 +17,7 @@ from ..config.schema import ChipConfig
 from ..errors import NvcimError, ShapeError
 from ..mapping import get_mapping
 from . import rng
-from .context import EpilogueOperands, Prepared, RunContext, _plain
+from .context import CalibratePass, ChipPass, DigitalPass, EpilogueOperands, Prepared, RunContext, TrainPass, _plain
 from .converters import Converters
 from .kernel import TailSpec, epilogue
 from .tail import Tail, mark
@@ -82,7 +82,7 @@ class AnalogLayer(Converters):
         layer's)."""
         raise NotImplementedError
 
-    def sram_output(self, x: Prepared, ctx: RunContext, shared: bool, c: int) -> Tensor | None:
+    def sram_output(self, x: Prepared, ctx: ChipPass, shared: bool, c: int) -> Tensor | None:
         """Digital sparse-SRAM contribution (M * W_sram[chip]) x, shape (B, L, c, O), or None."""
         if not self.sram_w.numel() or ctx.chips is None:
             return None
@@ -90,19 +90,16 @@ class AnalogLayer(Converters):
         w = (self.sram_w[ctx.chips] * mask).reshape(c, 1, self.out_features, self.k)
         return self.mvm(x, self.pack(w, shared), shared, c, 1).sum(dim=(3, 4))
 
-    def packed_weights(self, ctx: RunContext, shared: bool) -> tuple[Tensor, Tensor | None]:
+    def packed_weights(self, ctx: ChipPass | CalibratePass, shared: bool) -> tuple[Tensor, Tensor | None]:
         """Packed (value, read-noise variance) weights of this pass's chips, computed once per chip block
         (``ctx.cache`` lives for one block) rather than once per image sub-batch."""
         key = (id(self), shared)
         if key not in ctx.cache:
-            if ctx.mode in ("nominal", "calibrate"):
-                pos, neg = self.nominal()
-            else:
-                pos, neg = self.effective(ctx.chips)
+            chip = isinstance(ctx, ChipPass)
+            pos, neg = self.effective(ctx.chips) if isinstance(ctx, ChipPass) else self.nominal()
             w, w2 = self.conductances(pos, neg)
-            noisy = w2 is not None and ctx.mode == "chip"
-            wv = self.pack(w2, shared) if noisy and w2 is not None else None
-            if wv is not None and ctx.var_dtype is not None:
+            wv = self.pack(w2, shared) if chip and w2 is not None else None
+            if wv is not None and isinstance(ctx, ChipPass) and ctx.var_dtype is not None:
                 wv = wv.to(ctx.var_dtype)  # keeps the (channels-last) layout
             ctx.cache[key] = (self.pack(w, shared), wv)
         return ctx.cache[key]
@@ -114,12 +111,12 @@ class AnalogLayer(Converters):
     def forward(self, x: Tensor) -> Tensor:
         ctx = self.ctx
         self.check_input(x)
-        if ctx is None or ctx.mode == "digital":
+        if ctx is None or isinstance(ctx, DigitalPass):
             return self.digital(x)
-        if ctx.mode == "train":
+        if isinstance(ctx, TrainPass):
             return self._train_forward(x, ctx)
         b = ctx.batch
-        if ctx.mode in ("nominal", "calibrate"):
+        if isinstance(ctx, CalibratePass):
             c, shared = 1, True
             if x.shape[0] != b:
                 raise ShapeError(f"{self.layer_name}: batch {x.shape[0]} != {b}")
@@ -137,43 +134,44 @@ class AnalogLayer(Converters):
                 raise ShapeError(f"{self.layer_name}: got a batch of {x.shape[0]} rows, expected {b} (shared "
                                  f"input) or {b * c} (images x chips)")
         again = False
-        if ctx.mode == "calibrate":
+        if isinstance(ctx, CalibratePass):
             # a layer read several times in one forward (a recurrent cell) takes the widest range of them
             again = ctx.reads.get(id(self), 0) > 0
             ctx.reads[id(self)] = ctx.reads.get(id(self), 0) + 1
             self._calibrate_input(x, again)
         x = self.pad_input(x)
-        xp = self.prepare(self.apply_dac(x, ctx.compiled and ctx.mode == "chip"), shared, c)
+        compiled = isinstance(ctx, ChipPass) and ctx.compiled
+        xp = self.prepare(self.apply_dac(x, compiled), shared, c)
         wy, wv = self.packed_weights(ctx, shared)
         y = self.mvm(xp, wy, shared, c)
-        if ctx.mode == "calibrate":
+        if isinstance(ctx, CalibratePass):
             self._calibrate_output(y, again)
         var = ck = ik = None
-        if wv is not None:
+        if wv is not None and isinstance(ctx, ChipPass):  # read noise: chip passes only
             var = self.mvm(xp.squared(ctx.var_dtype), wv, shared, c)
             ck, ik = self._read_keys(ctx)
         k = self._epilogue_operands(ctx, c, y)
         tail = self._fused_tail(ctx, k, x)
         if tail is not None and self.tail is not None:
-            out = epilogue(ctx.compiled)(y, var, ck, ik, k.gain, k.offset, k.delta, k.lo, k.hi, k.slice_w,
-                                         k.scale, k.bias, tail=tail)  # (B, c, H', W', O)
+            out = epilogue(compiled)(y, var, ck, ik, k.gain, k.offset, k.delta, k.lo, k.hi, k.slice_w,
+                                     k.scale, k.bias, tail=tail)  # (B, c, H', W', O)
             n, _, ho, wo, o = out.shape
             return mark(out.view(n * c, ho, wo, o).permute(0, 3, 1, 2), self.tail)
-        out = epilogue(ctx.compiled)(y, var, ck, ik, k.gain, k.offset, k.delta, k.lo, k.hi, k.slice_w, k.scale,
-                                     k.bias, hw=self._positions_hw(x, int(y.shape[1])))
+        out = epilogue(compiled)(y, var, ck, ik, k.gain, k.offset, k.delta, k.lo, k.hi, k.slice_w, k.scale,
+                                 k.bias, hw=self._positions_hw(x, int(y.shape[1])))
         if k.extra is not None:
             out = out + k.extra.view(1, 1, c, -1)
-        if ctx.mode == "chip":
+        if isinstance(ctx, ChipPass):
             extra = self.sram_output(xp, ctx, shared, c)
             if extra is not None:
                 out = out + extra
         return self.finish(out, x, shared)
 
-    def _fused_tail(self, ctx: RunContext, k: EpilogueOperands, x: Tensor
+    def _fused_tail(self, ctx: ChipPass | CalibratePass, k: EpilogueOperands, x: Tensor
                     ) -> TailSpec | None:
         """(ops, H, W) when this pass may apply the layer's digital tail inside the compiled epilogue: a plain
         chip run, with nothing added after the kernel and nobody hooked to the layer's own output."""
-        if (self.tail is None or ctx.mode != "chip" or not ctx.compiled or torch.is_grad_enabled()
+        if (self.tail is None or not isinstance(ctx, ChipPass) or not ctx.compiled or torch.is_grad_enabled()
                 or k.extra is not None or self.sram_w.numel() or self._forward_hooks):
             return None
         return (self.tail.ops, *self._positions_hw(x, 0))
@@ -182,29 +180,29 @@ class AnalogLayer(Converters):
         """The ``n_l`` output positions of input ``x`` as (rows, columns): read-noise draws pair columns."""
         return 1, n_l
 
-    def _epilogue_operands(self, ctx: RunContext, c: int, y: Tensor) -> EpilogueOperands:
+    def _epilogue_operands(self, ctx: ChipPass | CalibratePass, c: int, y: Tensor) -> EpilogueOperands:
         """ADC step and errors, output scale and registers of this pass's chips: the same for every image
         sub-batch of a chip block, so computed once per block (when no gradient is being taken)."""
-        key = (id(self), "operands", ctx.mode, c)
+        key = (id(self), "operands", type(ctx).__name__, c)
         if not torch.is_grad_enabled() and key in ctx.cache:
             return ctx.cache[key]
         gain = offset = delta = None
         lo = hi = 0
         cc = self.config.circuit
-        if cc.adc_bits and ctx.mode != "calibrate":
+        if cc.adc_bits and not isinstance(ctx, CalibratePass):
             if not bool(self.adc_fs.any()):
                 raise NvcimError("the ADC range is not calibrated: call model.calibrate(x) or set "
                                  "circuit.adc_range")
             delta = (self.adc_fs / 2 ** (cc.adc_bits - 1)).expand(self.row_tiles, self.n_slices,
                                                                    self.out_features)
             lo, hi = adc_codes(cc.adc_bits)
-        if ctx.mode == "chip" and (cc.adc_gain_sigma or cc.adc_offset_sigma):
+        if isinstance(ctx, ChipPass) and (cc.adc_gain_sigma or cc.adc_offset_sigma):
             gain = self.adc_gain[ctx.chips]
             offset = self.adc_offset[ctx.chips] * self._adc_range_for_offset()
         scale = self.scale.view(1, -1).expand(c, -1)
         bias = self.bias if self.bias is not None else torch.zeros(self.out_features, device=y.device)
         extra = None
-        if ctx.mode == "chip":
+        if isinstance(ctx, ChipPass):
             # drift compensation and the per-chip registers y -> gain (y + bias) + offset: the gain folds
             # into the scale; the per-chip additive part is added outside the fused kernel, and only when a
             # method has set it, because a (chip, column) operand inside made inductor's loop several
@@ -220,7 +218,7 @@ class AnalogLayer(Converters):
             ctx.cache[key] = ops
         return ops
 
-    def _train_forward(self, x: Tensor, ctx: RunContext) -> Tensor:
+    def _train_forward(self, x: Tensor, ctx: TrainPass) -> Tensor:
         """Noise-injection training: the forward pass sees a freshly drawn chip's weights (and quantised
         inputs), the backward pass treats them as the ideal weights (straight-through)."""
         if self.layer_name in ctx.act_quant:
@@ -236,7 +234,7 @@ class AnalogLayer(Converters):
         fs = self.adc_fs if bool(self.adc_fs.any()) else self._signal_full_scale()
         return fs.expand(self.row_tiles, self.n_slices, self.out_features)
 
-    def _read_keys(self, ctx: RunContext) -> tuple[Tensor, Tensor]:
+    def _read_keys(self, ctx: ChipPass) -> tuple[Tensor, Tensor]:
         """Read-noise keys: (c,) per chip of this layer and (B,) per image; element keys mix the two."""
         cache = ctx.cache if not torch.is_grad_enabled() else {}
         # the n-th read of this layer within one forward (a recurrent cell at step n, a layer shared by

@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from ..config.schema import ChipConfig
 from ..errors import ShapeError
-from .context import Prepared
+from .context import CalibratePass, ChipPass, Prepared
 from .layers import AnalogLayer
 from .registry import register
 
@@ -46,8 +46,8 @@ class AnalogLinear(AnalogLayer):
         its first dimension (a sequence-first (L, B, E) inside a transformer) is recognised when exactly one
         other dimension has the batch's size."""
         ctx = self.ctx
-        if ctx is not None and ctx.mode in ("chip", "calibrate", "nominal") and x.dim() > 2:
-            n = ctx.batch * (int(ctx.chips.numel()) if ctx.mode == "chip" and ctx.chips is not None else 1)
+        if isinstance(ctx, (ChipPass, CalibratePass)) and x.dim() > 2:
+            n = ctx.batch * (int(ctx.chips.numel()) if isinstance(ctx, ChipPass) and ctx.chips is not None else 1)
             if x.shape[0] not in (n, ctx.batch):
                 dims = [d for d in range(1, x.dim() - 1) if x.shape[d] == n]
                 if len(dims) == 1:

@@ -26,7 +26,7 @@ from ..config import ChipConfig
 from ..config.fields import check, spec
 from ..errors import NvcimError, ShapeError
 from . import rng
-from .context import RunContext
+from .context import CalibratePass, ChipPass, DigitalPass, RunContext
 from .heap import retain_heap
 from .layers import AnalogLayer
 
@@ -135,7 +135,7 @@ class AnalogModel(nn.Module):
     @torch.no_grad()
     def digital(self, x: Tensor) -> Tensor:
         """The ideal (digital) model's output ``(B, ...)`` with the same weights."""
-        self._set(RunContext("digital"))
+        self._set(DigitalPass())
         try:
             with _modules_run():
                 return self.net(self._check(x))
@@ -160,7 +160,7 @@ class AnalogModel(nn.Module):
     def calibrate(self, x: Tensor) -> None:
         """Set DAC and ADC ranges from inputs ``x`` on the noise-free mapped model (no labels used)."""
         x = self._check(x)
-        self._set(RunContext("calibrate", batch=x.shape[0]))
+        self._set(CalibratePass(batch=x.shape[0]))
         try:
             with _modules_run():
                 self.net(x)
@@ -232,7 +232,7 @@ class AnalogModel(nn.Module):
             self._reads += 1
         if self.device.type == "cpu" and self.runtime.retain_heap:
             retain_heap()
-        ctx = RunContext("chip", read_key=read_key, compiled=compiled,
+        ctx = ChipPass(read_key=read_key, compiled=compiled,
                          var_dtype=variance_dtype(self.runtime, self.analog_layers()[0].weight.dtype, self.device))
         try:
             with _modules_run():
@@ -248,7 +248,7 @@ class AnalogModel(nn.Module):
         leaves = [_join([[p[i] for p in parts] for parts in blocks]) for i in range(len(blocks[0][0]))]
         return tree_unflatten(leaves, spec)
 
-    def _blocks(self, x: Tensor, image_ids: Tensor, base: RunContext) -> tuple[list[list[list[Any]]], Any]:
+    def _blocks(self, x: Tensor, image_ids: Tensor, base: ChipPass) -> tuple[list[list[list[Any]]], Any]:
         """Every chip block on every image sub-batch: the output leaves of each pass, ``(keep, b, ...)``, by
         block and sub-batch, and the output's tree structure."""
         block, imgs_per = self.plan(x)

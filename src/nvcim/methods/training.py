@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 from tqdm.auto import tqdm
 
-from ..chip.context import RunContext
+from ..chip.context import DigitalPass, TrainPass
 from ..chip.interface import Chip
 from ..chip.model import AnalogModel
 from ..errors import NvcimError
@@ -62,7 +62,7 @@ class NoiseAwareTraining(Method):
             for _ in bar:
                 for idx in shuffled_batches(len(y), self.batch_size, gen):
                     xb, yb = x[idx].to(model.device), y[idx].to(model.device)
-                    model._set(RunContext("train", batch=len(idx), train_chip=TRAIN_CHIP_BASE + steps,
+                    model._set(TrainPass(batch=len(idx), train_chip=TRAIN_CHIP_BASE + steps,
                                           censor=self.censor, act_quant=act_quant))
                     loss = self.loss(model.net(xb), yb, xb)
                     opt.zero_grad(set_to_none=True)
@@ -115,7 +115,7 @@ class KD(NoiseAwareTraining):
     def loss(self, logits: Tensor, y: Tensor, x: Tensor) -> Tensor:
         assert self._model is not None
         model, ctx = self._model, self._model.analog_layers()[0].ctx
-        model._set(RunContext("digital"))
+        model._set(DigitalPass())
         try:
             with torch.no_grad():
                 teacher = functional_call(model.net, self._teacher, (x,))

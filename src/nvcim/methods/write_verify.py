@@ -44,9 +44,9 @@ def fisher_diagonal(model: AnalogModel, data: TaskData, batches: int = 32, batch
     x, y = data.train
     gen = torch.Generator().manual_seed(0)
     idx = torch.randperm(len(y), generator=gen)[: batches * batch_size]
-    from ..chip.context import RunContext
+    from ..chip.context import DigitalPass
 
-    model._set(RunContext("digital"))
+    model._set(DigitalPass())
     try:
         for i in range(0, len(idx), batch_size):
             b = idx[i:i + batch_size]
