@@ -95,12 +95,15 @@ class AnalogLayer(Converters):
         (``ctx.cache`` lives for one block) rather than once per image sub-batch."""
         key = (id(self), shared)
         if key not in ctx.cache:
-            chip = isinstance(ctx, ChipPass)
-            pos, neg = self.effective(ctx.chips) if isinstance(ctx, ChipPass) else self.nominal()
-            w, w2 = self.conductances(pos, neg)
-            wv = self.pack(w2, shared) if chip and w2 is not None else None
-            if wv is not None and isinstance(ctx, ChipPass) and ctx.var_dtype is not None:
-                wv = wv.to(ctx.var_dtype)  # keeps the (channels-last) layout
+            wv = None
+            if isinstance(ctx, ChipPass):  # the programmed chips, with read noise
+                w, w2 = self.conductances(*self.effective(ctx.chips))
+                if w2 is not None:
+                    wv = self.pack(w2, shared)
+                    if ctx.var_dtype is not None:
+                        wv = wv.to(ctx.var_dtype)  # keeps the (channels-last) layout
+            else:  # calibration: the noise-free mapped targets
+                w, _ = self.conductances(*self.nominal())
             ctx.cache[key] = (self.pack(w, shared), wv)
         return ctx.cache[key]
 
