@@ -71,8 +71,8 @@ class AnalogMultiheadAttention(nn.Module):
         if query is key and key is value:  # self-attention: one read of the q/k/v array
             return self.in_proj(query).split(e, dim=-1)  # type: ignore[return-value]
         q = self.in_proj(query)[..., :e]
-        k = q_k = self.in_proj(key)
-        v = q_k if value is key else self.in_proj(value)
+        k = self.in_proj(key)
+        v = k if value is key else self.in_proj(value)  # key and value the same tensor: one read
         return q, k[..., e:2 * e], v[..., 2 * e:]
 
     def forward(self, query: Tensor, key: Tensor, value: Tensor, key_padding_mask: Tensor | None = None,
