@@ -222,7 +222,7 @@ def test_map_correct_partner_retargeting_fixes_stuck_cells(digits):
 
 
 def _effective_weight_error(model):
-    from nvcim.chip.interface import SimulatedChip
+    from nvcim.chip import SimulatedChip
 
     chip, errs = SimulatedChip(model), []
     for lay in model.analog_layers():
@@ -247,7 +247,7 @@ def test_map_correct_ir_predistortion_cancels_the_modelled_drop():
     assert max(before) > 0.05  # the drop is real: some layer's effective weights are > 5 % off
     chip = SimulatedChip(model)
     method = get("map-correct", partner=False, column=False)
-    cost = method.apply(chip, model, TaskData((x, x[:, 0, 0, 0].long()), x))
+    cost = method.apply(chip, TaskData((x, x[:, 0, 0, 0].long()), x))
     after = _effective_weight_error(model)
     names = [lay.layer_name for lay in model.analog_layers()]
     for name, b, a in zip(names, before, after):
@@ -261,7 +261,7 @@ def test_map_correct_ir_predistortion_cancels_the_modelled_drop():
     flat = nvcim.convert(lenet(), nvcim.preset("ideal"), chips=2, seed=0)
     flat.calibrate(x)
     task = TaskData((x, x[:, 0, 0, 0].long()), x)
-    c0 = get("map-correct", partner=False, column=False).apply(SimulatedChip(flat), flat, task)
+    c0 = get("map-correct", partner=False, column=False).apply(SimulatedChip(flat), task)
     assert c0.write_verify_pulses == 0 and max(_effective_weight_error(flat)) < 1e-5
 
 
@@ -287,14 +287,14 @@ def test_map_correct_row_remapping_moves_rows_off_harmful_stuck_cells(digits):
     cfg = nvcim.override(MLC, {"device.programming.sigma": 0.05})
     model = _chips(digits, cfg, chips=12)
     model.calibrate(digits.train[0][:256])
-    imp = {k: v[1] for k, v in mean_inputs(model, digits.train[0][:256]).items()}
+    imp = {k: v[1] for k, v in mean_inputs(SimulatedChip(model), digits.train[0][:256]).items()}
     before_cost = _harmful_fault_cost(model, imp)
     counts = {lay.layer_name: (lay.faults_pos != 0).sum((1, 2, 3)) + (lay.faults_neg != 0).sum((1, 2, 3))
               for lay in model.analog_layers()}
     chip = SimulatedChip(model)
     data = TaskData(digits.train, digits.train[0])
     before = nvcim.evaluate(model, digits.test, progress=False).accuracy
-    cost = get("map-correct", remap=True, partner=False, column=False).apply(chip, model, data)
+    cost = get("map-correct", remap=True, partner=False, column=False).apply(chip, data)
     after_cost = _harmful_fault_cost(model, imp)
     # every chip is better off, and by a clear margin overall (measured: -38 % at 10.8 % stuck cells)
     assert bool((after_cost <= before_cost + 1e-12).all()) and float(after_cost.sum()) < 0.8 * float(before_cost.sum())
@@ -376,7 +376,7 @@ def test_expected_weight_error_matches_the_spread_of_programmed_chips(preset_nam
     chip = SimulatedChip(model)
     lay = model.analog_layers()[0]
     w = chip.decode(lay.layer_name, *lay.effective())  # (N, O, K) effective weights of 400 chips
-    emp, exp = w.var(0), expected_sq_error(chip, lay, model)
+    emp, exp = w.var(0), expected_sq_error(chip, lay.layer_name)
     # total variance over 256 weights x 399 d.o.f. (SE ~0.5 %); the datasheet spread itself is estimated from
     # 256 draws per level (SE ~9 % on a variance). A wrong decode factor would be off by 4x or more.
     assert 0.8 < float(emp.sum() / exp.sum()) < 1.25

@@ -1,8 +1,10 @@
 """The recovery-method interface, the cost report, and ``recover`` which composes methods.
 
-A method gets the :class:`~nvcim.chip.interface.Chip` (it talks to the chip through nothing else), the
-ideal digital model where its paper assumes it is known (as a teacher or for statistics), and the data
-it is allowed to use; it returns the :class:`Cost` it incurred. ``recover`` evaluates before and after.
+A method gets the :class:`~nvcim.chip.interface.Chip` and the data it is allowed to use, and returns the
+:class:`Cost` it incurred. It talks to the chip through nothing else: the ideal model (where its paper
+assumes it is known, as a teacher or for statistics) is the chip's *reference*, and training methods use
+the chip's training pass. So the same method can drive any Chip implementation (``tests/fake_chip.py``
+is a second one). ``recover`` evaluates before and after.
 """
 
 from __future__ import annotations
@@ -16,8 +18,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..chip.interface import Chip, SimulatedChip
-from ..chip.model import AnalogModel
+from ..chip import AnalogModel, SimulatedChip
+from ..chip.interface import Chip
 from ..errors import NvcimError
 from ..evaluation import EvalResult, evaluate
 
@@ -72,6 +74,21 @@ def decode_factors(chip: Chip, name: str) -> Tensor:
         1, s_, 1, 1).expand(1, s_, o_, k_), torch.zeros(1, s_, o_, k_))[0, :, 0].cpu() for si in range(s_)])
 
 
+def fisher_diagonal(chip: Chip, data: TaskData, batches: int = 32, batch_size: int = 16) -> dict[str, Tensor]:
+    """E[(dL/dw)^2] of every analog layer's weight matrix ``(O, K)`` on the ideal model (the chip's
+    reference), from ``batches`` seeded batches of labelled training data."""
+    x, y = data.train
+    gen = torch.Generator().manual_seed(0)
+    idx = torch.randperm(len(y), generator=gen)[: batches * batch_size]
+    acc: dict[str, Tensor] = {}
+    for i in range(0, len(idx), batch_size):
+        b = idx[i:i + batch_size]
+        for name, g in chip.reference_grads(x[b], y[b]).items():
+            acc[name] = acc[name] + g**2 if name in acc else g**2
+    n = max(1, (len(idx) + batch_size - 1) // batch_size)
+    return {k: v / n for k, v in acc.items()}
+
+
 def shuffled_batches(n: int, batch_size: int, gen: torch.Generator) -> Iterator[Tensor]:
     """Index batches of one epoch over ``n`` examples, in a seeded random order."""
     perm = torch.randperm(n, generator=gen)
@@ -85,8 +102,8 @@ class Method(ABC):
     name = ""
 
     @abstractmethod
-    def apply(self, chip: Chip, model: AnalogModel, data: TaskData, progress: bool = False) -> Cost:
-        """Recover in place on every chip; ``model`` gives the ideal weights (``model.digital``)."""
+    def apply(self, chip: Chip, data: TaskData, progress: bool = False) -> Cost:
+        """Recover in place on every chip of ``chip``."""
 
 
 _REGISTRY: dict[str, Callable[..., Method]] = {}
@@ -157,7 +174,7 @@ def recover(model: AnalogModel, methods: list[Method | str], data: TaskData, tes
     cost = Cost()
     for m in chain:
         t0 = time.perf_counter()
-        c = m.apply(chip, model, data, progress=progress)
+        c = m.apply(chip, data, progress=progress)
         c.wall_time_s = time.perf_counter() - t0
         cost = cost + c
     after = evaluate(model, test, batch_size=batch_size, progress=progress)

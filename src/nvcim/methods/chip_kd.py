@@ -18,7 +18,6 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..chip.interface import Chip
-from ..chip.model import AnalogModel
 from ..errors import NvcimError
 from .base import Cost, Method, TaskData, register
 
@@ -39,38 +38,38 @@ class ChipKD(Method):
         self.steps, self.batch_size, self.lr, self.tau, self.beta, self.samples, self.seed = (
             steps, batch_size, lr, tau, beta, samples, seed)
 
-    def apply(self, chip: Chip, model: AnalogModel, data: TaskData, progress: bool = False) -> Cost:
+    def apply(self, chip: Chip, data: TaskData, progress: bool = False) -> Cost:
         x = data.inputs(self.samples)
-        layers = model.analog_layers()
         names = chip.layer_names()
-        params = []
-        for lay in layers:
-            lay.tune_gain = lay.tune_gain.detach().clone().requires_grad_(True)
-            lay.tune_offset = lay.tune_offset.detach().clone().requires_grad_(True)
-            params += [lay.tune_gain, lay.tune_offset]
-        opt = torch.optim.Adam(params, lr=self.lr)
+        registers = {}
+        for name in names:  # the registers, set from trainable tensors: infer is differentiable in them
+            gain, offset = (t.requires_grad_(True) for t in chip.output_affine(name))
+            registers[name] = (gain, offset)
+            chip.set_output_affine(name, gain, offset)
+        opt = torch.optim.Adam([t for pair in registers.values() for t in pair], lr=self.lr)
         gen = torch.Generator().manual_seed(self.seed)
         t = self.tau
         try:
             for _ in tqdm(range(self.steps), desc="chip-kd", disable=not progress, leave=False):
                 idx = torch.randint(0, x.shape[0], (self.batch_size,), generator=gen)
-                xb = x[idx].to(model.device)
+                xb = x[idx].to(chip.device)
+                for name, (gain, offset) in registers.items():
+                    chip.set_output_affine(name, gain, offset)
                 with torch.no_grad():
-                    teacher = model.digital(xb)
+                    teacher = chip.reference(xb)
                 logits, outs = chip.infer(xb, capture=names if self.beta else ())
                 kl = F.kl_div(F.log_softmax(logits / t, -1).flatten(0, 1),
                               F.log_softmax(teacher / t, -1).repeat(chip.n_chips, 1), log_target=True,
                               reduction="batchmean")
                 loss = t * t * kl * chip.n_chips  # per-chip losses summed: independent registers
                 if self.beta:
-                    ref = {n: out for n, (_, out) in model.digital_layer_io(xb).items()}
+                    ref = {n: out for n, (_, out) in chip.reference_layer_io(xb).items()}
                     loss = loss + self.beta * sum(((outs[n] - ref[n]) ** 2).mean() for n in names) * chip.n_chips
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
         finally:
-            for lay in layers:
-                lay.tune_gain = lay.tune_gain.detach()
-                lay.tune_offset = lay.tune_offset.detach()
+            for name, (gain, offset) in registers.items():
+                chip.set_output_affine(name, gain.detach(), offset.detach())
         return Cost(calibration_samples=int(x.shape[0]), finetune_steps=self.steps,
                     notes=[f"chip-kd: {self.steps} on-chip distillation steps on the gain/offset registers"])

@@ -49,7 +49,6 @@ import torch
 from torch import Tensor
 
 from ..chip.interface import Chip
-from ..chip.model import AnalogModel
 from ..devices import ProgrammingModel, get_model, round_to_levels
 from ..errors import NvcimError
 from .base import Cost, Method, TaskData, decode_factors, read_back, register
@@ -64,25 +63,25 @@ def _placed(target: Tensor, low: Tensor, high: Tensor, g_min: float, g_max: floa
     return torch.where(lo, torch.full_like(v, g_min), torch.where(hi, torch.full_like(v, g_max), v))
 
 
-def _moments(lay: object, v: Tensor) -> tuple[Tensor, Tensor]:
+def _moments(chip: Chip, name: str, v: Tensor) -> tuple[Tensor, Tensor]:
     """(E[x_k], E[x_k^2]) over images and positions of one chip's layer input ``v`` (B, ...), each (K,)."""
-    flat = lay.unfold_input(v)  # type: ignore[attr-defined]  # (positions, K); a convolution's groups share
+    flat = chip.unfold(name, v)  # (positions, K); a convolution's groups share
     return flat.mean(0), (flat * flat).mean(0)
 
 
-def chip_inputs(chip: Chip, lay: object, name: str, x: Tensor) -> tuple[Tensor, Tensor]:
+def chip_inputs(chip: Chip, name: str, x: Tensor) -> tuple[Tensor, Tensor]:
     """Per-chip (E[x_k], E[x_k^2]), each (N, K), of the inputs layer ``name`` receives on the chip itself:
     its upstream layers' errors (and corrections so far) included, which the ideal model's statistics miss."""
     v = chip.layer_inputs(x, [name])[name]  # (N, B, ...)
-    stats = [_moments(lay, v[i]) for i in range(v.shape[0])]  # a chip at a time bounds the unfold's memory
+    stats = [_moments(chip, name, v[i]) for i in range(v.shape[0])]  # a chip at a time bounds the memory
     return torch.stack([m for m, _ in stats]), torch.stack([q for _, q in stats])
 
 
-def mean_inputs(model: AnalogModel, x: Tensor) -> dict[str, tuple[Tensor, Tensor]]:
+def mean_inputs(chip: Chip, x: Tensor) -> dict[str, tuple[Tensor, Tensor]]:
     """Mean and mean square (E[x_k], E[x_k^2]), each (K,), of every analog layer's unrolled input on the
-    ideal model."""
-    io = model.digital_layer_io(x)
-    return {lay.layer_name: _moments(lay, io[lay.layer_name][0]) for lay in model.analog_layers()}
+    ideal model (the chip's reference)."""
+    io = chip.reference_layer_io(x)
+    return {name: _moments(chip, name, io[name][0]) for name in chip.layer_names()}
 
 
 @register
@@ -250,21 +249,21 @@ class MapCorrect(Method):
         pulses += chip.write(name, "pos", worth & ~keep_pos, new)
         return pulses
 
-    def apply(self, chip: Chip, model: AnalogModel, data: TaskData, progress: bool = False) -> Cost:
-        d = model.config.device
+    def apply(self, chip: Chip, data: TaskData, progress: bool = False) -> Cost:
+        cfg = chip.config
+        d = cfg.device
         span = d.g_max - d.g_min
         pulses = torch.zeros(chip.n_chips)
-        layers = {lay.layer_name: lay for lay in model.analog_layers()}
-        device = get_model(model.config.device, model.config.variability)
+        device = get_model(cfg.device, cfg.variability)
         self._targets, self.skipped, self._headroom = {}, [], {}
-        use_ir = self.ir and model.config.array.wire_resistance > 0
+        use_ir = self.ir and cfg.array.wire_resistance > 0
         self.moved = 0.0
         if self.remap:
-            means = mean_inputs(model, data.inputs(self.samples))
+            means = mean_inputs(chip, data.inputs(self.samples))
             for name in chip.layer_names():
                 if chip.scheme(name) == "differential":
                     pulses += self._remap(chip, name, means[name][1].cpu(), device).double()
-        if model.config.array.wire_resistance > 0:
+        if cfg.array.wire_resistance > 0:
             # where the drop is beyond the first-order model, the read-back cannot be turned into effective
             # weights: every step would correct towards a wrong picture (measured: accuracy falls), so such
             # layers are left alone and named
@@ -280,11 +279,10 @@ class MapCorrect(Method):
         x = data.inputs(self.samples)
         if self.column:
             xs = x[: self.stat_samples]
-            ideal = mean_inputs(model, x) if self.stats == "ideal" else {}
+            ideal = mean_inputs(chip, x) if self.stats == "ideal" else {}
             for name in names:  # in forward order: with stats="chip" each layer sees its
                 # upstream corrections
-                lay = layers[name]
-                w = lay.as_matrix(lay.weight.detach()).unsqueeze(0)  # (1, O, K)
+                w = chip.weight_matrix(name).unsqueeze(0)  # (1, O, K)
                 pos, neg = self._read(chip, name)
                 a_pos, a_neg = chip.ir_attenuation(name, pos, neg)
                 # (N, O, K) effective weights, with the headroom of IR pre-distortion taken out
@@ -294,7 +292,7 @@ class MapCorrect(Method):
                 inlier = ((w_rb - w).abs() <= self.tol * w.abs().amax()).to(w)
                 g = (inlier * w_rb * w).sum(-1) / (inlier * w_rb * w_rb).sum(-1).clamp_min(1e-30)
                 g = torch.where(g.isfinite() & (g > 0), g, torch.ones_like(g)).clamp(0.2, 5.0)
-                moments = ideal[name] if self.stats == "ideal" else chip_inputs(chip, lay, name, xs)
+                moments = ideal[name] if self.stats == "ideal" else chip_inputs(chip, name, xs)
                 mean, msq = (t.to(w).unsqueeze(-2) for t in moments)  # (1, K) ideal, or (N, 1, K) per chip
                 resid = ((w - g.unsqueeze(-1) * w_rb) * mean).sum(-1)
                 # keep a column's correction only where it is predicted to lower the output error:
@@ -307,7 +305,8 @@ class MapCorrect(Method):
                 keep = err_after < err_before
                 g = torch.where(keep, g, torch.ones_like(g))
                 resid = torch.where(keep, resid, torch.zeros_like(resid))
-                bias = lay.bias.detach().view(1, -1) if lay.bias is not None else torch.zeros_like(g)
+                b_dig = chip.bias(name)
+                bias = b_dig.view(1, -1) if b_dig is not None else torch.zeros_like(g)
                 g0, b0 = chip.output_affine(name)
                 a, b = g, resid + (1 - g) * bias
                 chip.set_output_affine(name, a * g0, a * b0 + b)

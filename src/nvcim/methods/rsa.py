@@ -3,8 +3,8 @@
 A fixed set of x % of weight positions (the same on every chip, chosen at design time) gets a digital SRAM
 copy whose output is added to the crossbar's: y = chip(x) + (M * W_sram) x. On each chip, only W_sram is
 trained, with labels, through the chip's own forward pass (straight-through for the converters); the
-RRAM cells are never written. The SRAM weights are digital state the method owns; it places them in the
-simulated layers directly so that gradients flow through the chip's forward pass. Positions are random,
+RRAM cells are never written. The SRAM weights are the chip's SRAM registers (``Chip.set_sram``), set from
+trainable tensors, so that gradients flow through the chip's forward pass. Positions are random,
 or the most important by a diagonal-Fisher saliency F_ii w_i^2 on the ideal model (the DAC 2020
 follow-up's idea; our estimator).
 
@@ -22,10 +22,8 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..chip.interface import Chip
-from ..chip.model import AnalogModel
 from ..errors import NvcimError
-from .base import Cost, Method, TaskData, read_back, register, shuffled_batches
-from .write_verify import fisher_diagonal
+from .base import Cost, Method, TaskData, fisher_diagonal, read_back, register, shuffled_batches
 
 
 @register
@@ -57,72 +55,70 @@ class RSA(Method):
         self.fraction, self.selection, self.epochs, self.lr, self.batch_size, self.samples, self.seed = (
             fraction, selection, epochs, lr, batch_size, samples, seed)
 
-    def masks(self, model: AnalogModel, data: TaskData) -> dict[str, torch.Tensor]:
-        layers = model.analog_layers()
+    def masks(self, chip: Chip, data: TaskData) -> dict[str, torch.Tensor]:
+        """Masks ``(O, K)``, the same on every chip: random, or the top F_ii w_i^2 of the ideal model."""
+        weights = {name: chip.weight_matrix(name) for name in chip.layer_names()}
         if self.selection == "random":
             gen = torch.Generator().manual_seed(self.seed)
-            scores = {lay.layer_name: torch.rand(lay.out_features, lay.k, generator=gen) for lay in layers}
+            scores = {name: torch.rand(w.shape, generator=gen) for name, w in weights.items()}
         else:
-            fisher = fisher_diagonal(model, data)
-            scores = {lay.layer_name: lay.as_matrix(fisher[lay.layer_name] * lay.weight.detach() ** 2).cpu()
-                      for lay in layers}
+            fisher = fisher_diagonal(chip, data)
+            scores = {name: (fisher[name] * w**2).cpu() for name, w in weights.items()}
         flat = torch.cat([v.flatten() for v in scores.values()])
         k = max(1, int(round(self.fraction * flat.numel())))
         thresh = flat.topk(k).values.min()
         return {name: v >= thresh for name, v in scores.items()}
 
-    def chip_masks(self, chip: Chip, model: AnalogModel, data: TaskData
-                   ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    def chip_masks(self, chip: Chip, data: TaskData) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         """Per-chip masks (N, O, K) of the measured errors that cost most, and those errors (N, O, K)."""
-        fisher = fisher_diagonal(model, data)
+        fisher = fisher_diagonal(chip, data)
         errs, scores = {}, {}
-        for lay in model.analog_layers():
-            name = lay.layer_name
+        for name in chip.layer_names():
             pos, neg = read_back(chip, name, self.reads)
-            w = lay.as_matrix(lay.weight.detach()).unsqueeze(0)
+            w = chip.weight_matrix(name).unsqueeze(0)
             errs[name] = (w - chip.decode(name, pos, neg).to(w)).detach()
-            scores[name] = lay.as_matrix(fisher[name]).unsqueeze(0) * errs[name] ** 2
+            scores[name] = fisher[name].unsqueeze(0) * errs[name] ** 2
         flat = torch.cat([v.flatten(1) for v in scores.values()], dim=1)  # (N, all weights)
         k = max(1, int(round(self.fraction * flat.shape[1])))
         thresh = flat.topk(k, dim=1).values[:, -1:]  # each chip its own threshold
         return {n: v >= thresh.view(-1, 1, 1) for n, v in scores.items()}, errs
 
-    def apply(self, chip: Chip, model: AnalogModel, data: TaskData, progress: bool = False) -> Cost:
+    def apply(self, chip: Chip, data: TaskData, progress: bool = False) -> Cost:
         x, y = data.train[0][: self.samples], data.train[1][: self.samples]
         errs: dict[str, torch.Tensor] = {}
         if self.selection == "faults":
-            masks, errs = self.chip_masks(chip, model, data)
+            masks, errs = self.chip_masks(chip, data)
         else:
-            masks = self.masks(model, data)
-        params = []
+            masks = self.masks(chip, data)
+        params = {}
         total, chosen = 0, 0.0
-        for lay in model.analog_layers():
-            m = masks[lay.layer_name].to(lay.weight.device)
-            lay.sram_mask = m
-            init = (errs[lay.layer_name] * m).to(lay.weight) if errs else torch.zeros(
-                model.chips, lay.out_features, lay.k, device=lay.weight.device)
-            lay.sram_w = init.clone().requires_grad_(True)
-            params.append(lay.sram_w)
-            total += lay.out_features * lay.k
-            chosen += float(m.sum()) / (model.chips if m.dim() == 3 else 1)
-        opt = torch.optim.Adam(params, lr=self.lr)
+        n = chip.n_chips
+        for name in chip.layer_names():
+            m = masks[name].to(chip.device)
+            w = chip.weight_matrix(name)
+            init = (errs[name].to(w) * m) if errs else torch.zeros(n, *w.shape, dtype=w.dtype, device=w.device)
+            params[name] = init.clone().requires_grad_(True)
+            chip.set_sram(name, m, params[name])
+            total += w.numel()
+            chosen += float(m.sum()) / (n if m.dim() == 3 else 1)
+        opt = torch.optim.Adam(list(params.values()), lr=self.lr)
         gen = torch.Generator().manual_seed(self.seed)
         steps = 0
         bar = tqdm(range(self.epochs), desc="rsa", unit="epoch", disable=not progress, leave=False)
         try:
             for _ in bar:
                 for idx in shuffled_batches(len(y), self.batch_size, gen):
-                    xb, yb = x[idx].to(model.device), y[idx].to(model.device)
-                    logits = model(xb)  # (N, B, classes): every chip, on-chip, fresh read noise
+                    xb, yb = x[idx].to(chip.device), y[idx].to(chip.device)
+                    logits, _ = chip.infer(xb)  # (N, B, classes): every chip, on-chip, fresh read noise
                     # one loss per chip, summed: each chip's SRAM weights get their own gradient
-                    loss = F.cross_entropy(logits.flatten(0, 1), yb.repeat(model.chips), reduction="sum") / len(idx)
+                    loss = F.cross_entropy(logits.flatten(0, 1), yb.repeat(n), reduction="sum") / len(idx)
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
                     opt.step()
                     steps += 1
         finally:
-            for lay in model.analog_layers():
-                lay.sram_w = lay.sram_w.detach()
+            for name in chip.layer_names():
+                chip.set_sram(name, masks[name].to(chip.device), params[name].detach())
         where = (f", per chip from {self.reads} read-backs per cell (each entry also stores its address)"
                  if self.selection == "faults" else "")
         return Cost(sram_fraction=chosen / max(1, total), labelled_samples=len(y), finetune_steps=steps,

@@ -13,7 +13,6 @@ import torch
 from torch import Tensor
 
 from ..chip.interface import Chip
-from ..chip.model import AnalogModel
 from ..errors import NvcimError
 from .base import Cost, Method, TaskData, register
 
@@ -49,9 +48,9 @@ class SelfTune(Method):
             raise NvcimError(f"self-tune.granularity = {granularity!r} is invalid: allowed 'channel', 'layer'")
         self.samples, self.per_channel = samples, granularity == "channel"
 
-    def apply(self, chip: Chip, model: AnalogModel, data: TaskData, progress: bool = False) -> Cost:
+    def apply(self, chip: Chip, data: TaskData, progress: bool = False) -> Cost:
         x = data.inputs(self.samples)
-        ideal = {n: out for n, (_, out) in model.digital_layer_io(x).items()}
+        ideal = {n: out for n, (_, out) in chip.reference_layer_io(x).items()}
         for name in chip.layer_names():
             conv = ideal[name].dim() == 4
             mu_i, sd_i = _channel_stats(ideal[name], 0, conv, self.per_channel)

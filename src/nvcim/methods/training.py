@@ -12,16 +12,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.func import functional_call
 from tqdm.auto import tqdm
 
-from ..chip.context import DigitalPass, TrainPass
 from ..chip.interface import Chip
-from ..chip.model import AnalogModel
 from ..errors import NvcimError
 from .base import Cost, Method, TaskData, register, shuffled_batches
-
-TRAIN_CHIP_BASE = 1 << 30  # ids of training chips; evaluated chips are 0..N-1
 
 
 class NoiseAwareTraining(Method):
@@ -37,43 +32,38 @@ class NoiseAwareTraining(Method):
             raise NvcimError(f"{self.name}.censor = {censor} is invalid: allowed 0 (off) or > 0 sigma")
         self.epochs, self.lr, self.batch_size, self.censor, self.seed = epochs, lr, batch_size, censor, seed
 
-    def loss(self, logits: Tensor, y: Tensor, x: Tensor) -> Tensor:
+    def loss(self, logits: Tensor, y: Tensor, idx: Tensor) -> Tensor:
+        """The training loss of a batch; ``idx`` are the batch's indices into the training set."""
         return F.cross_entropy(logits, y)
 
-    def prepare(self, model: AnalogModel, data: TaskData) -> dict:
+    def prepare(self, chip: Chip, data: TaskData) -> dict:
         """Extra trainable state (e.g. quantiser steps) keyed by layer name: (Parameter, bits, signed)."""
         return {}
 
-    def finish(self, model: AnalogModel, act_quant: dict) -> None:
+    def finish(self, chip: Chip, act_quant: dict) -> None:
         """Write learned state into the chips' periphery after re-programming."""
 
-    def apply(self, chip: Chip, model: AnalogModel, data: TaskData, progress: bool = False) -> Cost:
+    def apply(self, chip: Chip, data: TaskData, progress: bool = False) -> Cost:
         x, y = data.train
         if not isinstance(y, Tensor):
             raise NvcimError(f"{self.name} needs labelled training data")
-        act_quant = self.prepare(model, data)
-        params = list(model.net.parameters()) + [p for p, _, _ in act_quant.values()]
+        act_quant = self.prepare(chip, data)
+        params = chip.parameters() + [p for p, _, _ in act_quant.values()]
         opt = torch.optim.Adam(params, lr=self.lr)
         gen = torch.Generator().manual_seed(self.seed)
         steps = 0
-        model.net.train()
         bar = tqdm(range(self.epochs), desc=self.name, unit="epoch", disable=not progress, leave=False)
-        try:
-            for _ in bar:
-                for idx in shuffled_batches(len(y), self.batch_size, gen):
-                    xb, yb = x[idx].to(model.device), y[idx].to(model.device)
-                    model._set(TrainPass(batch=len(idx), train_chip=TRAIN_CHIP_BASE + steps,
-                                          censor=self.censor, act_quant=act_quant))
-                    loss = self.loss(model.net(xb), yb, xb)
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    opt.step()
-                    steps += 1
-        finally:
-            model._set(None)
-            model.net.eval()
+        for _ in bar:
+            for idx in shuffled_batches(len(y), self.batch_size, gen):
+                xb, yb = x[idx].to(chip.device), y[idx].to(chip.device)
+                logits = chip.train_forward(xb, steps, censor=self.censor, act_quant=act_quant)
+                loss = self.loss(logits, yb, idx)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                steps += 1
         chip.program(data.inputs(256))
-        self.finish(model, act_quant)
+        self.finish(chip, act_quant)
         return Cost(labelled_samples=len(y), finetune_steps=steps,
                     notes=[f"{self.name}: {self.epochs} epochs of noise-injection training, chips re-programmed"])
 
@@ -104,23 +94,17 @@ class KD(NoiseAwareTraining):
         if tau <= 0 or not 0 <= alpha <= 1:
             raise NvcimError(f"kd: tau = {tau} must be > 0 and alpha = {alpha} in [0, 1]")
         self.tau, self.alpha = tau, alpha
-        self._teacher: dict[str, Tensor] = {}
-        self._model: AnalogModel | None = None
+        self._teacher = torch.empty(0)
 
-    def prepare(self, model: AnalogModel, data: TaskData) -> dict:
-        self._teacher = {n: p.detach().clone() for n, p in model.net.named_parameters()}
-        self._model = model
+    def prepare(self, chip: Chip, data: TaskData) -> dict:
+        # the teacher is the ideal model before training: its logits on the training set, once
+        x = data.train[0]
+        with torch.no_grad():
+            self._teacher = torch.cat([chip.reference(x[i:i + 512]) for i in range(0, len(x), 512)])
         return {}
 
-    def loss(self, logits: Tensor, y: Tensor, x: Tensor) -> Tensor:
-        assert self._model is not None
-        model, ctx = self._model, self._model.analog_layers()[0].ctx
-        model._set(DigitalPass())
-        try:
-            with torch.no_grad():
-                teacher = functional_call(model.net, self._teacher, (x,))
-        finally:
-            model._set(ctx)
+    def loss(self, logits: Tensor, y: Tensor, idx: Tensor) -> Tensor:
+        teacher = self._teacher[idx].to(logits)
         t = self.tau
         kl = F.kl_div(F.log_softmax(logits / t, -1), F.log_softmax(teacher / t, -1), log_target=True,
                       reduction="batchmean")
@@ -144,9 +128,9 @@ class QVAT(NoiseAwareTraining):
             raise NvcimError(f"qvat.act_bits = {act_bits} is invalid: allowed [1, 16]")
         self.act_bits = act_bits
 
-    def prepare(self, model: AnalogModel, data: TaskData) -> dict:
-        bits = self.act_bits or model.config.circuit.dac_bits or 4
-        inputs = {n: inp for n, (inp, _) in model.digital_layer_io(data.inputs(256)).items()}
+    def prepare(self, chip: Chip, data: TaskData) -> dict:
+        bits = self.act_bits or chip.config.circuit.dac_bits or 4
+        inputs = {n: inp for n, (inp, _) in chip.reference_layer_io(data.inputs(256)).items()}
         quant = {}
         for name, v in inputs.items():
             signed = bool((v < 0).any())
@@ -155,11 +139,12 @@ class QVAT(NoiseAwareTraining):
             quant[name] = (nn.Parameter(fs / levels), bits, signed)
         return quant
 
-    def finish(self, model: AnalogModel, act_quant: dict) -> None:
-        if not model.config.circuit.dac_bits or model.config.circuit.dac_range:
+    def finish(self, chip: Chip, act_quant: dict) -> None:
+        if not chip.config.circuit.dac_bits or chip.config.circuit.dac_range:
             return
-        for lay in model.analog_layers():
-            step, bits, signed = act_quant[lay.layer_name]
-            if bits == model.config.circuit.dac_bits and signed == bool(lay.dac_signed):
+        for name in chip.layer_names():
+            step, bits, signed = act_quant[name]
+            dac_bits, dac_signed, _ = chip.input_format(name)
+            if bits == dac_bits and signed == dac_signed:
                 levels = 2 ** (bits - 1) - 1 if signed else 2**bits - 1
-                lay.dac_fs = (step.detach().abs() * levels).to(lay.dac_fs).reshape(())
+                chip.set_input_range(name, float(step.detach().abs().float() * levels))  # the float32 product

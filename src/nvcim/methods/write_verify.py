@@ -25,41 +25,12 @@ budget covers the high-order cells of many more weights. Differential mapping on
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from ..chip.interface import Chip
-from ..chip.layers import AnalogLayer
-from ..chip.model import AnalogModel
 from ..devices import get_model
 from ..errors import NvcimError
-from .base import Cost, Method, TaskData, decode_factors, register
-
-
-def fisher_diagonal(model: AnalogModel, data: TaskData, batches: int = 32, batch_size: int = 16
-                    ) -> dict[str, Tensor]:
-    """E[(dL/dw)^2] per weight of every analog layer, on the ideal (digital) model."""
-    layers = model.analog_layers()
-    acc = {layer.layer_name: torch.zeros_like(layer.weight) for layer in layers}
-    x, y = data.train
-    gen = torch.Generator().manual_seed(0)
-    idx = torch.randperm(len(y), generator=gen)[: batches * batch_size]
-    from ..chip.context import DigitalPass
-
-    model._set(DigitalPass())
-    try:
-        for i in range(0, len(idx), batch_size):
-            b = idx[i:i + batch_size]
-            model.net.zero_grad(set_to_none=True)
-            F.cross_entropy(model.net(x[b].to(model.device)), y[b].to(model.device)).backward()
-            for layer in layers:
-                if layer.weight.grad is not None:
-                    acc[layer.layer_name] += layer.weight.grad.detach() ** 2
-    finally:
-        model._set(None)
-        model.net.zero_grad(set_to_none=True)
-    n = max(1, (len(idx) + batch_size - 1) // batch_size)
-    return {k: v / n for k, v in acc.items()}
+from .base import Cost, Method, TaskData, decode_factors, fisher_diagonal, register
 
 
 @register
@@ -90,54 +61,49 @@ class WriteVerify(Method):
         self.fraction, self.sensitivity, self.tol, self.max_pulses, self.seed = (
             fraction, sensitivity, tol, max_pulses, seed)
 
-    def scores(self, model: AnalogModel, data: TaskData, chip: Chip | None = None) -> dict[str, Tensor]:
-        """Sensitivity of every weight, comparable across layers (``expected`` needs the chip's targets)."""
-        layers = model.analog_layers()
+    def scores(self, chip: Chip, data: TaskData) -> dict[str, Tensor]:
+        """Sensitivity of every weight ``(O, K)``, comparable across layers."""
+        weights = {name: chip.weight_matrix(name) for name in chip.layer_names()}
         if self.sensitivity == "expected":
-            if chip is None:
-                raise NvcimError("write-verify: sensitivity 'expected' needs the chip")
-            fisher = fisher_diagonal(model, data)
-            return {lay.layer_name: fisher[lay.layer_name] * lay.from_matrix(expected_sq_error(chip, lay, model).to(
-                fisher[lay.layer_name])) for lay in layers}
+            fisher = fisher_diagonal(chip, data)
+            return {name: fisher[name] * expected_sq_error(chip, name).to(fisher[name]) for name in weights}
         if self.sensitivity == "swim":
-            fisher = fisher_diagonal(model, data)
-            return {lay.layer_name: fisher[lay.layer_name] * lay.weight.detach().abs().max() ** 2
-                    for lay in layers}
+            fisher = fisher_diagonal(chip, data)
+            return {name: fisher[name] * w.abs().max() ** 2 for name, w in weights.items()}
         if self.sensitivity == "magnitude":
-            return {lay.layer_name: lay.weight.detach().abs() / lay.weight.detach().abs().max().clamp_min(1e-30)
-                    for lay in layers}
+            return {name: w.abs() / w.abs().max().clamp_min(1e-30) for name, w in weights.items()}
         gen = torch.Generator().manual_seed(self.seed)
-        return {lay.layer_name: torch.rand(lay.weight.shape, generator=gen) for lay in layers}
+        return {name: torch.rand(w.shape, generator=gen) for name, w in weights.items()}
 
-    def select(self, model: AnalogModel, data: TaskData, chip: Chip | None = None) -> dict[str, Tensor]:
-        """Boolean mask over each layer's weights: the global top ``fraction``."""
-        layers = model.analog_layers()
+    def select(self, chip: Chip, data: TaskData) -> dict[str, Tensor]:
+        """Boolean mask ``(O, K)`` over each layer's weights: the global top ``fraction``."""
         if self.fraction >= 1.0:
-            return {lay.layer_name: torch.ones_like(lay.weight, dtype=torch.bool) for lay in layers}
-        sc = self.scores(model, data, chip)
+            return {name: torch.ones_like(chip.weight_matrix(name), dtype=torch.bool) for name in chip.layer_names()}
+        sc = self.scores(chip, data)
         flat = torch.cat([v.flatten().cpu() for v in sc.values()])
         k = max(1, int(round(self.fraction * flat.numel())))
         thresh = flat.topk(k).values.min()
         return {name: (v >= thresh) for name, v in sc.items()}
 
-    def cell_masks(self, chip: Chip, model: AnalogModel, data: TaskData) -> dict[str, tuple[Tensor, Tensor]]:
+    def cell_masks(self, chip: Chip, data: TaskData) -> dict[str, tuple[Tensor, Tensor]]:
         """(pos, neg) cell masks (S, O, K) of the global top ``fraction`` of cells by expected loss."""
-        fisher = fisher_diagonal(model, data)
-        scores: dict[str, tuple[Tensor, Tensor]] = {}
-        for lay in model.analog_layers():
-            if lay.config.mapping.scheme != "differential":
-                raise NvcimError(f"write-verify.cells = true needs the differential mapping ({lay.layer_name} "
+        for name in chip.layer_names():
+            if chip.scheme(name) != "differential":
+                raise NvcimError(f"write-verify.cells = true needs the differential mapping ({name} "
                                  "uses reference columns)")
-            f = lay.as_matrix(fisher[lay.layer_name]).unsqueeze(0).cpu()
-            per_cell = cell_sq_errors(chip, lay, model)
-            scores[lay.layer_name] = (f * per_cell[0], f * per_cell[1])
+        fisher = fisher_diagonal(chip, data)
+        scores: dict[str, tuple[Tensor, Tensor]] = {}
+        for name in chip.layer_names():
+            f = fisher[name].unsqueeze(0).cpu()
+            per_cell = cell_sq_errors(chip, name)
+            scores[name] = (f * per_cell[0], f * per_cell[1])
         flat = torch.cat([v.flatten() for pair in scores.values() for v in pair])
         k = max(1, int(round(self.fraction * flat.numel())))
         thresh = flat.topk(k).values.min()
         return {name: (p >= thresh, q >= thresh) for name, (p, q) in scores.items()}
 
-    def _apply_cells(self, chip: Chip, model: AnalogModel, data: TaskData) -> Cost:
-        masks = self.cell_masks(chip, model, data)
+    def _apply_cells(self, chip: Chip, data: TaskData) -> Cost:
+        masks = self.cell_masks(chip, data)
         n = chip.n_chips
         pulses = torch.zeros(n)
         chosen = total = 0
@@ -152,21 +118,20 @@ class WriteVerify(Method):
                     notes=[f"write-verify ({100 * self.fraction:g} % of the cells by expected loss), tol "
                            f"{self.tol:g} of the range, <= {self.max_pulses} pulses"])
 
-    def apply(self, chip: Chip, model: AnalogModel, data: TaskData, progress: bool = False) -> Cost:
+    def apply(self, chip: Chip, data: TaskData, progress: bool = False) -> Cost:
         if self.cells and self.fraction < 1.0:
-            return self._apply_cells(chip, model, data)
-        masks = self.select(model, data, chip)
-        layers = {lay.layer_name: lay for lay in model.analog_layers()}
+            return self._apply_cells(chip, data)
+        masks = self.select(chip, data)
         n = chip.n_chips
         pulses = torch.zeros(n)
         chosen = total = 0
         for name in chip.layer_names():
-            wmask = layers[name].as_matrix(masks[name])
+            wmask = masks[name].cpu()
             chosen += int(wmask.sum())
             total += wmask.numel()
             pos_t, neg_t = chip.targets(name)
             mpos = wmask.unsqueeze(0).expand(pos_t.shape).unsqueeze(0).expand(n, *pos_t.shape)
-            mneg = _neg_mask(layers[name], wmask, neg_t.shape, n)
+            mneg = _neg_mask(chip, name, wmask, neg_t.shape, n)
             pulses += chip.write_verify(name, mpos, mneg, self.tol, self.max_pulses).double()
         label = "full" if self.fraction >= 1 else f"{100 * self.fraction:g} % by {self.sensitivity}"
         return Cost(write_verify_pulses=float(pulses.mean()), verified_fraction=chosen / max(1, total),
@@ -175,31 +140,30 @@ class WriteVerify(Method):
                     notes=[f"write-verify ({label}), tol {self.tol:g} of the range, <= {self.max_pulses} pulses"])
 
 
-def _neg_mask(layer: AnalogLayer, wmask: Tensor, shape: torch.Size, n: int) -> Tensor:
+def _neg_mask(chip: Chip, name: str, wmask: Tensor, shape: torch.Size, n: int) -> Tensor:
     """Differential partners follow their weight; reference columns are verified whole when any weight of
     their tile is chosen (they set every column's zero)."""
-    if layer.config.mapping.scheme == "differential":
+    if chip.scheme(name) == "differential":
         return wmask.unsqueeze(0).expand(shape).unsqueeze(0).expand(n, *shape)
-    cols = layer.config.array.cols
+    cols = chip.config.array.cols
     tiles = torch.stack([wmask[t * cols:(t + 1) * cols].any(0) for t in range(shape[1])])
     return tiles.unsqueeze(0).expand(shape).unsqueeze(0).expand(n, *shape)
 
 
-def expected_sq_error(chip: Chip, layer: AnalogLayer, model: AnalogModel) -> Tensor:
+def expected_sq_error(chip: Chip, name: str) -> Tensor:
     """E[dw^2] per weight ``(out, K)`` of one programming write, from the datasheet spread of each cell at its
     target level and the periphery's decode factor of its slice and column."""
-    pos, neg = cell_sq_errors(chip, layer, model)
+    pos, neg = cell_sq_errors(chip, name)
     return (pos + neg).sum(0)  # (O, K)
 
 
-def cell_sq_errors(chip: Chip, layer: AnalogLayer, model: AnalogModel) -> tuple[Tensor, Tensor]:
+def cell_sq_errors(chip: Chip, name: str) -> tuple[Tensor, Tensor]:
     """Each cell's expected squared contribution to its weight's error, (S, O, K) for the pos and the neg
     cells (zeros for shared reference columns, which are verified whole)."""
-    name = layer.layer_name
-    spread = get_model(model.config.device, model.config.variability).write_spread
+    spread = get_model(chip.config.device, chip.config.variability).write_spread
     pos_t, neg_t = (t.cpu() for t in chip.targets(name))  # (S, O', K)
     f2 = decode_factors(chip, name).unsqueeze(-1) ** 2  # (S, O, 1)
     pos = f2 * spread(pos_t) ** 2
-    if layer.config.mapping.scheme == "differential":
+    if chip.scheme(name) == "differential":
         return pos, f2 * spread(neg_t) ** 2
     return pos, torch.zeros_like(pos)

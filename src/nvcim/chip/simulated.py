@@ -1,0 +1,272 @@
+"""The simulator behind the :class:`~nvcim.chip.interface.Chip` protocol: an
+:class:`~nvcim.chip.model.AnalogModel` driven as a test bench drives silicon."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..config import ChipConfig
+from ..errors import NvcimError
+from . import rng
+from .context import DigitalPass, TrainPass
+from .layers import AnalogLayer
+from .model import AnalogModel, _modules_run
+
+TRAIN_CHIP_BASE = 1 << 30  # ids of training chips; evaluated chips are 0..N-1
+
+
+class SimulatedChip:
+    """The simulator behind the :class:`Chip` interface."""
+
+    def __init__(self, model: AnalogModel) -> None:
+        self.model = model
+        self._layers = {layer.layer_name: layer for layer in model.analog_layers()}
+        self._reads = 0
+
+    @property
+    def n_chips(self) -> int:
+        return self.model.chips
+
+    @property
+    def config(self) -> ChipConfig:
+        return self.model.config
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    def layer_names(self) -> list[str]:
+        return list(self._layers)
+
+    def layer(self, name: str) -> AnalogLayer:
+        """The simulated layer (for the simulator's own code and tests, not for methods)."""
+        return self._layers[name]
+
+    def targets(self, layer: str) -> tuple[Tensor, Tensor]:
+        pos, neg = self._layers[layer].nominal()
+        return pos[0], neg[0]
+
+    def _read_noise(self, layer: AnalogLayer, g: Tensor, tag: str) -> Tensor:
+        sr = layer.config.device.read_noise
+        if not sr:
+            return g
+        self._reads += 1
+        z = rng.draw("normal", rng.key(layer.seed, layer.layer_name, tag, self._reads), layer.chip_ids.cpu(),
+                     tuple(g.shape[1:]))
+        return g + sr * g * z.to(g)
+
+    def program(self, calibration: Tensor | None = None) -> None:
+        self.model.reprogram(calibration)
+
+    def decode(self, layer: str, pos: Tensor, neg: Tensor) -> Tensor:
+        lay = self._layers[layer]
+        neg = neg.to(pos)
+        return lay.decode(pos - (lay._expand_ref(neg) if lay.config.mapping.scheme == "offset" else neg))
+
+    def scheme(self, layer: str) -> str:
+        return self._layers[layer].config.mapping.scheme
+
+    def ir_attenuation(self, layer: str, pos: Tensor, neg: Tensor) -> tuple[Tensor, Tensor]:
+        lay = self._layers[layer]
+        r = lay.config.array.wire_resistance
+        if not r:
+            return torch.ones_like(pos), torch.ones_like(neg)
+        a_neg = lay._ir(neg, r) if lay.config.mapping.scheme == "differential" else torch.ones_like(neg)
+        return lay._ir(pos, r), a_neg
+
+    def read(self, layer: str) -> tuple[Tensor, Tensor]:
+        lay = self._layers[layer]
+        pos, neg = lay.effective()
+        return self._read_noise(lay, pos, "read-pos"), self._read_noise(lay, neg, "read-neg")
+
+    def write_verify(self, layer: str, mask_pos: Tensor, mask_neg: Tensor, tol: float, max_pulses: int
+                     ) -> Tensor:
+        lay = self._layers[layer]
+        d = lay.config.device
+        tol_s = tol * (d.g_max - d.g_min)
+        pulses = torch.zeros(self.n_chips, dtype=torch.long)
+        targets = dict(zip(("pos", "neg"), self.targets(layer)))
+        pending = {"pos": mask_pos.to(lay.g_pos.device, copy=True), "neg": mask_neg.to(lay.g_neg.device, copy=True)}
+        for attempt in range(max_pulses + 1):
+            for side in ("pos", "neg"):
+                if not bool(pending[side].any()):
+                    continue
+                g = lay.g_pos if side == "pos" else lay.g_neg
+                seen = self._read_noise(lay, g, f"verify-{side}")  # verify at programming time (t0)
+                ok = (seen - targets[side].unsqueeze(0)).abs() <= tol_s
+                pending[side] &= ~ok
+                if attempt < max_pulses and bool(pending[side].any()):
+                    pulses += lay.rewrite(side, pending[side]).cpu()
+            if not any(bool(p.any()) for p in pending.values()):
+                break
+        return pulses
+
+    def row_tiles(self, layer: str) -> Tensor:
+        return self._layers[layer].row_tile_index()
+
+    def row_routing(self, layer: str) -> Tensor:
+        return self._layers[layer].row_perm.cpu().clone()
+
+    def remap_rows(self, layer: str, perm: Tensor) -> Tensor:
+        return self._layers[layer].remap_rows(perm)
+
+    def write(self, layer: str, side: str, mask: Tensor, targets: Tensor) -> Tensor:
+        if side not in ("pos", "neg"):
+            raise ValueError(f"side must be 'pos' or 'neg', got {side!r}")
+        lay = self._layers[layer]  # methods may hand CPU tensors to a chip simulated on a GPU
+        return lay.rewrite(side, mask.to(lay.g_pos.device), targets.to(lay.g_pos)).cpu()
+
+    def infer(self, x: Tensor, capture: Sequence[str] = ()) -> tuple[Tensor, dict[str, Tensor]]:
+        outs: dict[str, list[Tensor]] = {name: [] for name in capture}
+        plan = self.model.plan(x)  # before hooking: planning may probe the model once
+        hooks = []
+        for name in capture:
+            lay = self._layers[name]
+
+            def hook(mod: torch.nn.Module, inp: object, out: Tensor, name: str = name) -> None:
+                outs[name].append(out)
+            hooks.append(lay.register_forward_hook(hook))
+        try:
+            y = self.model(x, image_ids=torch.arange(x.shape[0]), read_key=rng.key(self.model.seed, "infer",
+                                                                                   self._reads))
+            self._reads += 1
+        finally:
+            for h in hooks:
+                h.remove()
+        got = {}
+        for name, parts in outs.items():
+            # each part is (b * c, ...) for one chip block and image sub-batch, image-major
+            got[name] = _assemble(parts, x.shape[0], self.n_chips, plan)
+        return y, got
+
+    def layer_inputs(self, x: Tensor, layers: Sequence[str]) -> dict[str, Tensor]:
+        parts: dict[str, list[Tensor]] = {name: [] for name in layers}
+        plan = self.model.plan(x)  # before hooking: planning may probe the model once
+        hooks = []
+        for name in layers:
+            def pre(mod: torch.nn.Module, inp: tuple[Tensor, ...], name: str = name) -> None:
+                parts[name].append(inp[0].detach())
+            hooks.append(self._layers[name].register_forward_pre_hook(pre))
+        try:
+            with torch.no_grad():
+                self.model(x, image_ids=torch.arange(x.shape[0]), read_key=rng.key(self.model.seed, "infer",
+                                                                                   self._reads))
+            self._reads += 1
+        finally:
+            for h in hooks:
+                h.remove()
+        return {name: _assemble(p, x.shape[0], self.n_chips, plan) for name, p in parts.items()}
+
+    # ---- the reference ---------------------------------------------------------------------------
+    def reference(self, x: Tensor) -> Tensor:
+        return self.model.digital(x)
+
+    def reference_layer_io(self, x: Tensor) -> dict[str, tuple[Tensor, Tensor]]:
+        return self.model.digital_layer_io(x)
+
+    def weight_matrix(self, layer: str) -> Tensor:
+        lay = self._layers[layer]
+        return lay.as_matrix(lay.weight.detach())
+
+    def bias(self, layer: str) -> Tensor | None:
+        b = self._layers[layer].bias
+        return None if b is None else b.detach()
+
+    def unfold(self, layer: str, v: Tensor) -> Tensor:
+        return self._layers[layer].unfold_input(v.to(self.device))
+
+    def reference_grads(self, x: Tensor, y: Tensor) -> dict[str, Tensor]:
+        layers = list(self._layers.values())
+        weights = [lay.weight for lay in layers]
+        self.model._set(DigitalPass())
+        try:
+            with torch.enable_grad(), _modules_run():
+                loss = F.cross_entropy(self.model.net(self.model._check(x)), y.to(self.device))
+                grads = torch.autograd.grad(loss, weights, allow_unused=True)
+        finally:
+            self.model._set(None)
+        return {lay.layer_name: lay.as_matrix(torch.zeros_like(lay.weight) if g is None else g.detach())
+                for lay, g in zip(layers, grads)}
+
+    def parameters(self) -> list[Tensor]:
+        return list(self.model.net.parameters())
+
+    def train_forward(self, x: Tensor, step: int, censor: float = 0.0,
+                      act_quant: dict[str, tuple[Tensor, int, bool]] | None = None) -> Tensor:
+        unknown = set(act_quant or {}) - set(self._layers)
+        if unknown:
+            raise NvcimError(f"train_forward: act_quant names layers that are not analog: {sorted(unknown)}")
+        self.model._set(TrainPass(batch=x.shape[0], train_chip=TRAIN_CHIP_BASE + step, censor=censor,
+                                  act_quant=dict(act_quant or {})))
+        self.model.net.train()
+        try:
+            with _modules_run():
+                return self.model.net(self.model._check(x))
+        finally:
+            self.model._set(None)
+            self.model.net.eval()
+
+    # ---- the digital registers ---------------------------------------------------------------------
+    def set_output_affine(self, layer: str, gain: Tensor, offset: Tensor) -> None:
+        lay = self._layers[layer]
+        shape = (self.n_chips, lay.out_features)
+        if tuple(gain.shape) != shape or tuple(offset.shape) != shape:
+            raise ValueError(f"{layer}: gain and offset must have shape {shape}")
+        lay.tune_gain = gain.to(lay.tune_gain).clone()
+        lay.tune_offset = offset.to(lay.tune_offset).clone()
+
+    def output_affine(self, layer: str) -> tuple[Tensor, Tensor]:
+        lay = self._layers[layer]
+        return lay.tune_gain.detach().clone(), lay.tune_offset.detach().clone()
+
+    def set_sram(self, layer: str, mask: Tensor, weights: Tensor) -> None:
+        lay = self._layers[layer]
+        o, k = lay.matrix_shape()
+        n = self.n_chips
+        if mask.dtype != torch.bool or tuple(mask.shape) not in ((o, k), (n, o, k)):
+            raise ValueError(f"{layer}: the SRAM mask must be boolean of shape {(o, k)} or {(n, o, k)}, got "
+                             f"{mask.dtype} {tuple(mask.shape)}")
+        if tuple(weights.shape) != (n, o, k):
+            raise ValueError(f"{layer}: the SRAM weights must have shape {(n, o, k)}, got {tuple(weights.shape)}")
+        lay.sram_mask = mask.to(self.device)
+        lay.sram_w = weights.to(lay.weight.device, lay.weight.dtype)
+
+    def sram(self, layer: str) -> tuple[Tensor, Tensor] | None:
+        lay = self._layers[layer]
+        return (lay.sram_mask.clone(), lay.sram_w.detach().clone()) if lay.sram_w.numel() else None
+
+    def input_format(self, layer: str) -> tuple[int, bool, float]:
+        lay = self._layers[layer]
+        return int(self.config.circuit.dac_bits), bool(lay.dac_signed), float(lay.dac_fs)
+
+    def set_input_range(self, layer: str, full_scale: float) -> None:
+        if not full_scale > 0:
+            raise ValueError(f"{layer}: the DAC full scale must be > 0, got {full_scale}")
+        lay = self._layers[layer]
+        lay.dac_fs = torch.tensor(float(full_scale), device=lay.dac_fs.device, dtype=lay.dac_fs.dtype)
+
+
+def _assemble(parts: list[Tensor], b: int, n_chips: int, plan: tuple[int, int]) -> Tensor:
+    """Stitch hooked layer outputs of every (chip block, image sub-batch) pass into ``(N, B, ...)``."""
+    block, imgs = plan
+    passes = -(-n_chips // block) * -(-b // imgs)
+    if len(parts) != passes:
+        raise NvcimError(f"a captured layer ran {len(parts)} times in {passes} chip passes: a layer read several "
+                         "times per forward (a recurrent cell, a shared layer) has no single output to capture")
+    blocks = []
+    it = iter(parts)
+    for c0 in range(0, n_chips, block):
+        keep = min(block, n_chips - c0)
+        subs = []
+        for i0 in range(0, b, imgs):
+            p = next(it)
+            nb = min(imgs, b - i0)
+            if p.shape[0] == nb and block > 1:  # a first layer's input, shared by the block's chips
+                p = p.unsqueeze(1).expand(nb, block, *p.shape[1:]).reshape(nb * block, *p.shape[1:])
+            subs.append(p.reshape(nb, block, *p.shape[1:]).transpose(0, 1)[:keep])
+        blocks.append(torch.cat(subs, dim=1))
+    return torch.cat(blocks, dim=0)
