@@ -97,6 +97,7 @@ def test_state_dict_round_trip_restores_programmed_chips():
 
 
 def test_compiled_and_eager_epilogue_agree():
+    from nvcim.chip.context import EpilogueOperands, ReadNoiseOperands
     from nvcim.chip.kernel import analog_epilogue, epilogue
 
     g = torch.Generator().manual_seed(0)
@@ -104,7 +105,9 @@ def test_compiled_and_eager_epilogue_agree():
     var = torch.rand(4, 7, 3, 2, 1, 5, generator=g) * 0.01
     ck = torch.randint(-2**31, 2**31 - 1, (3,), dtype=torch.int32, generator=g)
     ik = torch.randint(-2**31, 2**31 - 1, (4,), dtype=torch.int32, generator=g)
-    args = (y, var, ck, ik, None, None, torch.full((2, 1, 5), 0.05), -128, 127, torch.ones(1), torch.ones(3, 5))
+    ops = EpilogueOperands(None, None, torch.full((2, 1, 5), 0.05), -128, 127, torch.ones(1), torch.ones(3, 5),
+                           torch.zeros(5), None)
+    args = (y, ReadNoiseOperands(var, ck, ik), ops)
     eager = analog_epilogue(*args)
     fused = epilogue(True)(*args)
     assert torch.equal(eager, fused)  # the same IEEE operations in the same order: the same bits
@@ -153,7 +156,9 @@ def test_single_tile_epilogue_in_position_innermost_memory_is_the_same():
             torch.rand(c, o, generator=g), torch.randn(o, generator=g))
     ref = general_epilogue(y.contiguous(), var.contiguous(), *args[2:])
     torch.testing.assert_close(_single_tile_epilogue(*args), ref, rtol=0, atol=0)
-    fused = epilogue(True)(*args)
+    from nvcim.chip.context import EpilogueOperands, ReadNoiseOperands
+
+    fused = epilogue(True)(y, ReadNoiseOperands(var, ck, ik), EpilogueOperands(None, None, *args[6:], None))
     assert (fused - ref).abs().max() <= 0.05 + 1e-6 and ((fused - ref).abs() > 1e-6).float().mean() < 0.02
 
 
@@ -177,6 +182,6 @@ def test_compiled_dac_is_the_eager_dac_bit_for_bit_and_keeps_the_layout():
     fs = torch.tensor(1.7)
     for bits, signed in ((8, True), (4, False), (1, True)):
         with torch.no_grad():
-            got = dac_kernel(bits, signed)(x, fs)
+            got = dac_kernel("uniform", bits, signed)(x, fs)
         want = dac(x, fs, bits, signed)
         assert torch.equal(got, want) and got.stride() == x.stride()

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..circuits import attenuation
+from ..circuits import attenuation, get_read_noise
 from ..config.schema import ChipConfig
 from ..devices import apply_faults, drift, fault_codes, get_model, round_to_levels
 from ..errors import NvcimError
@@ -341,8 +341,8 @@ class CellArrays(nn.Module):
             neg = self._expand_ref(neg)
         elif r:
             neg = neg * self._ir(neg, r)
-        sr = self.config.device.read_noise
-        w2 = (sr * sr) * (pos * pos + neg * neg) if sr else None
+        d = self.config.device
+        w2 = get_read_noise(d.read_noise_model).pair_variance(pos, neg, d.read_noise, d.g_max) if d.read_noise else None
         return pos - neg, w2
 
     def _expand_ref(self, neg: Tensor) -> Tensor:

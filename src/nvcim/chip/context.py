@@ -56,15 +56,26 @@ class Prepared:
 class EpilogueOperands:
     """Per-block operands of the analog epilogue (see :func:`~nvcim.chip.kernel.analog_epilogue`)."""
 
-    gain: Tensor | None
-    offset: Tensor | None
-    delta: Tensor | None
-    lo: int
+    gain: Tensor | None  # (c, T, S, O) ADC gain error factor, or None
+    offset: Tensor | None  # (c, T, S, O) ADC offset error (signal units), or None
+    delta: Tensor | None  # (T, S, O) ADC step (signal units), or None: no ADC
+    lo: int  # lowest and highest ADC code
     hi: int
-    slice_w: Tensor
-    scale: Tensor
-    bias: Tensor
+    slice_w: Tensor  # (S,) shift-and-add weight of each slice
+    scale: Tensor  # (c, O) weight per unit signal (column scale x drift compensation x gain register)
+    bias: Tensor  # (O,) digital bias
     extra: Tensor | None  # (c, O) per-chip additive register part, added after the kernel
+    adc_model: str = "uniform"  # name in nvcim.circuits.ADC_MODELS
+
+
+@dataclass(frozen=True)
+class ReadNoiseOperands:
+    """What the epilogue needs to draw read noise: the variance of every tile output (the shape of the
+    outputs, or bfloat16) and the int32 keys of the chips (c,) and images (B,) of this pass."""
+
+    var: Tensor
+    chip_keys: Tensor
+    image_keys: Tensor
 
 
 @dataclass

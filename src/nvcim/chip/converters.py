@@ -7,7 +7,7 @@ import math
 import torch
 from torch import Tensor
 
-from ..circuits import dac
+from ..circuits import get_dac
 from ..errors import NvcimError
 from .cells import CellArrays
 from .kernel import dac_kernel
@@ -25,9 +25,10 @@ class Converters(CellArrays):
         if not bool(self.dac_fs > 0):
             raise NvcimError(f"{self.layer_name}: the DAC range is not calibrated: call model.calibrate(x) "
                              "or set circuit.dac_range")
+        model = self.config.circuit.dac_model
         if compiled and not torch.is_grad_enabled():
-            return dac_kernel(bits, bool(self.dac_signed))(x, self.dac_fs)
-        return dac(x, self.dac_fs, bits, bool(self.dac_signed))
+            return dac_kernel(model, bits, bool(self.dac_signed))(x, self.dac_fs)
+        return get_dac(model).quantize(x, self.dac_fs, bits, bool(self.dac_signed))
 
     # ---- calibration ----------------------------------------------------------------------------
     def _percentile(self, v: Tensor, dim: int | None = None) -> Tensor:

@@ -18,8 +18,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..circuits.converters import dac, ste_round
+from ..circuits import get_adc, get_dac
 from . import rng
+from .context import EpilogueOperands, ReadNoiseOperands
 from .tail import apply_tail
 
 log = logging.getLogger(__name__)
@@ -29,35 +30,23 @@ TailSpec = tuple[tuple[str | int, ...], int, int]  # (ops, H, W) of a layer's di
 Getter = Callable[[str, tuple], Callable[..., Tensor]]
 
 
-def analog_epilogue(
-    y: Tensor,
-    var: Tensor | None,
-    ck: Tensor | None,
-    ik: Tensor | None,
-    gain: Tensor | None,
-    offset: Tensor | None,
-    delta: Tensor | None,
-    lo: int,
-    hi: int,
-    slice_w: Tensor,
-    out_scale: Tensor,
-    bias: Tensor | None = None,
-    *,
-    kernels: Getter | None = None,
-    tail: TailSpec | None = None,
-    hw: tuple[int, int] | None = None,
-) -> Tensor:
+def analog_epilogue(y: Tensor, noise: ReadNoiseOperands | None, ops: EpilogueOperands, *,
+                    kernels: Getter | None = None, tail: TailSpec | None = None,
+                    hw: tuple[int, int] | None = None) -> Tensor:
     """Tile outputs ``y`` (B, L, c, T, S, O) -> layer output (B, L, c, O), contiguous.
 
-    ``var``: read-noise variance of each element (same shape); its random keys derive from ``ck`` (c,)
-    int32 chip keys and ``ik`` (B,) int32 image keys (:func:`position_keys`). ``hw``: the L positions as
-    (H, W) rows and columns (default (1, L)). ``gain``/``offset`` (c, T, S, O): ADC error; ``delta``
-    (T, S, O): ADC step, codes clipped to [lo, hi]; ``slice_w`` (S,); ``out_scale`` (c, O): weight scale
-    times drift compensation; ``bias`` (O,) digital. Positions lead and output columns are innermost, the
-    order grouped convolutions produce in channels-last memory, so the fused kernel reads and writes in
-    order. ``kernels``: ``(name, static) -> loop``, the compiled loops to run instead of the eager ones
+    ``noise``: the read-noise variance of each element and the keys its draws derive from
+    (:func:`position_keys`), or None. ``ops``: the ADC (error, step, codes, model), shift-and-add weights,
+    output scale and digital bias (``ops.extra`` is the caller's, added after). ``hw``: the L positions as
+    (H, W) rows and columns (default (1, L)). Positions lead and output columns are innermost, the order
+    grouped convolutions produce in channels-last memory, so the fused kernel reads and writes in order.
+    ``kernels``: ``(name, static) -> loop``, the compiled loops to run instead of the eager ones
     (:func:`compiled_kernel`). ``tail``: (ops, H, W) of a :class:`~nvcim.chip.tail.Tail` applied in the
     same loop; the output is then (B, c, H', W', O) (see :func:`~nvcim.chip.tail.apply_tail`).
+    :func:`nvcim.chip.reference.reference_epilogue` is the plain statement of the same arithmetic.
+
+    The loops below take their operands as positional tensors because they are what ``torch.compile``
+    traces (one graph per layer kind); only this function and its two helpers build those lists.
     """
     get = kernels or eager_kernel
     if tail:
@@ -65,11 +54,11 @@ def analog_epilogue(
     hw = hw or (1, y.shape[1])
     if hw[0] * hw[1] != y.shape[1]:
         raise ValueError(f"positions {hw} do not match L = {y.shape[1]}")
+    var, ck, ik = (noise.var, noise.chip_keys, noise.image_keys) if noise is not None else (None, None, None)
+    args = (y, var, ck, ik, ops.gain, ops.offset, ops.delta, ops.lo, ops.hi, ops.slice_w, ops.scale, ops.bias)
     if y.shape[3] == 1 and y.shape[4] == 1:
-        return _single_tile_epilogue(y, var, ck, ik, gain, offset, delta, lo, hi, slice_w, out_scale, bias,
-                                     get=get, tail=tail, hw=hw)
-    return general_epilogue(y, var, ck, ik, gain, offset, delta, lo, hi, slice_w, out_scale, bias,
-                            get=get, tail=tail, hw=hw)
+        return _single_tile_epilogue(*args, get=get, tail=tail, hw=hw, adc=ops.adc_model)
+    return general_epilogue(*args, get=get, tail=tail, hw=hw, adc=ops.adc_model)
 
 
 @functools.lru_cache(maxsize=256)
@@ -105,7 +94,7 @@ def general_epilogue(y: Tensor, var: Tensor | None, ck: Tensor | None, ik: Tenso
                      gain: Tensor | None, offset: Tensor | None, delta: Tensor | None, lo: int, hi: int,
                      slice_w: Tensor, out_scale: Tensor, bias: Tensor | None = None,
                      get: Getter | None = None, tail: TailSpec | None = None,
-                     hw: tuple[int, int] | None = None) -> Tensor:
+                     hw: tuple[int, int] | None = None, adc: str = "uniform") -> Tensor:
     """:func:`analog_epilogue` for any number of row tiles and slices."""
     b, n_l, c, t, s, o = y.shape
     h, w = hw or (1, n_l)
@@ -115,15 +104,17 @@ def general_epilogue(y: Tensor, var: Tensor | None, ck: Tensor | None, ik: Tenso
         eidx = (pk.view(n_l, 1) + _index_keys(t * s * o, rng._GOLD, y.device).view(1, -1)).view(-1)
     args = (y, var, ck, ik, eidx, odd, gain, offset, delta, lo, hi, slice_w, out_scale, bias)
     get = get or eager_kernel
-    return get("general_tail", tail)(*args) if tail else get("general", ())(*args)
+    return get("general_tail", (*tail, adc))(*args) if tail else get("general", (adc,))(*args)
 
 
-def _adc(y: Tensor, gain: Tensor | None, offset: Tensor | None, delta: Tensor | None, lo: int, hi: int) -> Tensor:
-    """ADC gain/offset error and quantisation of noisy outputs; operands broadcast from the right."""
+def _adc(y: Tensor, gain: Tensor | None, offset: Tensor | None, delta: Tensor | None, lo: int, hi: int,
+         adc: str) -> Tensor:
+    """ADC gain/offset error and quantisation (ADC model ``adc``) of noisy outputs; operands broadcast from
+    the right."""
     if gain is not None and offset is not None:
         y = y * gain + offset
     if delta is not None:
-        y = torch.clamp(ste_round(y / delta), lo, hi) * delta
+        y = get_adc(adc).quantize(y, delta, lo, hi)
     return y
 
 
@@ -142,9 +133,9 @@ def _shift_add(y: Tensor, slice_w: Tensor) -> Tensor:
 
 
 def _general_post(y: Tensor, gain: Tensor | None, offset: Tensor | None, delta: Tensor | None, lo: int,
-                  hi: int, slice_w: Tensor, out_scale: Tensor, bias: Tensor | None) -> Tensor:
+                  hi: int, slice_w: Tensor, out_scale: Tensor, bias: Tensor | None, adc: str) -> Tensor:
     """ADC error, ADC, shift-and-add over (T, S), scale and bias of noisy tile outputs (..., c, T, S, O)."""
-    y = _adc(y, gain, offset, delta, lo, hi)  # operands (c, T, S, O) and (T, S, O)
+    y = _adc(y, gain, offset, delta, lo, hi, adc)  # operands (c, T, S, O) and (T, S, O)
     y = _shift_add(y, slice_w) * out_scale
     if bias is not None:
         y = y + bias
@@ -153,7 +144,7 @@ def _general_post(y: Tensor, gain: Tensor | None, offset: Tensor | None, delta: 
 
 def _general_kernel(y: Tensor, var: Tensor | None, ck: Tensor | None, ik: Tensor | None, eidx: Tensor | None,
                     odd: Tensor | None, gain: Tensor | None, offset: Tensor | None, delta: Tensor | None, lo: int,
-                    hi: int, slice_w: Tensor, out_scale: Tensor, bias: Tensor | None) -> Tensor:
+                    hi: int, slice_w: Tensor, out_scale: Tensor, bias: Tensor | None, adc: str) -> Tensor:
     """The loop of :func:`general_epilogue`; ``eidx`` (L T S O,) holds the element key offsets, ``odd``
     (L,) the positions that take the sine of their pair."""
     var = None if var is None else var.to(y.dtype)  # a bfloat16 variance is widened here
@@ -163,7 +154,7 @@ def _general_kernel(y: Tensor, var: Tensor | None, ck: Tensor | None, ik: Tensor
         k = keys.view(b, 1, c, 1, 1, 1) + eidx.view(1, n_l, 1, t, s, o)
         z = read_noise(k, None if odd is None else odd.view(1, n_l, 1, 1, 1, 1))
         y = y + torch.sqrt(var.clamp_min(0.0)) * z
-    return _general_post(y, gain, offset, delta, lo, hi, slice_w, out_scale, bias).contiguous()
+    return _general_post(y, gain, offset, delta, lo, hi, slice_w, out_scale, bias, adc).contiguous()
 
 
 def _pool_window(ops: tuple[str | int, ...]) -> int:
@@ -200,14 +191,15 @@ def _finish_tail(z: Tensor, ops: tuple[str | int, ...], c: int) -> Tensor:
 def _general_tail_kernel(y: Tensor, var: Tensor | None, ck: Tensor | None, ik: Tensor | None,
                          eidx: Tensor | None, odd: Tensor | None, gain: Tensor | None, offset: Tensor | None,
                          delta: Tensor | None, lo: int, hi: int, slice_w: Tensor, out_scale: Tensor,
-                         bias: Tensor | None, ops: tuple[str | int, ...], h: int, w: int) -> Tensor:
+                         bias: Tensor | None, ops: tuple[str | int, ...], h: int, w: int, adc: str) -> Tensor:
     """:func:`_general_kernel` followed by the layer's digital tail. With read noise and an even pooling
     window, each window is computed in place (pairs of columns from one draw) and only the pooled
     output is written; the same numbers, element for element, as the kernel followed by the tail."""
     var = None if var is None else var.to(y.dtype)  # a bfloat16 variance is widened here
     k = _pool_window(ops)
     if var is None or ck is None or ik is None or eidx is None or not k or k % 2:
-        out = _general_kernel(y, var, ck, ik, eidx, odd, gain, offset, delta, lo, hi, slice_w, out_scale, bias)
+        out = _general_kernel(y, var, ck, ik, eidx, odd, gain, offset, delta, lo, hi, slice_w, out_scale, bias,
+                              adc)
         return apply_tail(out, ops, h, w)
     b, _, c, t, s, o = y.shape
     keys = rng.read_keys(ck, ik).view(b, 1, 1, c, 1, 1, 1)
@@ -216,7 +208,7 @@ def _general_tail_kernel(y: Tensor, var: Tensor | None, ck: Tensor | None, ik: T
 
     def noisy(di: int, dj: int, z: Tensor) -> Tensor:
         v = yw[:, :, di, :, dj] + torch.sqrt(vw[:, :, di, :, dj].clamp_min(0.0)) * z
-        return _general_post(v, gain, offset, delta, lo, hi, slice_w, out_scale, bias)
+        return _general_post(v, gain, offset, delta, lo, hi, slice_w, out_scale, bias, adc)
 
     z = _paired_max(noisy, lambda di, dj: keys + ew[:, di, :, dj].unsqueeze(2), k)  # (B, H', W', c, O)
     return _finish_tail(z, ops, c)
@@ -226,7 +218,7 @@ def _single_tile_epilogue(y: Tensor, var: Tensor | None, ck: Tensor | None, ik: 
                           gain: Tensor | None, offset: Tensor | None, delta: Tensor | None, lo: int, hi: int,
                           slice_w: Tensor, out_scale: Tensor, bias: Tensor | None,
                           get: Getter | None = None, tail: TailSpec | None = None,
-                          hw: tuple[int, int] | None = None) -> Tensor:
+                          hw: tuple[int, int] | None = None, adc: str = "uniform") -> Tensor:
     """:func:`analog_epilogue` for one row tile and one slice (most layers), element for element the same
     arithmetic and random keys, on the flattened ``(B, L, c * O)`` layout: the per-(chip, column) operands
     are laid out flat here (small tensors), so the loop over positions vectorises over chips x columns with
@@ -259,17 +251,17 @@ def _single_tile_epilogue(y: Tensor, var: Tensor | None, ck: Tensor | None, ik: 
             slice_w.reshape(1), flat(out_scale), None if bias is None else flat(bias), cm)
     get = get or eager_kernel
     if tail:
-        return get("flat_tail", (c, *tail))(*args)
-    out = get("flat", ())(*args)
+        return get("flat_tail", (c, *tail, adc))(*args)
+    out = get("flat", (adc,))(*args)
     if cm:  # (B, CO, L) memory viewed as (B, L, c, O)
         return out.transpose(1, 2).view(b, n_l, c, o)
     return out.view(b, n_l, c, o)
 
 
 def _flat_post(y: Tensor, gain: Tensor | None, offset: Tensor | None, delta: Tensor | None, lo: int, hi: int,
-               slice_w: Tensor, out_scale: Tensor, bias: Tensor | None) -> Tensor:
+               slice_w: Tensor, out_scale: Tensor, bias: Tensor | None, adc: str) -> Tensor:
     """ADC error, ADC, scale and bias of noisy outputs whose operands broadcast against them."""
-    y = _adc(y, gain, offset, delta, lo, hi) * slice_w * out_scale
+    y = _adc(y, gain, offset, delta, lo, hi, adc) * slice_w * out_scale
     if bias is not None:
         y = y + bias
     return y
@@ -277,7 +269,8 @@ def _flat_post(y: Tensor, gain: Tensor | None, offset: Tensor | None, delta: Ten
 
 def _flat_kernel(y: Tensor, var: Tensor | None, kb: Tensor | None, pk: Tensor | None, odd: Tensor | None,
                  gain: Tensor | None, offset: Tensor | None, delta: Tensor | None, lo: int, hi: int,
-                 slice_w: Tensor, out_scale: Tensor, bias: Tensor | None, cm: bool = False) -> Tensor:
+                 slice_w: Tensor, out_scale: Tensor, bias: Tensor | None, cm: bool = False,
+                 adc: str = "uniform") -> Tensor:
     """The single-tile epilogue on ``(B, L, CO)`` with flat ``(CO,)`` operands, ``(B, CO)`` keys of position
     0, ``(L,)`` position key offsets ``pk`` and odd-column flags ``odd``; with ``cm`` on ``(B, CO, L)``
     (columns outer, positions inner), the same arithmetic element for element."""
@@ -294,20 +287,20 @@ def _flat_kernel(y: Tensor, var: Tensor | None, kb: Tensor | None, pk: Tensor | 
         else:
             k, par = kb.view(b, 1, co) + pk.view(1, n_l, 1), None if odd is None else odd.view(1, n_l, 1)
         y = y + torch.sqrt(var.clamp_min(0.0)) * read_noise(k, par)
-    return _flat_post(y, gain, offset, delta, lo, hi, slice_w, out_scale, bias).contiguous()
+    return _flat_post(y, gain, offset, delta, lo, hi, slice_w, out_scale, bias, adc).contiguous()
 
 
 def _flat_tail_kernel(y: Tensor, var: Tensor | None, kb: Tensor | None, pk: Tensor | None, odd: Tensor | None,
                       gain: Tensor | None, offset: Tensor | None, delta: Tensor | None, lo: int, hi: int,
                       slice_w: Tensor, out_scale: Tensor, bias: Tensor | None, cm: bool, c: int,
-                      ops: tuple[str | int, ...], h: int, w: int) -> Tensor:
+                      ops: tuple[str | int, ...], h: int, w: int, adc: str) -> Tensor:
     """:func:`_flat_kernel` followed by the layer's digital tail; with read noise and an even pooling
     window in one pass over the windows, as in :func:`_general_tail_kernel`."""
     var = None if var is None else var.to(y.dtype)  # a bfloat16 variance is widened here
     k = _pool_window(ops)
     b = y.shape[0]
     if var is None or kb is None or pk is None or cm or not k or k % 2:
-        out = _flat_kernel(y, var, kb, pk, odd, gain, offset, delta, lo, hi, slice_w, out_scale, bias, cm)
+        out = _flat_kernel(y, var, kb, pk, odd, gain, offset, delta, lo, hi, slice_w, out_scale, bias, cm, adc)
         z = out.transpose(1, 2) if cm else out  # (B, L, c O) either way
         return apply_tail(z.view(b, h * w, c, -1), ops, h, w)
     yw, vw = _windows(y, h, w, k), _windows(var, h, w, k)  # (B, H', k, W', k, CO)
@@ -316,7 +309,7 @@ def _flat_tail_kernel(y: Tensor, var: Tensor | None, kb: Tensor | None, pk: Tens
 
     def noisy(di: int, dj: int, z: Tensor) -> Tensor:
         v = yw[:, :, di, :, dj] + torch.sqrt(vw[:, :, di, :, dj].clamp_min(0.0)) * z
-        return _flat_post(v, gain, offset, delta, lo, hi, slice_w, out_scale, bias)
+        return _flat_post(v, gain, offset, delta, lo, hi, slice_w, out_scale, bias, adc)
 
     z = _paired_max(noisy, lambda di, dj: kb4 + pw[:, di, :, dj].unsqueeze(-1), k)  # (B, H', W', c O)
     return _finish_tail(z, ops, c)
@@ -342,13 +335,14 @@ def compiled_kernel(name: str, static: tuple) -> Callable[..., Tensor]:
     the pooling windows' index arithmetic on symbols neither fuses with the epilogue nor vectorises (2.5x
     slower, measured)."""
     fn = _KERNELS[name]
-    if not static:
-        return torch.compile(fn, dynamic=True)
 
     def bound(*a: Any) -> Tensor:
         return fn(*a, *static)
 
-    return torch.compile(_own_code(bound, f"{name}_{compiled_kernel.cache_info().currsize}"), dynamic=None)
+    # a loop whose only static operand is the ADC model stays shape-polymorphic (the sub-batch and the
+    # geometry vary with every layer); the tails specialise on their geometry (see above)
+    return torch.compile(_own_code(bound, f"{name}_{compiled_kernel.cache_info().currsize}"),
+                         dynamic=True if len(static) == 1 else None)
 
 
 def _own_code(fn: Callable[..., Any], name: str) -> Callable[..., Any]:
@@ -359,13 +353,15 @@ def _own_code(fn: Callable[..., Any], name: str) -> Callable[..., Any]:
 
 
 @functools.lru_cache(maxsize=16)
-def dac_kernel(bits: int, signed: bool) -> Callable[[Tensor, Tensor], Tensor]:
-    """:func:`~nvcim.circuits.converters.dac` as one compiled pass (eager, it is four passes over a block's
+def dac_kernel(model: str, bits: int, signed: bool) -> Callable[[Tensor, Tensor], Tensor]:
+    """The DAC model ``model`` as one compiled pass (eager, the uniform DAC is four passes over a block's
     activations) for ``bits`` and ``signed``; falls back to eager where compiling fails."""
-    def bound(x: Tensor, full_scale: Tensor) -> Tensor:
-        return dac(x, full_scale, bits, signed)
+    quantize = get_dac(model).quantize
 
-    fn = torch.compile(_own_code(bound, f"dac_{bits}_{int(signed)}"), dynamic=None)
+    def bound(x: Tensor, full_scale: Tensor) -> Tensor:
+        return quantize(x, full_scale, bits, signed)
+
+    fn = torch.compile(_own_code(bound, f"dac_{model}_{bits}_{int(signed)}"), dynamic=None)
 
     def run(x: Tensor, full_scale: Tensor) -> Tensor:
         global _compile_failed
@@ -394,11 +390,12 @@ def epilogue(compiled: bool) -> Callable[..., Tensor]:
     return _safe
 
 
-def _safe(*args: Any, tail: TailSpec | None = None, hw: tuple[int, int] | None = None) -> Tensor:
+def _safe(y: Tensor, noise: ReadNoiseOperands | None, ops: EpilogueOperands, *, tail: TailSpec | None = None,
+          hw: tuple[int, int] | None = None) -> Tensor:
     global _compile_failed
     try:
-        return analog_epilogue(*args, kernels=compiled_kernel, tail=tail, hw=hw)
+        return analog_epilogue(y, noise, ops, kernels=compiled_kernel, tail=tail, hw=hw)
     except Exception as e:  # no C++ compiler, unsupported backend: stay correct, just slower
         _compile_failed = True
         warnings.warn(f"torch.compile failed ({type(e).__name__}); using the eager kernel", stacklevel=2)
-        return analog_epilogue(*args, tail=tail, hw=hw)
+        return analog_epilogue(y, noise, ops, tail=tail, hw=hw)

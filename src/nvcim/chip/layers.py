@@ -12,12 +12,22 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ..circuits import adc_codes, ste_round
+from ..circuits import get_adc, ste_round
 from ..config.schema import ChipConfig
 from ..errors import NvcimError, ShapeError
 from ..mapping import get_mapping
 from . import rng
-from .context import CalibratePass, ChipPass, DigitalPass, EpilogueOperands, Prepared, RunContext, TrainPass, _plain
+from .context import (
+    CalibratePass,
+    ChipPass,
+    DigitalPass,
+    EpilogueOperands,
+    Prepared,
+    ReadNoiseOperands,
+    RunContext,
+    TrainPass,
+    _plain,
+)
 from .converters import Converters
 from .kernel import TailSpec, epilogue
 from .tail import Tail, mark
@@ -149,19 +159,16 @@ class AnalogLayer(Converters):
         y = self.mvm(xp, wy, shared, c)
         if isinstance(ctx, CalibratePass):
             self._calibrate_output(y, again)
-        var = ck = ik = None
+        noise = None
         if wv is not None and isinstance(ctx, ChipPass):  # read noise: chip passes only
-            var = self.mvm(xp.squared(ctx.var_dtype), wv, shared, c)
-            ck, ik = self._read_keys(ctx)
+            noise = ReadNoiseOperands(self.mvm(xp.squared(ctx.var_dtype), wv, shared, c), *self._read_keys(ctx))
         k = self._epilogue_operands(ctx, c, y)
         tail = self._fused_tail(ctx, k, x)
         if tail is not None and self.tail is not None:
-            out = epilogue(compiled)(y, var, ck, ik, k.gain, k.offset, k.delta, k.lo, k.hi, k.slice_w,
-                                     k.scale, k.bias, tail=tail)  # (B, c, H', W', O)
+            out = epilogue(compiled)(y, noise, k, tail=tail)  # (B, c, H', W', O)
             n, _, ho, wo, o = out.shape
             return mark(out.view(n * c, ho, wo, o).permute(0, 3, 1, 2), self.tail)
-        out = epilogue(compiled)(y, var, ck, ik, k.gain, k.offset, k.delta, k.lo, k.hi, k.slice_w, k.scale,
-                                 k.bias, hw=self._positions_hw(x, int(y.shape[1])))
+        out = epilogue(compiled)(y, noise, k, hw=self._positions_hw(x, int(y.shape[1])))
         if k.extra is not None:
             out = out + k.extra.view(1, 1, c, -1)
         if isinstance(ctx, ChipPass):
@@ -196,9 +203,9 @@ class AnalogLayer(Converters):
             if not bool(self.adc_fs.any()):
                 raise NvcimError("the ADC range is not calibrated: call model.calibrate(x) or set "
                                  "circuit.adc_range")
-            delta = (self.adc_fs / 2 ** (cc.adc_bits - 1)).expand(self.row_tiles, self.n_slices,
-                                                                   self.out_features)
-            lo, hi = adc_codes(cc.adc_bits)
+            adc = get_adc(cc.adc_model)
+            delta = adc.step(self.adc_fs, cc.adc_bits).expand(self.row_tiles, self.n_slices, self.out_features)
+            lo, hi = adc.codes(cc.adc_bits)
         if isinstance(ctx, ChipPass) and (cc.adc_gain_sigma or cc.adc_offset_sigma):
             gain = self.adc_gain[ctx.chips]
             offset = self.adc_offset[ctx.chips] * self._adc_range_for_offset()
@@ -216,7 +223,7 @@ class AnalogLayer(Converters):
             if self.tune_offset.requires_grad or bool((self.tune_offset != 0).any() or (self.tune_gain != 1).any()):
                 extra = (bias.view(1, -1) * (tg - 1) + self.tune_offset[ctx.chips]).to(y)
         ops = EpilogueOperands(gain, offset, delta, lo, hi, self.slice_w.to(y), scale.to(y), _plain(bias.to(y)),
-                               extra)
+                               extra, cc.adc_model)
         if not torch.is_grad_enabled():
             ctx.cache[key] = ops
         return ops

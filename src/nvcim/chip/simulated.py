@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..circuits import get_read_noise
 from ..config import ChipConfig
 from ..errors import NvcimError
 from . import rng
@@ -51,13 +52,13 @@ class SimulatedChip:
         return pos[0], neg[0]
 
     def _read_noise(self, layer: AnalogLayer, g: Tensor, tag: str) -> Tensor:
-        sr = layer.config.device.read_noise
-        if not sr:
+        d = layer.config.device
+        if not d.read_noise:
             return g
         self._reads += 1
         z = rng.draw("normal", rng.key(layer.seed, layer.layer_name, tag, self._reads), layer.chip_ids.cpu(),
                      tuple(g.shape[1:]))
-        return g + sr * g * z.to(g)
+        return get_read_noise(d.read_noise_model).sample(g, z.to(g), d.read_noise, d.g_max)
 
     def program(self, calibration: Tensor | None = None) -> None:
         self.model.reprogram(calibration)

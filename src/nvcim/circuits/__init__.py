@@ -1,6 +1,12 @@
-"""Peripheral circuits and array wires: DAC, ADC, IR drop."""
+"""Peripheral circuits and array wires: one interface per converter axis (ADC, DAC, read noise) with its
+models, each in its own file, and the IR-drop model of the wires."""
 
-from .converters import adc, adc_codes, dac, ste_round
+from . import adc_midrise, adc_uniform, dac_uniform, read_noise_additive, read_noise_proportional  # noqa: F401
+from .adc import ADC_MODELS, ADCModel, get_adc
+from .converters import dac, ste_round
+from .dac import DAC_MODELS, DACModel, get_dac
 from .irdrop import attenuation, nodal_column_currents
+from .read_noise import READ_NOISE_MODELS, ReadNoiseModel, get_read_noise
 
-__all__ = ["ste_round", "adc", "adc_codes", "attenuation", "dac", "nodal_column_currents"]
+__all__ = ["ADC_MODELS", "ADCModel", "DAC_MODELS", "DACModel", "READ_NOISE_MODELS", "ReadNoiseModel",
+           "attenuation", "dac", "get_adc", "get_dac", "get_read_noise", "nodal_column_currents", "ste_round"]

@@ -1,4 +1,4 @@
-"""DAC and ADC models: clip, quantise, and the ADC's gain and offset error."""
+"""Quantiser arithmetic shared by the converter models: straight-through rounding, the uniform DAC."""
 
 from __future__ import annotations
 
@@ -23,15 +23,3 @@ def dac(x: Tensor, full_scale: Tensor, bits: int, signed: bool) -> Tensor:
         steps, lo = 2**bits - 1, 0
     delta = full_scale / steps
     return torch.clamp(ste_round(x / delta), lo, steps) * delta
-
-
-def adc_codes(bits: int) -> tuple[int, int]:
-    """Lowest and highest output code of a signed ``bits``-bit ADC."""
-    return -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
-
-
-def adc(y: Tensor, full_scale: Tensor, bits: int) -> Tensor:
-    """q(y) = D clip(round(y/D), -2^(b-1), 2^(b-1)-1), D = full_scale / 2^(b-1): at most 2^b codes."""
-    lo, hi = adc_codes(bits)
-    delta = full_scale / 2 ** (bits - 1)
-    return torch.clamp(ste_round(y / delta), lo, hi) * delta

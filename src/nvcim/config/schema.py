@@ -81,13 +81,19 @@ class DeviceConfig:
     levels: tuple[float, ...] = spec((), "explicit level conductances, ascending (overrides bits_per_cell)",
                                      unit="S", lo=0.0)
     programming: ProgrammingConfig = field(default_factory=ProgrammingConfig)
-    read_noise: float = spec(0.0, "read noise std as a fraction of G, drawn fresh at every read "
-                             "(cycle-to-cycle)", unit="-", lo=0.0, hi=1.0)
+    read_noise: float = spec(0.0, "read noise std, drawn fresh at every read (cycle-to-cycle): a fraction of "
+                             "G (read_noise_model 'proportional') or of g_max ('additive')", unit="-",
+                             lo=0.0, hi=1.0)
+    read_noise_model: str = spec("proportional", "read-noise model (nvcim.circuits.READ_NOISE_MODELS): "
+                                 "'proportional' (std ~ G) or 'additive' (a floor, std ~ g_max)")
     faults: FaultConfig = field(default_factory=FaultConfig)
     drift: DriftConfig = field(default_factory=DriftConfig)
 
     def __post_init__(self) -> None:
         check(self)
+        from ..circuits import READ_NOISE_MODELS
+
+        READ_NOISE_MODELS.get(self.read_noise_model)
         if self.g_min * MIN_ON_OFF > self.g_max:  # float32 cannot resolve a narrower conductance window
             raise ConfigError("g_min", self.g_min, f"[0, {self.g_max / MIN_ON_OFF:g}] S, below g_max by an "
                               f"on/off ratio of at least {MIN_ON_OFF:g}")
@@ -154,9 +160,12 @@ class CircuitConfig:
     """Converters: DAC on the rows, ADC on every tile column."""
 
     dac_bits: int = spec(0, "input DAC resolution; 0 = ideal", unit="bit", lo=1, hi=16, zero_ok=True)
+    dac_model: str = spec("uniform", "DAC model (nvcim.circuits.DAC_MODELS)")
     dac_range: float = spec(0.0, "input full scale in activation units; 0 = calibrate on data",
                             unit="activation", lo=1e-6, hi=1e6, zero_ok=True)
     adc_bits: int = spec(0, "column ADC resolution; 0 = ideal", unit="bit", lo=1, hi=16, zero_ok=True)
+    adc_model: str = spec("uniform", "ADC model (nvcim.circuits.ADC_MODELS): 'uniform' (mid-tread, rounds) or "
+                          "'midrise' (floors, reconstructs bin centres)")
     adc_range: float = spec(0.0, "ADC full scale as a fraction of the largest possible tile column "
                             "signal (rows x (g_max-g_min) x input full scale); 0 = calibrate on data",
                             unit="-", lo=1e-6, hi=1.0, zero_ok=True)
@@ -170,6 +179,10 @@ class CircuitConfig:
 
     def __post_init__(self) -> None:
         check(self)
+        from ..circuits import ADC_MODELS, DAC_MODELS  # the registries: a model added in one file is allowed
+
+        ADC_MODELS.get(self.adc_model)
+        DAC_MODELS.get(self.dac_model)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,25 @@
+"""Uniform mid-rise ADC: the code is floor(y / LSB) (a comparator ladder or SAR without a half-LSB input
+offset), and the periphery reconstructs the bin centre (code + 1/2) LSB. Zero is not a level, so a small
+signal reads as +-LSB/2; the error is uniform in [-LSB/2, LSB/2) as for the mid-tread ADC, but its bias
+on signals that sit on a code boundary differs."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .adc import ADCModel, register
+
+
+def _ste_floor(v: Tensor) -> Tensor:
+    if v.requires_grad and torch.is_grad_enabled():
+        return v + (torch.floor(v) - v).detach()
+    return torch.floor(v)
+
+
+@register
+class MidriseADC(ADCModel):
+    name = "midrise"
+
+    def quantize(self, y: Tensor, delta: Tensor, lo: int, hi: int) -> Tensor:
+        return (torch.clamp(_ste_floor(y / delta), lo, hi) + 0.5) * delta
