@@ -120,11 +120,13 @@ def test_float32_agrees_with_the_float64_reference(name):
     assert y64.dtype == torch.float64
     err = (y32.double() - y64).abs() / y64.abs().amax()
     # ADC rounding may flip a code where a float32 value lands on a code boundary, and a code flipped in an
-    # early layer moves several logits of that chip-image: allow a rare few chip-images (3 %, 3 of 128).
-    # Only presets with converters can flip: flash (8-bit DAC and ADC) 3 of 128 with this input and 1-2 with
-    # others, pcm 0; float32 rounding (2^-24) moves a value across one of 2^8 codes rarely per conversion,
-    # but a chip-image makes thousands of conversions.
-    assert float((err > F32_TOL).any(-1).double().mean()) <= 0.03, float(err.max())
+    # early layer moves several logits of that chip-image: allow a rare few chip-images. Only presets with
+    # converters can flip: flash (8-bit DAC and ADC) flips 2.1 % of chip-images (measured over 8 seeds x 128,
+    # 0-5 of 128 each), pcm none; float32 rounding (2^-24) moves a value across one of 2^8 codes rarely per
+    # conversion, but a chip-image makes thousands of conversions. Bound: a 3 % rate plus 4 standard errors
+    # of the 128 chip-images (a systematic float32 error would flip most of them).
+    n = err.shape[0] * err.shape[1]
+    assert float((err > F32_TOL).any(-1).double().mean()) <= 0.03 + 4 * (0.03 * 0.97 / n) ** 0.5, float(err.max())
     assert float(err.median()) < 1e-6
 
 

@@ -185,3 +185,35 @@ def test_compiled_dac_is_the_eager_dac_bit_for_bit_and_keeps_the_layout():
             got = dac_kernel("uniform", bits, signed)(x, fs)
         want = dac(x, fs, bits, signed)
         assert torch.equal(got, want) and got.stride() == x.stride()
+
+
+def _programmed(model, names=("g_pos", "g_neg", "faults_pos", "faults_neg", "drift_pos", "drift_neg", "drift_comp")):
+    return [getattr(layer, n).clone() for layer in model.analog_layers() for n in names]
+
+
+def test_programming_is_the_same_compiled_or_eager_and_in_any_chunking(monkeypatch):
+    """The compiled write (faults, lognormal or additive write, drift) gives the eager write's bits, also
+    through a row routing, and a chip does not depend on how many chips are written together."""
+    from nvcim.chip import programming
+
+    monkeypatch.setattr(programming, "COMPILE_MIN", 1)  # compile even these small blocks
+    pcm = override(preset("pcm"), {"device.faults.sa0": 0.02, "device.faults.sa1": 0.02, "array.rows": 64})
+    for cfg in (pcm, NOISY):
+        eager = nvcim.convert(lenet(), cfg, chips=5, seed=4, runtime=Runtime(compile="off"))
+        compiled = nvcim.convert(lenet(), cfg, chips=5, seed=4, runtime=Runtime(compile="on"))
+        for a, b in zip(_programmed(eager), _programmed(compiled)):
+            assert torch.equal(a, b)
+        layer = eager.analog_layers()[1]
+        assert layer.faults_pos.float().mean() > 0.02  # the faults were drawn (4 % expected)
+        for m in (eager, compiled):  # a routing moves the faults and drift with the physical rows
+            for lay in m.analog_layers():
+                lay.row_perm = torch.stack([torch.randperm(lay.k, generator=torch.Generator().manual_seed(i))
+                                            for i in range(5)])
+            m.program(torch.arange(5))
+        for a, b in zip(_programmed(eager), _programmed(compiled)):
+            assert torch.equal(a, b)
+        one_by_one = _programmed(eager)
+        for lay in eager.analog_layers():
+            lay.program(4, torch.arange(5), chunk=2)
+        for a, b in zip(one_by_one, _programmed(eager)):
+            assert torch.equal(a, b)

@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+from nvcim import arith
 from nvcim.chip import rng
 
 N = 1 << 21
@@ -14,7 +15,7 @@ def keys(n: int = N, seed: int = 0) -> torch.Tensor:
     return rng.element_keys(rng.chip_keys(rng.key("test", seed), torch.arange(1)), n, (n,))[0]
 
 
-def test_log_unit_matches_the_float64_log():
+def test_log_unit_matches_the_float64_log():  # nvcim.arith.log_unit, also reached as rng.log_unit
     u = torch.cat([(torch.arange(1, 1 << 16, dtype=torch.float32) * 2.0**-16),  # a grid over (0, 1)
                    torch.tensor([2.0**-24, 2.0**-23, 0.5 * 2.0**-23, 1.0 - 2.0**-24, 1.0])])
     ref = torch.log(u.double())
@@ -25,7 +26,7 @@ def test_log_unit_matches_the_float64_log():
     assert float(rng.log_unit(torch.tensor([1.0]))) == 0.0
 
 
-@pytest.mark.parametrize("which", ["pair", "normal"])
+@pytest.mark.parametrize("which", ["pair", "cells"])
 def test_normals_have_the_standard_moments_and_tails(which):
     k = keys()
     if which == "pair":
@@ -35,8 +36,8 @@ def test_normals_have_the_standard_moments_and_tails(which):
         assert abs(r) < 5 / math.sqrt(N), r  # the two of a pair are uncorrelated
         r2 = float((a.double() ** 2 * b.double() ** 2).mean() - 1)  # and not dependent through the radius^2
         assert abs(r2) < 5 * math.sqrt(8 / N), r2  # var(a^2 b^2) = 9 - 1 = 8 for independent normals
-    else:
-        z = rng.normal(k).double()
+    else:  # the programming draws: N normals from N/2 pairs (odd count: one pair half used)
+        z = rng.draw("normal", rng.key("test", 2), torch.arange(1), (N - 1,))[0].double()
     n = z.numel()
     assert abs(float(z.mean())) < 5 / math.sqrt(n)
     assert abs(float(z.var()) - 1) < 5 * math.sqrt(2 / n)
@@ -62,3 +63,27 @@ def test_compiled_normal_pair_agrees_with_eager():
     ca, cb = torch.compile(rng.normal_pair)(k)
     # the compiled loop contracts multiply-adds: the same numbers to a few float32 ulps
     assert torch.allclose(ca, ea, rtol=1e-5, atol=1e-6) and torch.allclose(cb, eb, rtol=1e-5, atol=1e-6)
+
+
+def test_arith_exp_and_sqrt_match_float64():
+    x = torch.linspace(-87.0, 88.0, 200_001)
+    ref = torch.exp(x.double())
+    assert float(((arith.exp(x).double() - ref) / ref).abs().max()) < 3e-7  # about 2 float32 ulps
+    assert float(arith.exp(torch.tensor([0.0]))) == 1.0
+    assert torch.isfinite(arith.exp(torch.tensor([1e4, -1e4]))).all()  # clipped, no inf or denormal
+    y = torch.cat([torch.logspace(-30, 30, 200_001), torch.tensor([1.0, 4.0, 2.0**-126])])
+    rel = (arith.sqrt(y).double() - torch.sqrt(y.double())) / torch.sqrt(y.double())
+    assert float(rel.abs().max()) < 3e-7
+
+
+@pytest.mark.parametrize("kind", ["normal", "uniform"])
+def test_compiled_draws_are_the_eager_draws_to_the_bit(kind, monkeypatch):
+    """Programmed chips must not depend on whether their draws ran compiled: plain arithmetic only."""
+    monkeypatch.setattr(rng, "COMPILE_MIN", 1)
+    ids = torch.tensor([0, 3, 7])
+    for shape in ((4097,), (3, 5, 331)):  # odd sizes: the second half of the pairs is cut
+        eager = rng.draw(kind, rng.key("bits", 1), ids, shape)
+        compiled = rng.draw(kind, rng.key("bits", 1), ids, shape, compiled=True)
+        assert torch.equal(eager.view(torch.int32), compiled.view(torch.int32))
+        # and a chip's draws do not depend on which other chips are drawn with it
+        assert torch.equal(eager[1:2], rng.draw(kind, rng.key("bits", 1), ids[1:2], shape))

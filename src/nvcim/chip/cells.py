@@ -17,10 +17,11 @@ from torch import Tensor, nn
 
 from ..circuits import attenuation, get_read_noise
 from ..config.schema import ChipConfig
-from ..devices import apply_faults, drift, fault_codes, get_model, round_to_levels
+from ..devices import get_model, round_to_levels
 from ..errors import NvcimError
 from ..mapping import Mapped, Mapping
 from . import rng
+from .programming import SideKeys, WriteSpec, cells_from_draws, write_side
 
 
 class CellArrays(nn.Module):
@@ -57,7 +58,7 @@ class CellArrays(nn.Module):
     sram_mask: Tensor
     row_perm: Tensor  # (N, K): physical row of each logical row (identity unless rows were remapped)
     sram_w: Tensor
-
+    compile_draws = False  # per-cell draws under torch.compile (same bits; the model sets it from its Runtime)
 
     # ---- geometry -------------------------------------------------------------------------------
     @property
@@ -116,8 +117,9 @@ class CellArrays(nn.Module):
 
     def program(self, seed: int, chip_ids: Tensor, chunk: int = 0) -> None:
         """Program all chips ``chip_ids`` (global ids): noisy writes, faults, drift; fills the buffers.
-        ``chunk``: chips drawn together (default: as many as keep each draw's temporaries near 64 MiB, up to
-        64; the draws are counter-based, so the chunking changes no number).
+        ``chunk``: chips written together (default: as many as keep each float temporary of a write within
+        32 MiB, glibc's heap limit, so that none is a fresh mapping faulted in page by page; up to 64; the
+        draws are counter-based, so the chunking changes no number).
 
         ``g_pos``/``g_neg`` hold the conductances right after programming (time t0, faults applied);
         ``drift_pos``/``drift_neg`` the per-cell factors (t_read/t0)^-nu that reads apply (empty: no drift).
@@ -128,24 +130,31 @@ class CellArrays(nn.Module):
         self.seed = seed
         self.scale, self.slice_w = m.scale.to(dev), m.slice_weights.to(dev)
         n = len(chip_ids)
-        chunk = chunk or max(1, min(64, 2**24 // max(1, m.pos.numel())))
+        chunk = chunk or max(1, min(64, 2**23 // max(1, m.pos.numel())))
         if tuple(self.row_perm.shape) != (n, self.k):  # a fresh chip: logical row k on physical row k
             self.row_perm = torch.arange(self.k, device=dev).expand(n, -1).clone()
         perm = self.row_perm.cpu()
+        routed = not bool((perm == torch.arange(self.k)).all())
         self.chip_ids = chip_ids.to(dev)
         self._nominal = None
-        out: dict[str, list[Tensor]] = {k: [] for k in ("pos", "neg", "fpos", "fneg", "dpos", "dneg", "comp")}
-        for start in range(0, len(chip_ids), chunk):
-            g0, codes, factor, comp = self._write_all(m, chip_ids[start:start + chunk], perm[start:start + chunk])
-            for side in ("pos", "neg"):
-                out[side].append(g0[side])
-                out["f" + side].append(codes[side])
-                out["d" + side].append(factor[side])
-            out["comp"].append(comp)
-        self.g_pos, self.g_neg = torch.cat(out["pos"]).to(dev), torch.cat(out["neg"]).to(dev)
-        self.faults_pos, self.faults_neg = torch.cat(out["fpos"]).to(dev), torch.cat(out["fneg"]).to(dev)
-        self.drift_pos, self.drift_neg = torch.cat(out["dpos"]).to(dev), torch.cat(out["dneg"]).to(dev)
-        self.drift_comp = torch.cat(out["comp"]).to(dev)
+        targets = self._targets(m)
+        names = ("g_pos", "g_neg", "faults_pos", "faults_neg", "drift_pos", "drift_neg", "drift_comp")
+        for name in names:  # the old state goes first: programming holds one state, not two
+            setattr(self, name, torch.zeros(0, device=dev))
+        state: dict[str, Tensor] = {}
+        for start in range(0, n, chunk):
+            block = slice(start, start + chunk)
+            g0, codes, factor, comp = self._write_all(m, chip_ids[block], perm[block] if routed else None,
+                                                      targets=targets)
+            parts = dict(zip(names, (g0["pos"], g0["neg"], codes["pos"], codes["neg"], factor["pos"],
+                                     factor["neg"], comp)))
+            for name, t in parts.items():  # written into place: no concatenated copy of the whole state
+                if name not in state:
+                    state[name] = torch.empty((n, *t.shape[1:]) if t.numel() else (0,), dtype=t.dtype, device=dev)
+                if t.numel():
+                    state[name][block] = t
+        for name, t in state.items():
+            setattr(self, name, t)
         shape = (self.row_tiles, self.n_slices, self.out_features)
         c = cfg.circuit
         self.adc_gain = (1.0 + c.adc_gain_sigma * rng.draw(
@@ -155,67 +164,69 @@ class CellArrays(nn.Module):
         self.tune_gain = torch.ones(n, self.out_features, device=dev)
         self.tune_offset = torch.zeros(n, self.out_features, device=dev)
 
-    def _write_all(self, m: Mapped, ids: Tensor, perm: Tensor | None, censor: float = 0.0, stream: bool = False
+    def _targets(self, m: Mapped) -> dict[str, tuple[Tensor, Tensor | None]]:
+        """Per side the mapped targets (1, S, O', K), clipped to the conductance range and rounded to the
+        device's levels, with their level indices (computed once per programming, not per chunk)."""
+        d = self.config.device
+        levels = get_model(d, self.config.variability).levels()
+        return {side: round_to_levels(t.unsqueeze(0).cpu().clamp(d.g_min, d.g_max), levels)
+                for side, t in (("pos", m.pos), ("neg", m.neg))}
+
+    def _write_all(self, m: Mapped, ids: Tensor, perm: Tensor | None, censor: float = 0.0, stream: bool = False,
+                   targets: dict[str, tuple[Tensor, Tensor | None]] | None = None
                    ) -> tuple[dict[str, Tensor], dict[str, Tensor], dict[str, Tensor], Tensor]:
         """One programming of every cell of chips ``ids`` to the mapping ``m``, on the CPU: per side the
         conductances at t0 (faults applied), the fault codes and the drift factors (t_read/t0)^-nu (empty
         without drift), and the chips' drift compensation. The one programming function of evaluation chips
-        (counter-based draws, ``perm`` (n, K) the row routing) and of training chips (``stream``: one fresh
-        chip from the fast generator, no routing; ``censor``: draws clipped at that many sigma)."""
-        d = self.config.device
-        has_drift = self._has_drift()
-
-        def draw(kind: str, side: str, purpose: str, shape: tuple[int, ...]) -> Tensor:
-            key = rng.key(self.seed, self.layer_name, side, purpose)
-            z = rng.draw_stream(kind, key, int(ids[0]), shape) if stream else rng.draw(kind, key, ids, shape)
-            if perm is None:
-                return z
-            # faults and drift exponents belong to physical cells: drawn in physical order, then seen
-            # through the row routing (identity unless map-correct moved rows)
-            rows = perm.view(len(ids), *([1] * (len(shape) - 1)), -1).expand(len(ids), *shape)
-            return z.gather(-1, rows)
-
+        (counter-based draws, ``perm`` (n, K) the row routing, None: identity) and of training chips
+        (``stream``: one fresh chip from the fast generator; ``censor``: draws clipped at that many sigma).
+        ``targets``: :meth:`_targets` of ``m`` if the caller has them."""
+        spec = WriteSpec(self.config.device, self.config.variability, censor, self._has_drift())
+        targets = targets or self._targets(m)
         g0, codes, factor, gt = {}, {}, {}, {}
         for side, target in (("pos", m.pos), ("neg", m.neg)):
+            g_t, lvl = targets[side]
             shape = tuple(target.shape)
-            codes[side] = fault_codes(draw("uniform", side, "fault", shape), d)
-            g = self._sample(side, ids, "program", censor, on_cpu=True, mapped=m, stream=stream)
-            g0[side] = apply_faults(g, codes[side], d)
-            factor[side], gt[side] = torch.ones(0), g0[side]
-            if has_drift:
-                z_nu = draw("normal", side, "drift", shape)
-                factor[side] = drift(torch.ones_like(z_nu), z_nu, d).masked_fill(codes[side] != 0, 1.0)
-                gt[side] = g0[side] * factor[side]
+            z_chip = self._between(self.seed, ids, shape, side == "neg" and m.reference)
+
+            def key(purpose: str, side: str = side) -> int:
+                return rng.key(self.seed, self.layer_name, side, purpose)
+
+            if stream:  # a training chip: plain generator draws, eager
+                def draw(kind: str, purpose: str, shape: tuple[int, ...] = shape) -> Tensor:
+                    return rng.draw_stream(kind, key(purpose), int(ids[0]), shape)
+
+                model = get_model(spec.device, spec.variability)
+                out = cells_from_draws(spec, model, g_t, lvl, draw("uniform", "fault"), draw("normal", "program"),
+                                       z_chip, draw("normal", "drift") if spec.has_drift else None)
+            else:
+                keys = SideKeys(rng.chip_keys(key("fault"), ids), rng.chip_keys(key("program"), ids),
+                                rng.chip_keys(key("drift"), ids) if spec.has_drift else None)
+                # faults and drift exponents belong to physical cells: drawn in physical order, then seen
+                # through the row routing (identity unless map-correct moved rows)
+                rows = None if perm is None else perm.view(len(ids), *([1] * (len(shape) - 1)), -1).expand(
+                    len(ids), *shape)
+                out = write_side(spec, g_t, lvl, z_chip, keys, rows, self.compile_draws)
+            g0[side], codes[side], factor[side] = out
+            gt[side] = g0[side] * factor[side] if factor[side].numel() else g0[side]
         return g0, codes, factor, self._drift_compensation(m, g0, gt)
 
     def _has_drift(self) -> bool:
         d = self.config.device.drift
         return d.t_read != d.t0 and (d.nu_mean > 0 or d.nu_std > 0)
 
-    def _sample(self, side: str, ids: Tensor, purpose: str | tuple[str, int], censor: float = 0.0,
-                target: Tensor | None = None, on_cpu: bool = False, mapped: Mapped | None = None,
-                stream: bool = False) -> Tensor:
-        """One programming write of every cell of ``side`` on chips ``ids`` (fresh draws per purpose), to
-        the mapped targets or to per-chip ``target`` conductances (N, S, O', K). The result is on the
-        layer's device (on the CPU with ``on_cpu``). ``mapped``: the mapping if the caller has it;
-        ``stream``: a training chip (one id), drawn with the fast generator."""
+    def _sample(self, side: str, ids: Tensor, purpose: str, target: Tensor) -> Tensor:
+        """One re-programming write of every cell of ``side`` on chips ``ids`` (fresh draws per purpose) to
+        per-chip ``target`` conductances (N, S, O', K), on the layer's device (no faults: stuck cells keep
+        their state)."""
         cfg = self.config
-        m = mapped if mapped is not None else self.mapped()
         model = get_model(cfg.device, cfg.variability)
-        if target is None:
-            target = (m.pos if side == "pos" else m.neg).unsqueeze(0)
         g_t, lvl = round_to_levels(target.cpu().clamp(cfg.device.g_min, cfg.device.g_max), model.levels())
         shape = tuple(target.shape[1:])
-        tag = purpose if isinstance(purpose, str) else f"{purpose[0]}-{purpose[1]}"
-        if stream:
-            z_cell = rng.draw_stream("normal", rng.key(self.seed, self.layer_name, side, tag), int(ids[0]), shape)
-        else:
-            z_cell = rng.draw("normal", rng.key(self.seed, self.layer_name, side, tag), ids, shape)
-        z_chip = self._between(self.seed, ids, shape, side == "neg" and m.reference)
-        if censor:
-            z_cell, z_chip = z_cell.clamp(-censor, censor), z_chip.clamp(-censor, censor)
-        g = model.sample(g_t, lvl, z_cell, z_chip)
-        return g if on_cpu else g.to(self.weight.device)
+        z_cell = rng.draw("normal", rng.key(self.seed, self.layer_name, side, purpose), ids, shape,
+                          compiled=self.compile_draws)
+        z_chip = self._between(self.seed, ids, shape, side == "neg" and self.mapped().reference)
+        return model.sample(g_t, lvl, z_cell, z_chip).to(self.weight.device)
 
     def rewrite(self, side: str, mask: Tensor, target: Tensor | None = None) -> Tensor:
         """Re-program the cells of ``side`` where ``mask`` (N, S, O', K) is true with a fresh noisy write,
@@ -225,7 +236,10 @@ class CellArrays(nn.Module):
         codes = self.faults_pos if side == "pos" else self.faults_neg
         live = mask & (codes == 0)
         self.writes += 1
-        new = self._sample(side, self.chip_ids.cpu(), ("rewrite", int(self.writes)), target=target)
+        if target is None:
+            m = self.mapped()
+            target = (m.pos if side == "pos" else m.neg).unsqueeze(0)
+        new = self._sample(side, self.chip_ids.cpu(), f"rewrite-{int(self.writes)}", target)
         g = torch.where(live, new, g)
         if side == "pos":
             self.g_pos = g

@@ -123,9 +123,7 @@ def convert(
     wrapper = AnalogModel(model, cfg, chips, seed, runtime or Runtime())
     wrapper.report = report
     _check_state_fits(wrapper)
-    ids = torch.arange(chips)
-    for layer in wrapper.analog_layers():
-        layer.program(seed, ids)
+    wrapper.program(torch.arange(chips))
     return wrapper.eval()
 
 
@@ -157,13 +155,14 @@ def state_bytes_per_chip(model: AnalogModel) -> int:
 
 
 def _check_state_fits(model: AnalogModel) -> None:
-    """Refuse, before allocating, a chip count whose programmed state cannot fit in memory (programming
-    briefly holds it twice, while chunks are concatenated), instead of dying of out-of-memory."""
-    need = 2 * model.chips * state_bytes_per_chip(model)
+    """Refuse, before allocating, a chip count whose programmed state cannot fit in memory, instead of dying
+    of out-of-memory. Programming writes each chunk into place, so it holds the state once, plus the
+    temporaries of one chunk (each within 32 MiB: a few hundred MiB at most)."""
+    per = state_bytes_per_chip(model)
+    need = model.chips * per + 2**29
     free = available_bytes(model.device)
     if free is not None and need > 0.9 * free:
-        per = state_bytes_per_chip(model)
-        fit = max(1, int(0.9 * free // (2 * per)))
+        fit = max(1, int((0.9 * free - 2**29) // per))
         raise ConversionError(f"chips = {model.chips} needs about {need / 2**30:.1f} GiB to program "
                               f"({per / 2**20:.1f} MiB of state per chip) but only {free / 2**30:.1f} GiB is "
                               f"free on {model.device}: use at most about {fit} chips per run")

@@ -5,6 +5,10 @@ cell, and standard-normal draws for the within-chip (``z_cell``) and between-chi
 it returns the programmed conductances. Randomness is drawn centrally (see :mod:`nvcim.chip.rng`) so that a
 model is a pure function and chips stay reproducible. Adding a device model is one file: subclass
 :class:`ProgrammingModel`, decorate it with :func:`register`.
+
+``sample`` runs inside the compiled programming loop of large layers (:mod:`nvcim.chip.programming`) and
+eagerly for small ones. Write it from plain arithmetic, with :mod:`nvcim.arith` for exp, log and sqrt, so
+that both give the same bits: torch's own transcendental functions differ by an ulp between the two.
 """
 
 from __future__ import annotations
