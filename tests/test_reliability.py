@@ -250,7 +250,30 @@ def test_a_chip_count_that_cannot_fit_is_refused_before_allocating(monkeypatch):
 
     monkeypatch.setattr(conversion, "available_bytes", lambda device: 50 * 2**20)
     with pytest.raises(ConversionError, match=r"chips = 5000 needs about .* use at most about \d+ chips"):
-        nvcim.convert(lenet(), "rram-mlc-4bit", chips=5000)
+        nvcim.convert(lenet(), "rram-mlc-4bit", chips=5000, runtime=nvcim.Runtime(cells="stored"))
+    # cells made on demand need one chip block's state: refused only when even that cannot fit
+    with pytest.raises(ConversionError, match=r"one block of 10 chips needs about .* lower Runtime.chip_block"):
+        nvcim.convert(lenet(), "rram-mlc-4bit", chips=5000, runtime=nvcim.Runtime(cells="on-demand"))
+
+
+def test_chips_whose_cells_cannot_all_fit_are_made_on_demand_and_cell_methods_say_why(monkeypatch, caplog):
+    from nvcim.chip import SimulatedChip, conversion
+
+    per = conversion.state_bytes_per_chip(nvcim.convert(lenet(), "rram-mlc-4bit", chips=1))
+    monkeypatch.setattr(conversion, "available_bytes", lambda device: 2**30 + 400 * per)  # 200 chips fit in half
+    with caplog.at_level("INFO", logger="nvcim"):
+        small = nvcim.convert(lenet(), "rram-mlc-4bit", chips=100)
+        big = nvcim.convert(lenet(), "rram-mlc-4bit", chips=1000)
+    assert not small.cells_on_demand and big.cells_on_demand
+    assert "cells are made for each chip block on demand" in caplog.text
+    assert big.analog_layers()[0].g_pos.numel() == 0  # no chip's cells are held before a pass
+    chip = SimulatedChip(big)
+    name = chip.layer_names()[0]
+    for call in (lambda: chip.read(name), lambda: chip.write_verify(name, *[torch.ones(1, dtype=torch.bool)] * 2,
+                                                                   0.01, 3),
+                 lambda: chip.remap_rows(name, chip.row_routing(name))):
+        with pytest.raises(NvcimError, match=r"needs every chip's cells in memory.*Runtime\(cells='stored'\)"):
+            call()
 
 
 # ---- faults: repeated SIGKILL -------------------------------------------------------------------

@@ -217,3 +217,37 @@ def test_programming_is_the_same_compiled_or_eager_and_in_any_chunking(monkeypat
             lay.program(4, torch.arange(5), chunk=2)
         for a, b in zip(one_by_one, _programmed(eager)):
             assert torch.equal(a, b)
+
+
+def test_cells_made_on_demand_are_the_stored_cells_and_save_without_them():
+    """On demand, each pass writes its chip block's cells from the same counter-based draws: the outputs,
+    accuracies and drift compensation are the stored chips' to the bit, and a saved model holds no cells."""
+    x = _x(20)
+    y = torch.randint(0, 10, (20,), generator=torch.Generator().manual_seed(2))
+    array_var = override(NOISY, {"variability.scope": "array"})
+    for cfg in (override(preset("pcm"), {"device.faults.sa1": 0.02}), array_var):
+        kept = nvcim.convert(lenet(), cfg, chips=7, seed=3, runtime=Runtime(cells="stored", chip_block=3))
+        made = nvcim.convert(lenet(), cfg, chips=7, seed=3, runtime=Runtime(cells="on-demand", chip_block=3))
+        assert made.cells_on_demand and not kept.cells_on_demand
+        for m in (kept, made):
+            m.calibrate(x)
+        with torch.no_grad():
+            ref = kept(x, read_key=5)
+            assert torch.equal(made(x, read_key=5), ref)
+        lay_k, lay_m = kept.analog_layers()[2], made.analog_layers()[2]
+        assert torch.equal(lay_k.drift_comp, lay_m.drift_comp)
+        assert lay_m.g_pos.shape[0] == 3  # only the last block's cells are held
+        assert torch.equal(lay_m.g_pos, lay_k.g_pos[[6, 6, 6]])  # the last block: chip 6, padded
+        r_k = nvcim.evaluate(kept, (x, y), batch_size=7, progress=False)
+        r_m = nvcim.evaluate(made, (x, y), batch_size=7, progress=False)
+        assert r_k.accuracy.per_chip == r_m.accuracy.per_chip
+        buf = io.BytesIO()
+        torch.save(made.state_dict(), buf)
+        assert buf.tell() < 0.1 * sum(t.numel() * t.element_size() for t in kept.state_dict().values()
+                                      if isinstance(t, torch.Tensor))
+        buf.seek(0)
+        loaded = nvcim.convert(lenet(), preset("ideal"), chips=1)
+        loaded.load_state_dict(torch.load(buf, weights_only=True))
+        assert loaded.cells_on_demand
+        with torch.no_grad():
+            assert torch.equal(loaded(x, read_key=5), ref)

@@ -4,7 +4,8 @@ matrix product uses.
 Every layer keeps, as buffers, the programmed conductances of every chip along a leading chip dimension:
 ``g_pos``/``g_neg`` of shape ``(N, S, out, K)`` (``g_neg`` is ``(N, S, n_col_tiles, K)`` for reference
 columns), their stuck-at fault codes, drift factors, ADC gain/offset errors and drift compensation.
-Programming draws are counter-based (:mod:`.rng`): chip k is a pure function of (config, seed, k).
+Programming draws are counter-based (:mod:`.rng`): chip k is a pure function of (config, seed, k), so
+the cells can also be made on demand, for each pass's chip block only (``Runtime.cells``).
 """
 
 from __future__ import annotations
@@ -20,8 +21,10 @@ from ..config.schema import ChipConfig
 from ..devices import get_model, round_to_levels
 from ..errors import NvcimError
 from ..mapping import Mapped, Mapping
-from . import rng
-from .programming import SideKeys, WriteSpec, cells_from_draws, write_side
+from . import programming, rng
+from .programming import SideKeys, WriteSpec, cells_from_draws, drift_compensation, write_side
+
+CELLS = ("g_pos", "g_neg", "faults_pos", "faults_neg", "drift_pos", "drift_neg")  # per chip and cell
 
 
 class CellArrays(nn.Module):
@@ -59,6 +62,9 @@ class CellArrays(nn.Module):
     row_perm: Tensor  # (N, K): physical row of each logical row (identity unless rows were remapped)
     sram_w: Tensor
     compile_draws = False  # per-cell draws under torch.compile (same bits; the model sets it from its Runtime)
+    on_demand = False  # cells not stored: written for each pass's chip block (Runtime.cells)
+    _resident: tuple[int, ...] | None = None  # on demand: the chips whose cells the buffers hold
+    _source: tuple[Mapped, dict[str, tuple[Tensor, Tensor | None]]] | None = None
 
     # ---- geometry -------------------------------------------------------------------------------
     @property
@@ -86,7 +92,7 @@ class CellArrays(nn.Module):
 
     @property
     def n_chips(self) -> int:
-        return int(self.g_pos.shape[0])
+        return int(self.chip_ids.shape[0])
 
     def _empty_state(self) -> dict[str, Tensor]:
         z = torch.zeros(0)
@@ -115,11 +121,12 @@ class CellArrays(nn.Module):
     def mapped(self) -> Mapped:
         return self.mapping.map(self.w2d())
 
-    def program(self, seed: int, chip_ids: Tensor, chunk: int = 0) -> None:
+    def program(self, seed: int, chip_ids: Tensor, chunk: int = 0, on_demand: bool = False) -> None:
         """Program all chips ``chip_ids`` (global ids): noisy writes, faults, drift; fills the buffers.
         ``chunk``: chips written together (default: as many as keep each float temporary of a write within
         32 MiB, glibc's heap limit, so that none is a fresh mapping faulted in page by page; up to 64; the
-        draws are counter-based, so the chunking changes no number).
+        draws are counter-based, so the chunking changes no number). ``on_demand``: store no cells; each
+        pass writes the cells of its chip block again from the same draws (:meth:`effective`).
 
         ``g_pos``/``g_neg`` hold the conductances right after programming (time t0, faults applied);
         ``drift_pos``/``drift_neg`` the per-cell factors (t_read/t0)^-nu that reads apply (empty: no drift).
@@ -130,64 +137,90 @@ class CellArrays(nn.Module):
         self.seed = seed
         self.scale, self.slice_w = m.scale.to(dev), m.slice_weights.to(dev)
         n = len(chip_ids)
-        chunk = chunk or max(1, min(64, 2**23 // max(1, m.pos.numel())))
         if tuple(self.row_perm.shape) != (n, self.k):  # a fresh chip: logical row k on physical row k
             self.row_perm = torch.arange(self.k, device=dev).expand(n, -1).clone()
-        perm = self.row_perm.cpu()
-        routed = not bool((perm == torch.arange(self.k)).all())
         self.chip_ids = chip_ids.to(dev)
         self._nominal = None
-        targets = self._targets(m)
-        names = ("g_pos", "g_neg", "faults_pos", "faults_neg", "drift_pos", "drift_neg", "drift_comp")
-        for name in names:  # the old state goes first: programming holds one state, not two
+        for name in CELLS:  # the old state goes first: programming holds one state, not two
             setattr(self, name, torch.zeros(0, device=dev))
-        state: dict[str, Tensor] = {}
-        for start in range(0, n, chunk):
-            block = slice(start, start + chunk)
-            g0, codes, factor, comp = self._write_all(m, chip_ids[block], perm[block] if routed else None,
-                                                      targets=targets)
-            parts = dict(zip(names, (g0["pos"], g0["neg"], codes["pos"], codes["neg"], factor["pos"],
-                                     factor["neg"], comp)))
-            for name, t in parts.items():  # written into place: no concatenated copy of the whole state
-                if name not in state:
-                    state[name] = torch.empty((n, *t.shape[1:]) if t.numel() else (0,), dtype=t.dtype, device=dev)
-                if t.numel():
-                    state[name][block] = t
-        for name, t in state.items():
-            setattr(self, name, t)
-        shape = (self.row_tiles, self.n_slices, self.out_features)
-        c = cfg.circuit
-        self.adc_gain = (1.0 + c.adc_gain_sigma * rng.draw(
-            "normal", rng.key(seed, self.layer_name, "adc-gain"), chip_ids, shape)).to(dev)
-        self.adc_offset = (c.adc_offset_sigma * rng.draw(
-            "normal", rng.key(seed, self.layer_name, "adc-offset"), chip_ids, shape)).to(dev)
+        self.drift_comp = torch.ones(n, dtype=self.weight.dtype, device=dev)
+        self.on_demand, self._resident = on_demand, None
+        self._source = (m, self._targets(m))  # what the chips were programmed to (on demand: kept for passes)
+        if not on_demand:
+            self._write_cells(torch.arange(n), chunk)
+            self._source = None
+        shape, c = (self.row_tiles, self.n_slices, self.out_features), cfg.circuit
+
+        def adc_error(sigma: float, what: str) -> Tensor:  # nothing drawn for an error-free ADC
+            key = rng.key(seed, self.layer_name, what)
+            return (sigma * rng.draw("normal", key, chip_ids, shape, compiled=self.compile_draws)).to(dev) \
+                if sigma else torch.zeros(n, *shape, device=dev)
+
+        self.adc_gain = 1.0 + adc_error(c.adc_gain_sigma, "adc-gain")
+        self.adc_offset = adc_error(c.adc_offset_sigma, "adc-offset")
         self.tune_gain = torch.ones(n, self.out_features, device=dev)
         self.tune_offset = torch.zeros(n, self.out_features, device=dev)
 
+    def _write_cells(self, chips: Tensor, chunk: int = 0) -> None:
+        """Write the cells of ``chips`` (indices into ``chip_ids``) into the cell buffers, in that order,
+        chunk by chunk into place (CPU buffers of the right shape are reused), and their drift compensation.
+        Cells are written on the CPU; a GPU layer's buffers are copied over afterwards."""
+        dev = self.weight.device
+        if self._source is None:  # an on-demand layer loaded from a state_dict: from the loaded weights
+            m = self.mapped()
+            self._source = (m, self._targets(m))
+        m, targets = self._source
+        n = len(chips)
+        parts = -(-n // (chunk or max(1, min(64, 2**23 // max(1, m.pos.numel())))))
+        bounds = [round(i * n / parts) for i in range(parts + 1)]  # even chunks: 3, 3, 2, 2, not 3, 3, 3, 1
+        ids, perm = self.chip_ids.cpu()[chips], self.row_perm.cpu()[chips]
+        routed = not bool((perm == torch.arange(self.k)).all())
+        bufs, drifts = {}, programming.has_drift(self.config.device)
+        for name in CELLS:  # float cells in the weights' format (float64 after model.double())
+            t, dtype = getattr(self, name), torch.int8 if name.startswith("faults") else self.weight.dtype
+            want = (0,) if name.startswith("drift") and not drifts else (n, *targets[name[-3:]][0].shape[1:])
+            bufs[name] = t if tuple(t.shape) == want and t.dtype == dtype and t.device.type == "cpu" else \
+                torch.empty(want, dtype=dtype)
+        for a, b in zip(bounds, bounds[1:]):
+            out = {side: tuple(bufs[f"{kind}_{side}"][a:b] if bufs[f"{kind}_{side}"].numel() else bufs[f"{kind}_{side}"]
+                               for kind in ("g", "faults", "drift")) for side in ("pos", "neg")}
+            comp = self._write_all(m, ids[a:b], perm[a:b] if routed else None, targets=targets, out=out)[3]
+            self.drift_comp[chips[a:b].to(dev)] = comp.to(dev)
+        for name, t in bufs.items():
+            setattr(self, name, t.to(dev))
+
+    def not_stored(self, what: str) -> NvcimError:
+        """The error for ``what``, an operation on every chip's cells, on a layer that makes them on demand."""
+        return NvcimError(f"{what} needs every chip's cells in memory, but this model makes them on demand for "
+                          f"each chip block (Runtime.cells): convert with Runtime(cells='stored'), with fewer "
+                          f"chips if they do not fit")
+
+    def _between(self, ids: Tensor, shape: tuple[int, ...], reference: bool) -> Tensor:
+        return programming.between_chip_normals(self.config.variability, self.seed, self.layer_name, ids, shape,
+                                                reference, self.row_tile_index(),
+                                                (self.row_tiles, self.n_col_tiles), self.config.array.cols)
+
     def _targets(self, m: Mapped) -> dict[str, tuple[Tensor, Tensor | None]]:
-        """Per side the mapped targets (1, S, O', K), clipped to the conductance range and rounded to the
-        device's levels, with their level indices (computed once per programming, not per chunk)."""
-        d = self.config.device
-        levels = get_model(d, self.config.variability).levels()
-        return {side: round_to_levels(t.unsqueeze(0).cpu().clamp(d.g_min, d.g_max), levels)
-                for side, t in (("pos", m.pos), ("neg", m.neg))}
+        return programming.level_targets(m, self.config.device, self.config.variability)
 
     def _write_all(self, m: Mapped, ids: Tensor, perm: Tensor | None, censor: float = 0.0, stream: bool = False,
-                   targets: dict[str, tuple[Tensor, Tensor | None]] | None = None
+                   targets: dict[str, tuple[Tensor, Tensor | None]] | None = None,
+                   out: dict[str, tuple[Tensor, ...]] | None = None
                    ) -> tuple[dict[str, Tensor], dict[str, Tensor], dict[str, Tensor], Tensor]:
         """One programming of every cell of chips ``ids`` to the mapping ``m``, on the CPU: per side the
         conductances at t0 (faults applied), the fault codes and the drift factors (t_read/t0)^-nu (empty
         without drift), and the chips' drift compensation. The one programming function of evaluation chips
         (counter-based draws, ``perm`` (n, K) the row routing, None: identity) and of training chips
         (``stream``: one fresh chip from the fast generator; ``censor``: draws clipped at that many sigma).
-        ``targets``: :meth:`_targets` of ``m`` if the caller has them."""
-        spec = WriteSpec(self.config.device, self.config.variability, censor, self._has_drift())
+        ``targets``: :meth:`_targets` of ``m`` if the caller has them; ``out``: per side the CPU tensors that
+        evaluation chips are written into (conductances, fault codes, drift factors)."""
+        spec = WriteSpec(self.config.device, self.config.variability, censor, programming.has_drift(self.config.device))
         targets = targets or self._targets(m)
         g0, codes, factor, gt = {}, {}, {}, {}
         for side, target in (("pos", m.pos), ("neg", m.neg)):
             g_t, lvl = targets[side]
             shape = tuple(target.shape)
-            z_chip = self._between(self.seed, ids, shape, side == "neg" and m.reference)
+            z_chip = self._between(ids, shape, side == "neg" and m.reference)
 
             def key(purpose: str, side: str = side) -> int:
                 return rng.key(self.seed, self.layer_name, side, purpose)
@@ -197,8 +230,9 @@ class CellArrays(nn.Module):
                     return rng.draw_stream(kind, key(purpose), int(ids[0]), shape)
 
                 model = get_model(spec.device, spec.variability)
-                out = cells_from_draws(spec, model, g_t, lvl, draw("uniform", "fault"), draw("normal", "program"),
-                                       z_chip, draw("normal", "drift") if spec.has_drift else None)
+                written: tuple[Tensor, ...] = cells_from_draws(spec, model, g_t, lvl, draw("uniform", "fault"),
+                                                               draw("normal", "program"), z_chip,
+                                                               draw("normal", "drift") if spec.has_drift else None)
             else:
                 keys = SideKeys(rng.chip_keys(key("fault"), ids), rng.chip_keys(key("program"), ids),
                                 rng.chip_keys(key("drift"), ids) if spec.has_drift else None)
@@ -206,14 +240,12 @@ class CellArrays(nn.Module):
                 # through the row routing (identity unless map-correct moved rows)
                 rows = None if perm is None else perm.view(len(ids), *([1] * (len(shape) - 1)), -1).expand(
                     len(ids), *shape)
-                out = write_side(spec, g_t, lvl, z_chip, keys, rows, self.compile_draws)
-            g0[side], codes[side], factor[side] = out
+                assert out is not None
+                written = out[side]
+                write_side(spec, g_t, lvl, z_chip, keys, rows, written, self.compile_draws)
+            g0[side], codes[side], factor[side] = written
             gt[side] = g0[side] * factor[side] if factor[side].numel() else g0[side]
-        return g0, codes, factor, self._drift_compensation(m, g0, gt)
-
-    def _has_drift(self) -> bool:
-        d = self.config.device.drift
-        return d.t_read != d.t0 and (d.nu_mean > 0 or d.nu_std > 0)
+        return g0, codes, factor, drift_compensation(self.config.device.drift.compensate, m, g0, gt)
 
     def _sample(self, side: str, ids: Tensor, purpose: str, target: Tensor) -> Tensor:
         """One re-programming write of every cell of ``side`` on chips ``ids`` (fresh draws per purpose) to
@@ -225,13 +257,15 @@ class CellArrays(nn.Module):
         shape = tuple(target.shape[1:])
         z_cell = rng.draw("normal", rng.key(self.seed, self.layer_name, side, purpose), ids, shape,
                           compiled=self.compile_draws)
-        z_chip = self._between(self.seed, ids, shape, side == "neg" and self.mapped().reference)
+        z_chip = self._between(ids, shape, side == "neg" and self.mapped().reference)
         return model.sample(g_t, lvl, z_cell, z_chip).to(self.weight.device)
 
     def rewrite(self, side: str, mask: Tensor, target: Tensor | None = None) -> Tensor:
         """Re-program the cells of ``side`` where ``mask`` (N, S, O', K) is true with a fresh noisy write,
         to the mapped targets or to ``target`` (N, S, O', K). Stuck cells do not change. Every call draws
         anew (a per-layer write counter keys it). Returns the pulses spent per chip."""
+        if self.on_demand:
+            raise self.not_stored("re-programming cells")
         g = self.g_pos if side == "pos" else self.g_neg
         codes = self.faults_pos if side == "pos" else self.faults_neg
         live = mask & (codes == 0)
@@ -240,16 +274,16 @@ class CellArrays(nn.Module):
             m = self.mapped()
             target = (m.pos if side == "pos" else m.neg).unsqueeze(0)
         new = self._sample(side, self.chip_ids.cpu(), f"rewrite-{int(self.writes)}", target)
-        g = torch.where(live, new, g)
-        if side == "pos":
-            self.g_pos = g
-        else:
-            self.g_neg = g
-        if self.drift_pos.numel():
-            g0 = {"pos": self.g_pos, "neg": self.g_neg}
-            now = dict(zip(("pos", "neg"), self.effective()))
-            self.drift_comp = self._drift_compensation(self.mapped(), g0, now).to(g)
+        setattr(self, f"g_{side}", torch.where(live, new, g))
+        self._recompensate()
         return live.flatten(1).sum(1)
+
+    def _recompensate(self) -> None:
+        """Every chip's drift compensation again, after its cells changed."""
+        if self.drift_pos.numel():
+            g0, now = {"pos": self.g_pos, "neg": self.g_neg}, dict(zip(("pos", "neg"), self.effective()))
+            self.drift_comp = drift_compensation(self.config.device.drift.compensate, self.mapped(), g0,
+                                                 now).to(self.g_pos)
 
     @torch.no_grad()
     def remap_rows(self, perm: Tensor) -> Tensor:
@@ -257,6 +291,8 @@ class CellArrays(nn.Module):
         as the input driver's routing would do). The cells keep their physical state: a moved row now sees
         the conductances, faults and drift of its new cells (re-program them afterwards). Returns the
         number of moved rows per chip."""
+        if self.on_demand:
+            raise self.not_stored("remapping rows")
         n = self.n_chips
         if tuple(perm.shape) != (n, self.k):
             raise NvcimError(f"{self.layer_name}: row permutation must have shape ({n}, {self.k})")
@@ -275,10 +311,7 @@ class CellArrays(nn.Module):
                 setattr(self, name, t.gather(-1, idx.view(n, *([1] * (t.dim() - 2)), -1).expand_as(t)))
         moved = (perm != self.row_perm).sum(-1)
         self.row_perm = perm
-        if self.drift_pos.numel():
-            g0 = {"pos": self.g_pos, "neg": self.g_neg}
-            now = dict(zip(("pos", "neg"), self.effective()))
-            self.drift_comp = self._drift_compensation(self.mapped(), g0, now).to(self.g_pos)
+        self._recompensate()
         return moved.cpu()
 
     @torch.no_grad()
@@ -302,34 +335,21 @@ class CellArrays(nn.Module):
         return (diff * sw).sum(-3) * self.scale.to(diff).view(-1, 1)
 
     def effective(self, chips: Tensor | slice | None = None) -> tuple[Tensor, Tensor]:
-        """Conductances (S) the array holds at read time (after drift) for ``chips`` (default all)."""
+        """Conductances (S) the array holds at read time (after drift) for ``chips`` (default all). On
+        demand, the cells of ``chips`` (an index tensor) are written now, unless they are the resident ones."""
         sel = slice(None) if chips is None else chips
+        if self.on_demand:
+            if not isinstance(chips, Tensor):
+                raise self.not_stored("reading every chip's conductances")
+            key = tuple(chips.tolist())
+            if key != self._resident:
+                self._write_cells(chips.cpu())
+                self._resident = key
+            sel = slice(None)
         pos, neg = self.g_pos[sel], self.g_neg[sel]
         if self.drift_pos.numel():
             pos, neg = pos * self.drift_pos[sel], neg * self.drift_neg[sel]
         return pos, neg
-
-    def _between(self, seed: int, ids: Tensor, shape: tuple[int, ...], reference: bool) -> Tensor:
-        """Between-chip draws, shared by a whole chip (all layers) or by one array (tile)."""
-        if self.config.variability.between_sigma == 0:
-            return torch.zeros(1)
-        if self.config.variability.scope == "chip":
-            return rng.draw("normal", rng.key(seed, "between-chip"), ids, (1,)).view(-1, 1, 1, 1)
-        n_rt = self.row_tiles
-        tiles = rng.draw("normal", rng.key(seed, self.layer_name, "between-array"), ids, (n_rt, self.n_col_tiles))
-        col_tile = torch.arange(shape[1]) if reference else torch.arange(shape[1]) // self.config.array.cols
-        return tiles[:, self.row_tile_index()][:, :, col_tile].transpose(1, 2).unsqueeze(1)
-
-    def _drift_compensation(self, m: Mapped, at_t0: dict[str, Tensor], now: dict[str, Tensor]) -> Tensor:
-        """Per-chip factor sum|I_ref(t0)| / sum|I_ref(t_read)| for an all-ones reference input."""
-        if not self.config.device.drift.compensate:
-            return torch.ones(at_t0["pos"].shape[0])
-
-        def ref_current(g: dict[str, Tensor]) -> Tensor:
-            diff = g["pos"] - m.expand_neg(g["neg"])
-            return diff.sum(-1).abs().sum(dim=(1, 2))
-
-        return ref_current(at_t0) / ref_current(now).clamp_min(1e-30)
 
     # ---- the weights the matrix product uses ----------------------------------------------------
     def nominal(self) -> tuple[Tensor, Tensor]:

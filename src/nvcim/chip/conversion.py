@@ -21,6 +21,7 @@ from ..errors import ConfigError, ConversionError
 from .conv2d import AnalogConv2d
 from .layers import AnalogLayer
 from .model import AnalogModel, Runtime
+from .programming import has_drift
 from .registry import Unsupported, converter_for, digital_reason
 from .tail import attach_tails
 
@@ -122,8 +123,7 @@ def convert(
     attach_tails(model, AnalogConv2d)  # ReLU / max pooling right after a convolution: fused into its epilogue
     wrapper = AnalogModel(model, cfg, chips, seed, runtime or Runtime())
     wrapper.report = report
-    _check_state_fits(wrapper)
-    wrapper.program(torch.arange(chips))
+    wrapper.program(torch.arange(chips), on_demand=_cells_on_demand(wrapper))
     return wrapper.eval()
 
 
@@ -144,9 +144,7 @@ def available_bytes(device: torch.device) -> int | None:
 def state_bytes_per_chip(model: AnalogModel) -> int:
     """Bytes of programmed state per chip: conductance (4), fault code (1) and drift factor (4, if any) per
     cell, for both sides of every analog layer."""
-    d = model.config.device
-    has_drift = d.drift.t_read != d.drift.t0 and (d.drift.nu_mean > 0 or d.drift.nu_std > 0)
-    per_cell = 5 + (4 if has_drift else 0)
+    per_cell = 5 + (4 if has_drift(model.config.device) else 0)
     total = 0
     for lay in model.analog_layers():
         m = lay.mapped()
@@ -154,15 +152,30 @@ def state_bytes_per_chip(model: AnalogModel) -> int:
     return total
 
 
-def _check_state_fits(model: AnalogModel) -> None:
-    """Refuse, before allocating, a chip count whose programmed state cannot fit in memory, instead of dying
-    of out-of-memory. Programming writes each chunk into place, so it holds the state once, plus the
-    temporaries of one chunk (each within 32 MiB: a few hundred MiB at most)."""
-    per = state_bytes_per_chip(model)
-    need = model.chips * per + 2**29
+def _cells_on_demand(model: AnalogModel) -> bool:
+    """Runtime.cells for this conversion, and a refusal, before allocating, of what cannot fit in memory
+    (instead of dying of out-of-memory). Stored cells need the whole state once (each chunk is written into
+    place) plus one chunk's temporaries (each within 32 MiB: a few hundred MiB at most); cells made on demand
+    need one chip block's."""
+    per, mode = state_bytes_per_chip(model), model.runtime.cells
     free = available_bytes(model.device)
+    stored = model.chips * per + 2**29
+    if mode == "auto":
+        if free is None or stored <= 0.5 * free:
+            return False
+        log.info(f"{model.chips} chips need {stored / 2**30:.1f} GiB of cell state, more than half of the "
+                 f"{free / 2**30:.1f} GiB free: cells are made for each chip block on demand (Runtime.cells)")
+        mode = "on-demand"
+    block = min(model.chips, model.runtime.chip_block)
+    need = (block * per if mode == "on-demand" else model.chips * per) + 2**29
     if free is not None and need > 0.9 * free:
+        if mode == "on-demand":
+            raise ConversionError(f"one block of {block} chips needs about {need / 2**30:.1f} GiB of cell "
+                                  f"state but only {free / 2**30:.1f} GiB is free on {model.device}: lower "
+                                  f"Runtime.chip_block")
         fit = max(1, int((0.9 * free - 2**29) // per))
         raise ConversionError(f"chips = {model.chips} needs about {need / 2**30:.1f} GiB to program "
                               f"({per / 2**20:.1f} MiB of state per chip) but only {free / 2**30:.1f} GiB is "
-                              f"free on {model.device}: use at most about {fit} chips per run")
+                              f"free on {model.device}: use at most about {fit} chips per run, or "
+                              f"Runtime(cells='on-demand')")
+    return mode == "on-demand"

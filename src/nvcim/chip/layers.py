@@ -17,6 +17,7 @@ from ..config.schema import ChipConfig
 from ..errors import NvcimError, ShapeError
 from ..mapping import get_mapping
 from . import rng
+from .cells import CELLS
 from .context import (
     CalibratePass,
     ChipPass,
@@ -271,3 +272,12 @@ class AnalogLayer(Converters):
                 self._buffers[name] = torch.empty_like(state_dict[key], device=self._buffers[name].device)
         self._nominal = None
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        ids, g = state_dict.get(prefix + "chip_ids"), state_dict.get(prefix + "g_pos")
+        if ids is not None and g is not None:  # programmed chips without cells: saved with cells on demand
+            self.on_demand, self._resident, self._source = ids.numel() > 0 and g.numel() == 0, None, None
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars):  # type: ignore[no-untyped-def]
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        if self.on_demand:  # the buffers hold one block's cells: save none, they are made again on load
+            for name in CELLS:
+                destination[prefix + name] = torch.zeros(0, dtype=getattr(self, name).dtype)

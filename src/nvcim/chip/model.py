@@ -54,10 +54,17 @@ class Runtime:
     compile: str = spec("auto", "fuse the analog epilogue with torch.compile: on, off, or auto (compile once "
                         "this model's chip passes are large enough to repay the one-off compile: one call of at "
                         "least 5e8 activation elements, or 2e9 in all; needs a C++ compiler or a GPU). Programming "
-                        "writes of 2^20 cells or more compile unless this is off (about 20x faster on a CPU). "
+                        "writes of 2^16 cells or more compile unless this is off (about 20x faster on a CPU). "
                         "Compiled and eager passes and writes give the same numbers to the bit, so this only "
                         "changes speed",
                         choices=("auto", "on", "off"))
+    cells: str = spec("auto", "where programmed cells live: stored (every chip's conductances, fault codes and "
+                      "drift factors in memory, 5-9 bytes per cell and chip; needed by methods that read or "
+                      "re-program cells: write-verify, map-correct's remapping), on-demand (each pass writes "
+                      "the cells of its chip block again from the same counter-based draws: the same numbers, "
+                      "memory for one block, a write per block and pass), or auto: stored while every chip's "
+                      "state fits in half the free memory, else on-demand (logged)",
+                      choices=("auto", "stored", "on-demand"))
     retain_heap: bool = spec(True, "CPU runs on Linux: fix glibc's malloc thresholds so that freed "
                              "activations stay in the heap rather than being unmapped and faulted in again "
                              "every sub-batch (up to 2x faster; the process keeps its peak heap)")
@@ -169,13 +176,19 @@ class AnalogModel(nn.Module):
         finally:
             self._set(None)
 
-    def program(self, chip_ids: Tensor) -> None:
-        """Program chips ``chip_ids`` (global ids) on every analog layer from the current ideal weights."""
+    def program(self, chip_ids: Tensor, on_demand: bool | None = None) -> None:
+        """Program chips ``chip_ids`` (global ids) on every analog layer from the current ideal weights.
+        ``on_demand``: make the cells for each pass's chip block instead of storing them (None: as before)."""
         if self.device.type == "cpu" and self.runtime.retain_heap:
             retain_heap()  # the write temporaries are reused from the heap, not faulted in per chunk
         for layer in self.analog_layers():
             layer.compile_draws = self.runtime.compile != "off"  # compiled draws: same bits, faster
-            layer.program(self.seed, chip_ids)
+            layer.program(self.seed, chip_ids, on_demand=layer.on_demand if on_demand is None else on_demand)
+
+    @property
+    def cells_on_demand(self) -> bool:
+        """Whether the cells are made for each pass's chip block rather than stored (``Runtime.cells``)."""
+        return self.analog_layers()[0].on_demand
 
     def reprogram(self, calibration: Tensor | None = None) -> None:
         """Program every chip again from the current ideal weights (same chips: same seed and ids, so the

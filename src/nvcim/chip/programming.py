@@ -19,10 +19,11 @@ import torch
 from torch import Tensor
 
 from ..config.schema import DeviceConfig, VariabilityConfig
-from ..devices import ProgrammingModel, drift, fault_codes, get_model
+from ..devices import ProgrammingModel, drift, fault_codes, get_model, round_to_levels
+from ..mapping import Mapped
 from . import rng
 
-COMPILE_MIN = 1 << 20  # cells per call from which the compiled loop repays its one-off (disk-cached) compile
+COMPILE_MIN = 1 << 16  # cells per call from which the compiled loop (built once per spec, any shape) pays
 _compile_failed = False
 
 
@@ -34,6 +35,12 @@ class WriteSpec:
     variability: VariabilityConfig
     censor: float = 0.0  # clip the cell and chip draws at this many sigma (0: no clipping)
     has_drift: bool = False
+
+
+def has_drift(device: DeviceConfig) -> bool:
+    """Whether cells drift before they are read (a drift factor per cell is drawn and stored)."""
+    d = device.drift
+    return d.t_read != d.t0 and (d.nu_mean > 0 or d.nu_std > 0)
 
 
 @dataclass
@@ -81,11 +88,15 @@ def _keyed(spec: WriteSpec, model: ProgrammingModel, g_t: Tensor, level: Tensor 
 
 
 @functools.lru_cache(maxsize=16)
-def _loop(spec: WriteSpec, compiled: bool) -> Callable[..., tuple[Tensor, Tensor, Tensor]]:
+def _loop(spec: WriteSpec, compiled: bool) -> Callable[..., None]:
     model = get_model(spec.device, spec.variability)
 
-    def write(*a: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
-        return _keyed(spec, model, *a)  # type: ignore[arg-type]
+    def write(out_g: Tensor, out_codes: Tensor, out_factor: Tensor, *a: Tensor | None) -> None:
+        g0, codes, factor = _keyed(spec, model, *a)  # type: ignore[arg-type]
+        out_g.copy_(g0)  # into the state: compiled, the loop stores there directly (no temporary, no copy)
+        out_codes.copy_(codes)
+        if out_factor.numel():
+            out_factor.copy_(factor)
 
     if not compiled:
         return write
@@ -94,15 +105,16 @@ def _loop(spec: WriteSpec, compiled: bool) -> Callable[..., tuple[Tensor, Tensor
 
 
 def write_side(spec: WriteSpec, g_t: Tensor, level: Tensor | None, z_chip: Tensor, keys: SideKeys,
-               rows: Tensor | None, compiled: bool) -> tuple[Tensor, Tensor, Tensor]:
+               rows: Tensor | None, out: tuple[Tensor, ...], compiled: bool) -> None:
     """One write of every cell of one side, for the chips of ``keys`` (c,): targets ``g_t`` (1, S, O', K)
     with level indices ``level``, between-chip normals ``z_chip``, and ``rows`` (c, S, O', K) the physical
-    row of each cell (None: identity). Returns (conductances at t0, fault codes, drift factors).
-    ``compiled``: use the compiled loop when the block has at least :data:`COMPILE_MIN` cells."""
+    row of each cell (None: identity), into ``out``: conductances at t0, fault codes and drift factors
+    (c, S, O', K) each (factors: empty without drift). ``compiled``: use the compiled loop when the block has
+    at least :data:`COMPILE_MIN` cells."""
     global _compile_failed
     n = math.prod(g_t.shape[1:])
     idx_u, idx_z = rng._index(n, g_t.device), rng._index(-(-n // 2), g_t.device)
-    args = (g_t, level, z_chip, keys.fault, keys.write, keys.drift, idx_u, idx_z, rows)
+    args = (*out, g_t, level, z_chip, keys.fault, keys.write, keys.drift, idx_u, idx_z, rows)
     if compiled and not _compile_failed and n * keys.fault.shape[0] >= COMPILE_MIN:
         try:
             return _loop(spec, True)(*args)
@@ -110,3 +122,39 @@ def write_side(spec: WriteSpec, g_t: Tensor, level: Tensor | None, z_chip: Tenso
             _compile_failed = True
             warnings.warn(f"torch.compile failed ({type(e).__name__}); programming eagerly", stacklevel=2)
     return _loop(spec, False)(*args)
+
+def between_chip_normals(v: VariabilityConfig, seed: int, layer: str, ids: Tensor, shape: tuple[int, ...],
+                         reference: bool, row_tile: Tensor, tiles: tuple[int, int], cols: int) -> Tensor:
+    """Between-chip normals of chips ``ids`` for a side of shape ``shape`` (S, O', K), broadcastable to
+    (c, S, O', K): one per chip (all layers) or one per array (tile), by ``v.scope``. ``row_tile`` (K,)
+    is the row tile of each row, ``tiles`` the (row, column) tile counts, ``cols`` the columns per array;
+    ``reference``: the side is one reference column per tile."""
+    if v.between_sigma == 0:
+        return torch.zeros(1)
+    if v.scope == "chip":
+        return rng.draw("normal", rng.key(seed, "between-chip"), ids, (1,)).view(-1, 1, 1, 1)
+    z = rng.draw("normal", rng.key(seed, layer, "between-array"), ids, tiles)
+    col_tile = torch.arange(shape[1]) if reference else torch.arange(shape[1]) // cols
+    return z[:, row_tile][:, :, col_tile].transpose(1, 2).unsqueeze(1)
+
+
+def drift_compensation(compensate: bool, m: Mapped, at_t0: dict[str, Tensor], now: dict[str, Tensor]) -> Tensor:
+    """Per-chip factor sum|I_ref(t0)| / sum|I_ref(t_read)| for an all-ones reference input (ones when
+    ``compensate`` is off), from per-side conductances (c, S, O', K) at t0 and now."""
+    if not compensate:
+        return torch.ones(at_t0["pos"].shape[0])
+
+    def ref_current(g: dict[str, Tensor]) -> Tensor:
+        diff = g["pos"] - m.expand_neg(g["neg"])
+        return diff.sum(-1).abs().sum(dim=(1, 2))
+
+    return ref_current(at_t0) / ref_current(now).clamp_min(1e-30)
+
+
+def level_targets(m: Mapped, device: DeviceConfig, variability: VariabilityConfig
+                  ) -> dict[str, tuple[Tensor, Tensor | None]]:
+    """Per side the mapped targets (1, S, O', K), clipped to the conductance range and rounded to the
+    device's levels, with their level indices (computed once per programming, not per chunk)."""
+    levels = get_model(device, variability).levels()
+    return {side: round_to_levels(t.unsqueeze(0).cpu().clamp(device.g_min, device.g_max), levels)
+            for side, t in (("pos", m.pos), ("neg", m.neg))}

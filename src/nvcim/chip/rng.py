@@ -26,6 +26,11 @@ _GOLD = -1640531535  # 0x9E3779B1 as a signed int32
 _U = 1.0 / 8388608.0  # 2^-23
 
 
+# Version of the draws that make a chip for a given config and seed; bumped whenever they change (2: cell
+# normals drawn pairwise by plain arithmetic, 2026-12-03). Part of an experiment point's identity, so that
+# a results store never mixes chips drawn the old way with the new under one key.
+DRAWS = 2
+
 def _s32(v: int) -> int:
     v &= 0xFFFFFFFF
     return v - (1 << 32) if v >= (1 << 31) else v

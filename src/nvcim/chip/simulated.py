@@ -87,6 +87,8 @@ class SimulatedChip:
     def write_verify(self, layer: str, mask_pos: Tensor, mask_neg: Tensor, tol: float, max_pulses: int
                      ) -> Tensor:
         lay = self._layers[layer]
+        if lay.on_demand:
+            raise lay.not_stored("write-verify")
         d = lay.config.device
         tol_s = tol * (d.g_max - d.g_min)
         pulses = torch.zeros(self.n_chips, dtype=torch.long)

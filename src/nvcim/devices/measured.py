@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from ..config.schema import DeviceConfig, VariabilityConfig
 from ..errors import NvcimError
 from .base import ProgrammingModel, register
 
@@ -67,8 +68,13 @@ def _finite(v: float) -> bool:
 class Measured(ProgrammingModel):
     name = "measured"
 
+    def __init__(self, device: DeviceConfig, variability: VariabilityConfig) -> None:
+        super().__init__(device, variability)
+        # read once, here: sample runs inside the compiled programming loop, which must not read files
+        self._tab = torch.tensor(load_table(device.programming.table), dtype=torch.float32)
+
     def _table(self) -> Tensor:
-        return torch.tensor(load_table(self.device.programming.table), dtype=torch.float32)
+        return self._tab
 
     def levels(self) -> Tensor:
         return self._table()[:, 0].contiguous()

@@ -122,12 +122,14 @@ class Point:
 
     def identity(self) -> dict[str, Any]:
         """Everything that determines this point's result (not the experiment's name or folder)."""
+        from ..chip.rng import DRAWS  # here: this module stays importable without torch
+
         e = self.experiment
         chain = self.chain()
         return {"model": e.model, "dataset": e.dataset, "epochs": e.epochs, "train_seed": e.train_seed,
                 "chips": e.chips, "limit": e.limit, "seed": self.seed, "method": self.method,
                 "options": {m: e.options.get(m, {}) for m in chain}, "config": self.config.to_dict(),
-                "numerics": {"variance": self.variance()}}
+                "numerics": {"variance": self.variance(), "draws": DRAWS}}
 
     def variance(self) -> str:
         """The read-noise variance format this point is computed with: the experiment's, with "auto" resolved
