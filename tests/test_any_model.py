@@ -165,6 +165,20 @@ def test_conversion_report_names_what_was_converted_and_what_stayed_digital():
     assert "add_bias_kv" in rep.summary() and "no analog layer" in rep.summary()
 
 
+def test_a_converted_transformer_called_directly_under_inference_mode_is_the_digital_model():
+    """The swapped net is the user's own object: calling it outside the model's passes, even under
+    inference_mode (where nn.TransformerEncoderLayer takes its fused fast path), gives the digital output."""
+    ref = _model("vit")
+    x = torch.rand(4, 1, 28, 28, generator=torch.Generator().manual_seed(3))
+    with torch.inference_mode():
+        want = ref(x)
+    m = nvcim.convert(copy.deepcopy(ref), "rram-mlc-4bit", chips=2)
+    with torch.inference_mode():
+        got = m.net(x)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(got, m.digital(x), rtol=1e-5, atol=1e-5)
+
+
 def test_a_converted_layer_that_the_model_bypasses_is_an_error():
     class Bypass(nn.Module):
         def __init__(self):

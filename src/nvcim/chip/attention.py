@@ -53,8 +53,10 @@ class AnalogMultiheadAttention(nn.Module):
         self.in_proj = AnalogLinear(_linear(mha.in_proj_weight, mha.in_proj_bias), config, f"{name}.in_proj")
         self.out_proj = AnalogLinear(mha.out_proj, config, f"{name}.out_proj")
 
-    # what code written for nn.MultiheadAttention reads (nn.TransformerEncoderLayer's fast-path checks)
-    _qkv_same_embed_dim = True
+    # what code written for nn.MultiheadAttention reads (nn.TransformerEncoderLayer's fast-path checks).
+    # False keeps that fused fast path, which reads the projection weights itself, off even when the
+    # converted net is called directly under inference_mode, outside the model's passes (it crashed there)
+    _qkv_same_embed_dim = False
     bias_k = bias_v = None
     add_zero_attn = False
 
