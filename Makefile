@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck bench fuzz stress clean
+.PHONY: demo test lint typecheck bench bench-models fuzz stress clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -34,6 +34,13 @@ stress: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/bench_core.py
+
+# the real workloads of issue #15 (about 25 minutes on 2 cores): Monte Carlo per model, 1000 ResNet-18 chips
+bench-models: $(STAMP)
+	$(BIN)/python bench/bench_models.py --models vit lenet5 --tag _vit_lenet
+	$(BIN)/python bench/bench_models.py --models resnet18 --images 30 --batch 10 --tag _resnet18
+	$(BIN)/python bench/bench_program.py
+	$(BIN)/python bench/bench_convert.py
 
 clean:
 	rm -rf $(VENV) out
