@@ -11,12 +11,14 @@ simulator would fail here.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from nvcim.chip import Verified
 from nvcim.config import ChipConfig
 
 
@@ -124,8 +126,8 @@ class FakeChip:
         return torch.clamp(_ste_round(h / fs * levels), -levels, levels) * fs / levels
 
     def train_forward(self, x: Tensor, step: int, censor: float = 0.0,
-                      act_quant: dict[str, tuple[Tensor, int, bool]] | None = None) -> Tensor:
-        gen = torch.Generator().manual_seed(10_000 + step)  # a fresh training chip per step
+                      act_quant: dict[str, tuple[Tensor, int, bool]] | None = None, train: bool = True) -> Tensor:
+        gen = torch.Generator().manual_seed(10_000 + step)  # a fresh chip per step (no BatchNorm: train moot)
         sigma = self._config.device.programming.sigma * self.g_max
         f = self._config.device.faults
         h = x
@@ -199,21 +201,33 @@ class FakeChip:
         self._land(layer, s, m, t)
         return mask.flatten(1).sum(-1)
 
-    def write_verify(self, layer: str, mask_pos: Tensor, mask_neg: Tensor, tol: float, max_pulses: int
-                     ) -> Tensor:
+    def write_verify(self, layer: str, mask_pos: Tensor, mask_neg: Tensor, tol: float, max_pulses: int,
+                     give_up: int = 0) -> Verified:
         tol_s = tol * (self.g_max - self.g_min)
+        band = tol_s + 3 * self._config.device.read_noise * self.g_max
         pulses = torch.zeros(self._n, dtype=torch.long)
         pending = [mask_pos.clone(), mask_neg.clone()]
+        stuck = [torch.zeros_like(p) for p in pending]
+        run = [torch.zeros(p.shape, dtype=torch.long) for p in pending]  # signed count of reads at a rail
         targets = [t.expand_as(mask_pos) for t in self.targets(layer)]
         for attempt in range(max_pulses + 1):
             seen = self.read(layer)
             for s in (0, 1):
                 pending[s] &= (seen[s] - targets[s]).abs() > tol_s
+                if give_up:
+                    hi = (seen[s] >= self.g_max - band) & (self.g_max - targets[s] > 2 * tol_s)
+                    lo = (seen[s] <= self.g_min + band) & (targets[s] - self.g_min > 2 * tol_s)
+                    rail = hi.long() - lo.long()
+                    keep = pending[s] & (rail != 0) & (run[s].sign() == rail)
+                    run[s] = torch.where(keep, run[s] + rail, torch.where(pending[s], rail, 0))
+                    gone = pending[s] & (run[s].abs() >= give_up)
+                    stuck[s] |= gone
+                    pending[s] &= ~gone
                 if attempt < max_pulses:
                     pulses += self.write(layer, ("pos", "neg")[s], pending[s], targets[s])
             if not any(bool(p.any()) for p in pending):
                 break
-        return pulses
+        return Verified(pulses, pending[0] | stuck[0], pending[1] | stuck[1], stuck[0], stuck[1])
 
     def row_routing(self, layer: str) -> Tensor:
         return self.perm[layer].clone()
@@ -222,6 +236,32 @@ class FakeChip:
         moved = (perm != self.perm[layer]).sum(-1)
         self.perm[layer] = perm.clone().long()
         return moved
+
+    # ---- keeping a state ---------------------------------------------------------------------------
+    def checkpoint(self) -> object:
+        return copy.deepcopy({"g": self.g, "perm": self.perm, "affine": self.affine, "sram": self.sram_regs})
+
+    def restore(self, state: object, chips: Tensor) -> Tensor:
+        assert isinstance(state, dict)
+        sel = chips.bool()
+        changed = torch.zeros(self._n, dtype=torch.long)
+        for name in self.linears:
+            for s in (0, 1):
+                old, now = state["g"][name][s], self.g[name][s]
+                v = sel.view(-1, 1, 1, 1)
+                changed += ((old != now) & v).flatten(1).sum(1)
+                self.g[name][s] = torch.where(v, old, now)
+            self.perm[name] = torch.where(sel.view(-1, 1), state["perm"][name], self.perm[name])
+            self.affine[name] = tuple(torch.where(sel.view(-1, 1), a, b.detach())  # type: ignore[assignment]
+                                      for a, b in zip(state["affine"][name], self.affine[name]))
+            if name in self.sram_regs:
+                m1, w1 = self.sram_regs[name]
+                m0, w0 = state["sram"].get(name, (m1, torch.zeros_like(w1)))
+                n = self._n
+                self.sram_regs[name] = (torch.where(sel.view(-1, 1, 1), m0.expand(n, *m0.shape[-2:]),
+                                                    m1.expand(n, *m1.shape[-2:])),
+                                        torch.where(sel.view(-1, 1, 1), w0, w1.detach()))
+        return changed
 
     # ---- running -----------------------------------------------------------------------------------
     def _run(self, x: Tensor, on_layer) -> Tensor:  # noqa: ANN001

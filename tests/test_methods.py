@@ -73,7 +73,8 @@ def test_write_verify_brings_verified_cells_within_tolerance_and_counts_pulses(d
     before = lay.g_pos.clone()
     mask = torch.zeros_like(lay.g_pos, dtype=torch.bool)
     mask[:, :, :60] = True  # the first 60 output columns
-    pulses = chip.write_verify("2", mask, torch.zeros_like(lay.g_neg, dtype=torch.bool), tol=0.03, max_pulses=50)
+    verified = chip.write_verify("2", mask, torch.zeros_like(lay.g_neg, dtype=torch.bool), tol=0.03, max_pulses=50)
+    pulses = verified.pulses
     span = SLICED.device.g_max - SLICED.device.g_min
     err = (lay.g_pos - pos_t) / span
     live = mask & (lay.faults_pos == 0)
@@ -84,6 +85,32 @@ def test_write_verify_brings_verified_cells_within_tolerance_and_counts_pulses(d
     # every cell that failed its first verify cost at least one pulse, and at most max_pulses
     failed = (live & ((before - pos_t).abs() > 0.03 * span)).flatten(1).sum(1)
     assert (pulses > failed).all() and (pulses <= 50 * failed).all()  # some cells needed several tries
+    assert not verified.failed_pos.any() and not verified.stuck_pos.any()  # no faults in this preset
+
+
+def test_write_verify_finds_stuck_cells_and_stops_pulsing_them(digits):
+    """Charan's chip: 1.75 % / 9.04 % cells stuck at g_min / g_max. Cells whose verify reads stay at a rail are
+    given up after `give_up` pulses instead of burning all `max_pulses`; the ones found are the stuck cells."""
+    cfg = nvcim.preset("rram-mlc-4bit")
+    found, spent = {}, {}
+    for give_up in (0, 3):
+        chip = SimulatedChip(_chips(digits, cfg, chips=4))
+        lay = chip.layer("2")
+        mask = torch.ones_like(lay.g_pos, dtype=torch.bool)
+        v = chip.write_verify("2", mask, mask, tol=0.03, max_pulses=20, give_up=give_up)
+        found[give_up], spent[give_up] = v, v.pulses
+        pos_t, neg_t = chip.targets("2")
+        span = cfg.device.g_max - cfg.device.g_min
+        # a stuck cell that matters: its rail is more than 2 tol from its target
+        far = [(lay.faults_pos != 0) & ((torch.where(lay.faults_pos == 1, cfg.device.g_min, cfg.device.g_max)
+                                          - pos_t).abs() > 2 * 0.03 * span)]
+        if give_up:
+            stuck = v.stuck_pos
+            assert bool((stuck <= (lay.faults_pos != 0)).all())  # every cell given up is a stuck cell
+            assert int(stuck.sum()) >= 0.95 * int(far[0].sum())  # nearly all the stuck cells that matter
+        else:
+            assert not v.stuck_pos.any() and bool((v.failed_pos >= far[0]).all())  # they all fail at the limit
+    assert (spent[3] < 0.5 * spent[0]).all()  # most of full write-verify's pulses went to stuck cells
 
 
 def test_full_write_verify_recovers_and_selective_beats_baselines(digits):
@@ -132,17 +159,20 @@ MLC = nvcim.preset("rram-mlc-4bit")  # Charan's chip: the digits LeNet-5 loses ~
 
 
 @pytest.mark.parametrize("name, options", [
-    ("vat", {"epochs": 20}),
-    ("vat", {"epochs": 20, "censor": 1.5}),
-    ("kd", {"epochs": 20}),
-    ("qvat", {"epochs": 20}),
+    ("vat", {}),
+    ("vat", {"censor": 1.5}),
+    ("kd", {}),
+    ("qvat", {}),
 ])
-def test_training_methods_improve_on_no_mitigation(digits, name, options):
+def test_training_methods_improve_on_no_mitigation_by_default(digits, name, options):
+    """With their defaults (train until the validation accuracy stops improving), the training methods gain
+    a margin: at least 10 points and 3 standard errors of the paired per-chip gains."""
     data = TaskData(digits.train, digits.train[0])
     chips = _chips(digits, nvcim.override(MLC, {"device.faults.sa1": 0.02}), chips=40)
     report = recover(chips, [get(name, **options)], data, digits.test, progress=False)
-    assert _improved(report), report.summary()
+    assert _improved(report, at_least=0.10), report.summary()
     assert report.cost.finetune_steps > 0 and report.cost.labelled_samples == len(digits.train[1])
+    assert 1 <= report.cost.epochs <= 30 and report.cost.check_samples > 0  # validated, within the budget
 
 
 def test_training_reprograms_the_same_devices(digits):

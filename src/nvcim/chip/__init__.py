@@ -10,7 +10,7 @@ from .model import AnalogModel, Runtime
 __all__ = ["AnalogConv2d", "AnalogLayer", "AnalogLinear", "AnalogModel", "ConversionReport", "Runtime", "convert",
            "resolve_config"]
 
-from .interface import Chip  # noqa: E402
+from .interface import Chip, Verified  # noqa: E402
 from .simulated import SimulatedChip  # noqa: E402
 
-__all__ += ["Chip", "SimulatedChip"]
+__all__ += ["Chip", "SimulatedChip", "Verified"]

@@ -262,8 +262,9 @@ class CellArrays(nn.Module):
 
     def rewrite(self, side: str, mask: Tensor, target: Tensor | None = None) -> Tensor:
         """Re-program the cells of ``side`` where ``mask`` (N, S, O', K) is true with a fresh noisy write,
-        to the mapped targets or to ``target`` (N, S, O', K). Stuck cells do not change. Every call draws
-        anew (a per-layer write counter keys it). Returns the pulses spent per chip."""
+        to the mapped targets or to ``target`` (N, S, O', K). Stuck cells do not change, but their pulses are
+        spent like any other (the controller cannot tell them apart). Every call draws anew (a per-layer write
+        counter keys it). Returns the pulses spent per chip."""
         if self.on_demand:
             raise self.not_stored("re-programming cells")
         g = self.g_pos if side == "pos" else self.g_neg
@@ -276,7 +277,7 @@ class CellArrays(nn.Module):
         new = self._sample(side, self.chip_ids.cpu(), f"rewrite-{int(self.writes)}", target)
         setattr(self, f"g_{side}", torch.where(live, new, g))
         self._recompensate()
-        return live.flatten(1).sum(1)
+        return mask.flatten(1).sum(1)
 
     def _recompensate(self) -> None:
         """Every chip's drift compensation again, after its cells changed."""

@@ -26,12 +26,22 @@ back-propagate through a surrogate built from read-back conductances).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol, runtime_checkable
+from typing import NamedTuple, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor
 
 from ..config import ChipConfig
+
+
+class Verified(NamedTuple):
+    """What a write-verify loop reports."""
+
+    pulses: Tensor  # (N,) extra programming pulses per chip
+    failed_pos: Tensor  # (N, S, O', K) masked cells still outside the tolerance when the loop stopped
+    failed_neg: Tensor
+    stuck_pos: Tensor  # (N, S, O', K) the failed cells given up as stuck (their reads stayed at a rail)
+    stuck_neg: Tensor
 
 
 @runtime_checkable
@@ -107,12 +117,13 @@ class Chip(Protocol):
         ...
 
     def train_forward(self, x: Tensor, step: int, censor: float = 0.0,
-                      act_quant: dict[str, tuple[Tensor, int, bool]] | None = None) -> Tensor:
+                      act_quant: dict[str, tuple[Tensor, int, bool]] | None = None, train: bool = True) -> Tensor:
         """One noise-injection training pass ``(B, ...)``: the ideal model with the weights of a freshly
         drawn chip (number ``step``, never one of the N programmed chips) in the forward pass and the ideal
         weights in the backward pass (straight-through), in training mode. ``censor`` > 0 clips the
         programming draws at that many sigma; ``act_quant`` maps a layer name to (step size, bits,
-        signed) of a learned input quantiser that replaces the layer's DAC."""
+        signed) of a learned input quantiser that replaces the layer's DAC. ``train=False``: the same pass in
+        evaluation mode (BatchNorm running statistics, no dropout), for validation."""
         ...
 
     # ---- the cells ---------------------------------------------------------------------------------
@@ -130,10 +141,13 @@ class Chip(Protocol):
         converters on ``calibration``."""
         ...
 
-    def write_verify(self, layer: str, mask_pos: Tensor, mask_neg: Tensor, tol: float, max_pulses: int
-                     ) -> Tensor:
+    def write_verify(self, layer: str, mask_pos: Tensor, mask_neg: Tensor, tol: float, max_pulses: int,
+                     give_up: int = 0) -> Verified:
         """Program -> verify-read -> re-pulse the masked cells until within ``tol`` (fraction of
-        g_max - g_min) or ``max_pulses``; returns the extra programming pulses per chip ``(N,)``."""
+        g_max - g_min) or ``max_pulses``. ``give_up`` > 0: a cell whose last ``give_up`` verify reads all
+        failed at the same rail (within ``tol`` plus three read-noise sigma of g_min or g_max, with its target
+        more than twice ``tol`` away from that rail) is declared stuck and gets no more pulses. Returns the
+        pulses per chip and the cells that failed or were given up."""
         ...
 
     def write(self, layer: str, side: str, mask: Tensor, targets: Tensor) -> Tensor:
@@ -149,6 +163,18 @@ class Chip(Protocol):
         """Route logical row k of chip n to physical row ``perm[n, k]`` of the same tile (the input
         driver's routing). Cells keep their physical state, so moved rows must be programmed afterwards.
         Returns the number of moved rows per chip ``(N,)``."""
+        ...
+
+    # ---- keeping a state ---------------------------------------------------------------------------
+    def checkpoint(self) -> object:
+        """An opaque copy of everything a method may change on every chip: the cells, the row routing and
+        the digital registers (gain/offset, SRAM). The ideal model and the DAC ranges are not part of it."""
+        ...
+
+    def restore(self, state: object, chips: Tensor) -> Tensor:
+        """Put the chips where ``chips`` ``(N,)`` (bool) is true back into ``state`` (a :meth:`checkpoint`
+        of this chip). Returns the cells re-programmed per chip ``(N,)``: the simulator restores them
+        exactly, a real chip would write-verify them back."""
         ...
 
     # ---- running -----------------------------------------------------------------------------------

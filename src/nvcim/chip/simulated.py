@@ -14,6 +14,7 @@ from ..config import ChipConfig
 from ..errors import NvcimError
 from . import rng
 from .context import DigitalPass, TrainPass
+from .interface import Verified
 from .layers import AnalogLayer
 from .model import AnalogModel, _modules_run
 
@@ -84,29 +85,46 @@ class SimulatedChip:
         pos, neg = lay.effective()
         return self._read_noise(lay, pos, "read-pos"), self._read_noise(lay, neg, "read-neg")
 
-    def write_verify(self, layer: str, mask_pos: Tensor, mask_neg: Tensor, tol: float, max_pulses: int
-                     ) -> Tensor:
+    def write_verify(self, layer: str, mask_pos: Tensor, mask_neg: Tensor, tol: float, max_pulses: int,
+                     give_up: int = 0) -> Verified:
         lay = self._layers[layer]
         if lay.on_demand:
             raise lay.not_stored("write-verify")
         d = lay.config.device
-        tol_s = tol * (d.g_max - d.g_min)
+        span = d.g_max - d.g_min
+        tol_s = tol * span
+        band = tol_s + 3 * d.read_noise * d.g_max  # how close to a rail a stuck cell reads (read noise included)
         pulses = torch.zeros(self.n_chips, dtype=torch.long)
         targets = dict(zip(("pos", "neg"), self.targets(layer)))
-        pending = {"pos": mask_pos.to(lay.g_pos.device, copy=True), "neg": mask_neg.to(lay.g_neg.device, copy=True)}
+        dev = lay.g_pos.device
+        pending = {"pos": mask_pos.to(dev, copy=True), "neg": mask_neg.to(dev, copy=True)}
+        stuck = {side: torch.zeros_like(pending[side]) for side in pending}
+        at_rail = {side: torch.zeros(pending[side].shape, dtype=torch.int8, device=dev) for side in pending}
         for attempt in range(max_pulses + 1):
             for side in ("pos", "neg"):
                 if not bool(pending[side].any()):
                     continue
                 g = lay.g_pos if side == "pos" else lay.g_neg
+                t = targets[side].unsqueeze(0).to(dev)
                 seen = self._read_noise(lay, g, f"verify-{side}")  # verify at programming time (t0)
-                ok = (seen - targets[side].unsqueeze(0)).abs() <= tol_s
-                pending[side] &= ~ok
+                pending[side] &= (seen - t).abs() > tol_s
+                if give_up:
+                    # +1 / -1: the read is at the upper / lower rail, and the target is well away from it
+                    rail = torch.where((seen >= d.g_max - band) & (d.g_max - t > 2 * tol_s), 1,
+                                       torch.where((seen <= d.g_min + band) & (t - d.g_min > 2 * tol_s), -1, 0))
+                    same = pending[side] & (rail != 0)
+                    prev = at_rail[side]
+                    at_rail[side] = torch.where(same & (prev.sign() == rail), prev + rail, torch.where(same, rail, 0)
+                                                ).to(torch.int8)
+                    gone = pending[side] & (at_rail[side].abs() >= give_up)
+                    stuck[side] |= gone
+                    pending[side] &= ~gone
                 if attempt < max_pulses and bool(pending[side].any()):
                     pulses += lay.rewrite(side, pending[side]).cpu()
             if not any(bool(p.any()) for p in pending.values()):
                 break
-        return pulses
+        return Verified(pulses, (pending["pos"] | stuck["pos"]).cpu(), (pending["neg"] | stuck["neg"]).cpu(),
+                        stuck["pos"].cpu(), stuck["neg"].cpu())
 
     def row_tiles(self, layer: str) -> Tensor:
         return self._layers[layer].row_tile_index()
@@ -164,6 +182,42 @@ class SimulatedChip:
                 h.remove()
         return {name: _assemble(p, x.shape[0], self.n_chips, plan) for name, p in parts.items()}
 
+    # ---- keeping a state ---------------------------------------------------------------------------
+    def checkpoint(self) -> object:
+        # references, not copies: every change of a chip's state makes new tensors (rewrite, remap_rows,
+        # the registers' setters), so a checkpoint costs no memory; restore() refuses one whose tensors
+        # were changed in place since (re-programming reuses the cell buffers)
+        return {name: {k: (t, t._version) for k in _STATE if (t := getattr(lay, k)).numel() or k.startswith("sram")}
+                for name, lay in self._layers.items()}
+
+    def restore(self, state: object, chips: Tensor) -> Tensor:
+        if not isinstance(state, dict) or set(state) != set(self._layers):
+            raise NvcimError("restore: not a checkpoint of this chip")
+        chips = chips.to(torch.bool).cpu()
+        if tuple(chips.shape) != (self.n_chips,):
+            raise NvcimError(f"restore: chips must be a boolean mask of shape ({self.n_chips},)")
+        rewritten = torch.zeros(self.n_chips, dtype=torch.long)
+        if not bool(chips.any()):
+            return rewritten
+        for name, saved in state.items():
+            lay = self._layers[name]
+            for k, (old, version) in saved.items():
+                if old._version != version:
+                    raise NvcimError("restore: the chips were re-programmed after this checkpoint; take a new one")
+                now = getattr(lay, k)
+                if now is old:
+                    continue
+                if k == "sram_w" or k == "sram_mask":
+                    continue  # below, as a pair
+                sel = chips.to(now.device).view(-1, *([1] * (now.dim() - 1)))
+                if k in ("g_pos", "g_neg"):
+                    rewritten += ((now != old) & sel).flatten(1).sum(1).cpu()
+                setattr(lay, k, torch.where(sel, old, now))
+            (m0, _), (w0, _) = saved["sram_mask"], saved["sram_w"]
+            if lay.sram_w is not w0 or lay.sram_mask is not m0:
+                _restore_sram(lay, m0, w0, chips.to(self.device))
+        return rewritten
+
     # ---- the reference ---------------------------------------------------------------------------
     def reference(self, x: Tensor) -> Tensor:
         return self.model.digital(x)
@@ -199,13 +253,13 @@ class SimulatedChip:
         return list(self.model.net.parameters())
 
     def train_forward(self, x: Tensor, step: int, censor: float = 0.0,
-                      act_quant: dict[str, tuple[Tensor, int, bool]] | None = None) -> Tensor:
+                      act_quant: dict[str, tuple[Tensor, int, bool]] | None = None, train: bool = True) -> Tensor:
         unknown = set(act_quant or {}) - set(self._layers)
         if unknown:
             raise NvcimError(f"train_forward: act_quant names layers that are not analog: {sorted(unknown)}")
         self.model._set(TrainPass(batch=x.shape[0], train_chip=TRAIN_CHIP_BASE + step, censor=censor,
                                   act_quant=dict(act_quant or {})))
-        self.model.net.train()
+        self.model.net.train(train)
         try:
             with _modules_run():
                 return self.model.net(self.model._check(x))
@@ -251,6 +305,26 @@ class SimulatedChip:
             raise ValueError(f"{layer}: the DAC full scale must be > 0, got {full_scale}")
         lay = self._layers[layer]
         lay.dac_fs = torch.tensor(float(full_scale), device=lay.dac_fs.device, dtype=lay.dac_fs.dtype)
+
+
+_STATE = ("g_pos", "g_neg", "faults_pos", "faults_neg", "drift_pos", "drift_neg", "row_perm", "drift_comp",
+          "tune_gain", "tune_offset", "sram_mask", "sram_w")  # what a method may change, each (N, ...) per chip
+
+
+def _restore_sram(lay: AnalogLayer, m0: Tensor, w0: Tensor, chips: Tensor) -> None:
+    """The SRAM of ``chips`` back to (m0, w0); a chip that had none gets zero weights under the new mask."""
+    m1, w1 = lay.sram_mask, lay.sram_w.detach()
+    if not w1.numel():  # the SRAM was removed: only possible by setting an empty one, keep it for all
+        lay.sram_mask, lay.sram_w = m0, w0
+        return
+    if not w0.numel():
+        m0, w0 = m1, torch.zeros_like(w1)
+    n, sel = w1.shape[0], chips.view(-1, 1, 1)
+    if m0.shape == m1.shape == w1.shape[1:] and torch.equal(m0, m1):
+        lay.sram_mask = m1  # one shared mask: only the weights differ per chip
+    else:
+        lay.sram_mask = torch.where(sel, m0.expand(n, *m0.shape[-2:]), m1.expand(n, *m1.shape[-2:]))
+    lay.sram_w = torch.where(sel, w0.to(w1), w1)
 
 
 def _assemble(parts: list[Tensor], b: int, n_chips: int, plan: tuple[int, int]) -> Tensor:

@@ -41,13 +41,19 @@ def _eval_opts(p: argparse.ArgumentParser, chips: int, chip: str, out: str) -> N
                    "native bfloat16; each noise std within 0.6 %% of float32)")
 
 
+# cheap chains (seconds on 200 digits chips): two label-free ones and 5 % SRAM weights trained with labels
+DEMO_CHAINS = "self-tune,map-correct+self-tune,rsa-faults"
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="nvcim", description="Simulate DNNs on non-volatile compute-in-memory "
                                  "chips, many chips at once.")
     sub = ap.add_subparsers(dest="cmd", required=True)
-    p = sub.add_parser("demo", help="train (or load) a model on digits and run it on 200 RRAM chips")
+    p = sub.add_parser("demo", help="train (or load) a model on digits, run it on 200 RRAM chips, and recover the "
+                       "accuracy with the best cheap method")
     _common(p)
     _eval_opts(p, 200, "rram-mlc-4bit", "out/demo")
+    p.add_argument("--chains", default=DEMO_CHAINS, help="the recovery chains the demo tries (auto.chains)")
     p = sub.add_parser("train", help="train a built-in model and cache it")
     _common(p)
     p = sub.add_parser("evaluate", help="accuracy distribution of a model over simulated chips")
@@ -57,7 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     _eval_opts(p, 100, "rram-mlc-4bit", "out/recover")
     p.add_argument("--method", required=True, help="NAME[+NAME...] applied in order, e.g. write-verify+self-tune "
-                   "(see `nvcim methods`)")
+                   "(see `nvcim methods`), or auto: try a budgeted set of chains and keep the best for its cost")
+    p.add_argument("--no-guard", action="store_true", help="apply every method blindly, even where it leaves a "
+                   "chip worse than before (by default such chips are put back, see docs)")
     p.add_argument("--opt", action="append", default=[], metavar="METHOD.OPTION=VALUE",
                    help="a method option, e.g. --opt write-verify.fraction=0.1 (repeatable)")
     p = sub.add_parser("run", help="run an experiment file (sweeps x methods x seeds) into a resumable store")
@@ -179,8 +187,7 @@ def _method_options(items: list[str]) -> dict[str, dict[str, object]]:
 
 
 def cmd_recover(args: argparse.Namespace) -> int:
-    from ..evaluation.report import write_outputs
-    from ..methods import TaskData, get, recover
+    from ..methods import get
 
     chain = [m.strip() for m in args.method.split("+") if m.strip()]
     opts = _method_options(args.opt)
@@ -189,17 +196,97 @@ def cmd_recover(args: argparse.Namespace) -> int:
         raise NvcimError(f"--opt names {', '.join(sorted(unknown))}, which is not in --method {args.method}")
     methods = [get(m, **opts.get(m, {})) for m in chain]
     config, data, info, test, chip_model = _prepare(args)
-    report = recover(chip_model, methods, TaskData(data.train, data.train[0]), test,
-                     batch_size=args.batch_size, progress=not args.quiet)
-    report.after.extra.update({"model": info, "dataset": data.name, "chip": config.name, "methods": chain,
-                               "degraded_accuracy": report.before.accuracy.to_dict(),
-                               "cost": report.cost.to_dict(), "recovery_ratio": report.recovery_ratio})
     title = f"{args.model} on {data.name}, {config.name}, {args.method}: {args.chips} chips"
-    out = write_outputs(report.after, config, args.out, title)
+    report, out = _recover_and_write(args, methods, config, data, info, test, chip_model, title)
     print(f"{title}\n  {report.summary()}\n  cost: {report.cost.write_verify_pulses:.0f} write-verify pulses "
-          f"per chip, {report.cost.calibration_samples} calibration inputs, {report.cost.wall_time_s:.1f} s"
-          f"\n  wrote {out / 'result.json'}")
+          f"per chip, {100 * report.cost.sram_fraction:.1f} % SRAM, {report.cost.labelled_samples} labelled and "
+          f"{report.cost.calibration_samples} unlabelled inputs, {report.cost.wall_time_s:.1f} s")
+    _print_auto(methods, out)
+    print(f"  wrote {out / 'result.json'}")
     return 0
+
+
+def _recover_and_write(args, methods, config, data, info, test, chip_model, title):  # type: ignore[no-untyped-def]
+    """Run ``methods`` on the chips, write result.json (with the auto trials), the histogram and, for auto,
+    pareto.png; returns (report, folder)."""
+    from ..evaluation.report import write_outputs
+    from ..methods import TaskData, recover
+    from ..methods.auto import Auto, plot
+
+    report = recover(chip_model, methods, TaskData(data.train, data.train[0]), test,
+                     batch_size=args.batch_size, progress=not args.quiet, guard=not getattr(args, "no_guard", False))
+    report.after.extra.update({"model": info, "dataset": data.name, "chip": config.name,
+                               "methods": [m.name for m in methods],
+                               "degraded_accuracy": report.before.accuracy.to_dict(),
+                               "cost": report.cost.to_dict(), "recovery_ratio": report.recovery_ratio,
+                               "reverted_chips": [{"method": m, "chips": n} for m, n in report.reverted]})
+    autos = [m for m in methods if isinstance(m, Auto)]
+    if autos:
+        report.after.extra["auto_trials"] = autos[-1].to_dict()
+    out = write_outputs(report.after, config, args.out, title)
+    if autos:
+        plot(autos[-1].trials, str(out / "pareto.png"), f"{title}: check accuracy against cost")
+    return report, out
+
+
+def _print_auto(methods, out) -> None:  # type: ignore[no-untyped-def]
+    from ..methods.auto import Auto, table
+
+    for m in methods:
+        if isinstance(m, Auto):
+            print("  chains tried (accuracy on held-out check inputs; costs per chip):")
+            print("\n".join("    " + line for line in table(m.trials).splitlines()))
+            print(f"  wrote {out / 'pareto.png'}")
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """The whole story on the embedded digits: ideal model, the chips' loss, the best cheap recovery."""
+    from ..methods import get
+
+    config, data, info, test, chip_model = _prepare(args)
+    auto = get("auto", chains=args.chains)
+    title = f"{args.model} on {data.name}, {config.name}: {args.chips} chips"
+    report, out = _recover_and_write(args, [auto], config, data, info, test, chip_model, title)
+    b, a, c = report.before, report.after, report.cost
+    pick = next(t for t in auto.trials if t.chosen)  # type: ignore[attr-defined]
+    print(f"{title}\n"
+          f"  1. ideal (digital) model   {100 * b.ideal_accuracy:6.2f} %\n"
+          f"  2. on the chips            {100 * b.accuracy.mean:6.2f} ± {100 * b.accuracy.std:.2f} % "
+          f"(worst 1 %: {100 * b.accuracy.kpp:.2f} %)\n"
+          f"  3. recovered               {100 * a.accuracy.mean:6.2f} ± {100 * a.accuracy.std:.2f} % "
+          f"(worst 1 %: {100 * a.accuracy.kpp:.2f} %), recovery ratio {report.recovery_ratio:.2f}\n"
+          f"     with {pick.chain}: {c.write_verify_pulses:.0f} write pulses per chip, {100 * c.sram_fraction:.1f} % "
+          f"SRAM weights, {c.labelled_samples} labelled and {c.calibration_samples} unlabelled inputs, "
+          f"{c.wall_time_s:.0f} s for the search and the {args.chips} chips")
+    _print_auto([auto], out)
+    _story(report, out / "demo.png", title, f"auto: {pick.chain}")
+    print(f"  wrote {out / 'result.json'} and {out / 'demo.png'}")
+    return 0
+
+
+def _story(report, path: Path, title: str, how: str) -> None:  # type: ignore[no-untyped-def]
+    """PNG: per-chip accuracy before and after recovery, with the ideal accuracy."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=120)
+    before = [100 * v for v in report.before.accuracy.per_chip]
+    after = [100 * v for v in report.after.accuracy.per_chip]
+    bins = [i for i in range(0, 101, 2)]
+    ax.hist(before, bins=bins, color="#C44E52", alpha=0.8, label=f"on the chips, {sum(before) / len(before):.1f} %")
+    ax.hist(after, bins=bins, color="#55A868", alpha=0.8, label=f"recovered ({how}), "
+            f"{sum(after) / len(after):.1f} %")
+    ax.axvline(100 * report.before.ideal_accuracy, color="k", ls="--",
+               label=f"ideal {100 * report.before.ideal_accuracy:.1f} %")
+    ax.set_xlabel("test accuracy per chip (%)")
+    ax.set_ylabel("chips")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8, loc="upper center")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -319,7 +406,7 @@ def cmd_fields(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    handlers = {"demo": cmd_evaluate, "evaluate": cmd_evaluate, "recover": cmd_recover, "methods": cmd_methods,
+    handlers = {"demo": cmd_demo, "evaluate": cmd_evaluate, "recover": cmd_recover, "methods": cmd_methods,
                 "train": cmd_train, "run": cmd_run, "results": cmd_results,
                 "report": cmd_report, "analyze": cmd_analyze, "presets": cmd_presets, "fields": cmd_fields}
     try:

@@ -36,13 +36,16 @@ class Cost:
     finetune_steps: int = 0
     wall_time_s: float = 0.0
     notes: list[str] = field(default_factory=list)
+    check_samples: int = 0  # held-out labelled inputs each chip was measured on (the guard; the same set each time)
+    epochs: float = 0.0  # training epochs run (training methods)
 
     def __add__(self, other: Cost) -> Cost:
         return Cost(self.sram_fraction + other.sram_fraction, self.write_verify_pulses + other.write_verify_pulses,
                     self.verified_fraction + other.verified_fraction,
                     self.calibration_samples + other.calibration_samples,
                     self.labelled_samples + other.labelled_samples, self.finetune_steps + other.finetune_steps,
-                    self.wall_time_s + other.wall_time_s, self.notes + other.notes)
+                    self.wall_time_s + other.wall_time_s, self.notes + other.notes,
+                    max(self.check_samples, other.check_samples), self.epochs + other.epochs)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -50,13 +53,37 @@ class Cost:
 
 @dataclass
 class TaskData:
-    """What a method may use: labelled training data, and unlabelled inputs for on-chip calibration."""
+    """What a method may use: labelled training data, and unlabelled inputs for on-chip calibration.
+
+    ``check``: held-out labelled inputs that no method trains or calibrates on. Training methods stop early
+    on them, and ``recover``'s guard measures every chip on them (:meth:`with_check` makes them)."""
 
     train: tuple[Tensor, Tensor]
     unlabelled: Tensor
+    check: tuple[Tensor, Tensor] | None = None
 
     def inputs(self, n: int) -> Tensor:
         return self.unlabelled[:n]
+
+    def with_check(self, fraction: float = 0.15, most: int = 500, seed: int = 0) -> TaskData:
+        """This data with ``fraction`` of the training examples (at most ``most``, a seeded random choice)
+        held out as ``check``; the rest keep their order. Unlabelled inputs that are the training images
+        lose the same ones. Without labels, the check inputs are labelled later by the ideal model
+        (``recover`` does it). Returns self if it has a check set already."""
+        if self.check is not None:
+            return self
+        x, y = self.train
+        n = len(x)
+        k = min(most, int(fraction * n))
+        if k < 1:
+            raise NvcimError(f"{n} training examples are too few to hold out check inputs: give TaskData.check")
+        held = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:k].sort().values
+        keep = torch.ones(n, dtype=torch.bool)
+        keep[held] = False
+        labelled = isinstance(y, Tensor)
+        train = (x[keep], y[keep] if labelled else y)
+        unlabelled = train[0] if self.unlabelled is x else self.unlabelled
+        return TaskData(train, unlabelled, (x[held], y[held] if labelled else torch.empty(0, dtype=torch.long)))
 
 
 def read_back(chip: Chip, name: str, reads: int) -> tuple[Tensor, Tensor]:
@@ -97,9 +124,12 @@ def shuffled_batches(n: int, batch_size: int, gen: torch.Generator) -> Iterator[
 
 
 class Method(ABC):
-    """A recovery method. Subclasses set ``name`` and implement :meth:`apply`."""
+    """A recovery method. Subclasses set ``name`` and implement :meth:`apply`. ``changes_chip``: it changes the
+    chips' cells or registers after programming (``recover`` then guards it, see :mod:`.guard`); training
+    methods change the model instead."""
 
     name = ""
+    changes_chip = True
 
     @abstractmethod
     def apply(self, chip: Chip, data: TaskData, progress: bool = False) -> Cost:
@@ -134,12 +164,14 @@ def get(name: str, **options: Any) -> Method:
 
 @dataclass
 class RecoveryReport:
-    """Accuracy before and after a chain of methods, and what it cost."""
+    """Accuracy before and after a chain of methods, and what it cost. ``reverted``: per guarded method of the
+    chain, the chips it would have left worse and that were put back (see :mod:`.guard`)."""
 
     methods: list[str]
     before: EvalResult
     after: EvalResult
     cost: Cost
+    reverted: list[tuple[str, int]] = field(default_factory=list)
 
     @property
     def recovery_ratio(self) -> float:
@@ -152,30 +184,46 @@ class RecoveryReport:
         d = self.after.to_dict()
         d.update({"methods": self.methods, "degraded_accuracy": self.before.accuracy.to_dict(),
                   "ideal_accuracy_before": self.before.ideal_accuracy,
-                  "cost": self.cost.to_dict(), "recovery_ratio": self.recovery_ratio})
+                  "cost": self.cost.to_dict(), "recovery_ratio": self.recovery_ratio,
+                  "reverted_chips": [{"method": m, "chips": n} for m, n in self.reverted]})
         return d
 
     def summary(self) -> str:
+        back = ", ".join(f"{m} {n}" for m, n in self.reverted if n)
         return (f"{'+'.join(self.methods)}: {100 * self.before.accuracy.mean:.2f} % -> "
                 f"{100 * self.after.accuracy.mean:.2f} ± {100 * self.after.accuracy.std:.2f} % "
-                f"(ideal {100 * self.before.ideal_accuracy:.2f} %, recovery ratio {self.recovery_ratio:.2f})")
+                f"(ideal {100 * self.before.ideal_accuracy:.2f} %, recovery ratio {self.recovery_ratio:.2f})"
+                + (f"; chips put back by the guard: {back}" if back else ""))
 
 
 def recover(model: AnalogModel, methods: list[Method | str], data: TaskData, test: tuple[Tensor, Tensor],
-            batch_size: int = 500, progress: bool = True) -> RecoveryReport:
-    """Evaluate ``model``, apply ``methods`` in order on all its chips, evaluate again."""
+            batch_size: int = 500, progress: bool = True, guard: bool = True) -> RecoveryReport:
+    """Evaluate ``model``, apply ``methods`` in order on all its chips, evaluate again.
+
+    A part of the training data is held out as check inputs (:meth:`TaskData.with_check`) unless ``data``
+    has them. With ``guard`` (default), every method that changes chips keeps, per chip, the better of
+    the states before and after it on those inputs (:mod:`.guard`); ``guard=False`` applies it blindly."""
+    from .guard import guarded_apply, labelled_check
+
     chain = [get(m) if isinstance(m, str) else m for m in methods]
     if not chain:
         raise NvcimError("no recovery method given")
+    data = data.with_check()
     if not model.is_calibrated():
         model.calibrate(data.inputs(256))
     before = evaluate(model, test, batch_size=batch_size, progress=progress)
     chip = SimulatedChip(model)
+    data = labelled_check(chip, data)
     cost = Cost()
+    reverted = []
     for m in chain:
         t0 = time.perf_counter()
-        c = m.apply(chip, data, progress=progress)
+        if guard and m.changes_chip:
+            c, g = guarded_apply(m, chip, data, progress=progress)
+            reverted.append((m.name, int(g.reverted.sum())))
+        else:
+            c = m.apply(chip, data, progress=progress)
         c.wall_time_s = time.perf_counter() - t0
         cost = cost + c
     after = evaluate(model, test, batch_size=batch_size, progress=progress)
-    return RecoveryReport([m.name for m in chain], before, after, cost)
+    return RecoveryReport([m.name for m in chain], before, after, cost, reverted)

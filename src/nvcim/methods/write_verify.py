@@ -20,6 +20,13 @@ diagonal of its weight times its own expected squared contribution (decode facto
 verify the global top ``fraction`` of cells. With bit slicing the error of a weight is dominated by its
 high-order slices (the top 1-bit slice of an 8-bit weight carries 3/4 of its variance), so the same pulse
 budget covers the high-order cells of many more weights. Differential mapping only.
+
+Stuck cells: a cell whose verify reads stay at a rail (g_min or g_max, far from its target) for
+``give_up`` pulses in a row is declared stuck; it gets no more pulses, and the cost report counts it.
+(Without this, every stuck cell burns ``max_pulses`` pulses to no effect: on Charan's chip, with 10.8 %
+stuck cells, that is most of full write-verify's pulses.) Write-verify cannot repair a stuck cell; chain
+it with ``map-correct`` (re-targets the stuck cell's differential partner) or ``rsa`` with
+``selection='faults'`` (SRAM weights at the worst measured errors).
 """
 
 from __future__ import annotations
@@ -38,13 +45,14 @@ class WriteVerify(Method):
     """Program-verify-re-pulse loop on all weights (fraction = 1) or the most sensitive ones (SWIM).
 
     Options: ``fraction`` (0, 1], ``sensitivity`` 'swim' | 'expected' | 'magnitude' | 'random', ``tol``
-    (fraction of g_max - g_min), ``max_pulses``.
+    (fraction of g_max - g_min), ``max_pulses``, ``give_up`` (pulses at a rail before a cell is declared
+    stuck; 0 = never).
     """
 
     name = "write-verify"
 
     def __init__(self, fraction: float = 1.0, sensitivity: str = "swim", tol: float = 0.03, max_pulses: int = 20,
-                 seed: int = 0, cells: bool = False) -> None:
+                 seed: int = 0, cells: bool = False, give_up: int = 3) -> None:
         if cells and sensitivity != "expected":
             raise NvcimError("write-verify.cells = true ranks cells by their expected error: it needs "
                              "sensitivity = 'expected'")
@@ -58,6 +66,10 @@ class WriteVerify(Method):
             raise NvcimError(f"write-verify.tol = {tol} is invalid: allowed (0, 1] of g_max - g_min")
         if max_pulses < 1:
             raise NvcimError(f"write-verify.max_pulses = {max_pulses} is invalid: allowed >= 1")
+        if give_up < 0:
+            raise NvcimError(f"write-verify.give_up = {give_up} is invalid: allowed 0 (never) or >= 1 pulses")
+        self.give_up = give_up
+        self.stuck: dict[str, tuple[Tensor, Tensor]] = {}  # per layer: (pos, neg) cells given up as stuck
         self.fraction, self.sensitivity, self.tol, self.max_pulses, self.seed = (
             fraction, sensitivity, tol, max_pulses, seed)
 
@@ -107,22 +119,35 @@ class WriteVerify(Method):
         n = chip.n_chips
         pulses = torch.zeros(n)
         chosen = total = 0
+        self.stuck = {}
         for name in chip.layer_names():
             mp, mn = masks[name]
             chosen += int(mp.sum() + mn.sum())
             total += mp.numel() + mn.numel()
-            pulses += chip.write_verify(name, mp.unsqueeze(0).expand(n, *mp.shape),
-                                        mn.unsqueeze(0).expand(n, *mn.shape), self.tol, self.max_pulses).double()
+            pulses += self._verify(chip, name, mp.unsqueeze(0).expand(n, *mp.shape),
+                                   mn.unsqueeze(0).expand(n, *mn.shape))
         return Cost(write_verify_pulses=float(pulses.mean()), verified_fraction=chosen / max(1, total),
                     labelled_samples=min(len(data.train[1]), 32 * 16),
                     notes=[f"write-verify ({100 * self.fraction:g} % of the cells by expected loss), tol "
-                           f"{self.tol:g} of the range, <= {self.max_pulses} pulses"])
+                           f"{self.tol:g} of the range, <= {self.max_pulses} pulses{self._stuck_note(n)}"])
+
+    def _verify(self, chip: Chip, name: str, mpos: Tensor, mneg: Tensor) -> Tensor:
+        v = chip.write_verify(name, mpos, mneg, self.tol, self.max_pulses, give_up=self.give_up)
+        self.stuck[name] = (v.stuck_pos, v.stuck_neg)
+        return v.pulses.double()
+
+    def _stuck_note(self, n: int) -> str:
+        if not self.give_up:
+            return ""
+        found = sum(int(p.sum() + q.sum()) for p, q in self.stuck.values()) / max(1, n)
+        return f"; {found:.0f} stuck cells per chip found and given up after {self.give_up} pulses at a rail"
 
     def apply(self, chip: Chip, data: TaskData, progress: bool = False) -> Cost:
         if self.cells and self.fraction < 1.0:
             return self._apply_cells(chip, data)
         masks = self.select(chip, data)
         n = chip.n_chips
+        self.stuck = {}
         pulses = torch.zeros(n)
         chosen = total = 0
         for name in chip.layer_names():
@@ -132,12 +157,13 @@ class WriteVerify(Method):
             pos_t, neg_t = chip.targets(name)
             mpos = wmask.unsqueeze(0).expand(pos_t.shape).unsqueeze(0).expand(n, *pos_t.shape)
             mneg = _neg_mask(chip, name, wmask, neg_t.shape, n)
-            pulses += chip.write_verify(name, mpos, mneg, self.tol, self.max_pulses).double()
+            pulses += self._verify(chip, name, mpos, mneg)
         label = "full" if self.fraction >= 1 else f"{100 * self.fraction:g} % by {self.sensitivity}"
         return Cost(write_verify_pulses=float(pulses.mean()), verified_fraction=chosen / max(1, total),
                     labelled_samples=min(len(data.train[1]), 32 * 16)  # fisher_diagonal's default sample
                     if self.sensitivity in ("swim", "expected") and self.fraction < 1 else 0,
-                    notes=[f"write-verify ({label}), tol {self.tol:g} of the range, <= {self.max_pulses} pulses"])
+                    notes=[f"write-verify ({label}), tol {self.tol:g} of the range, <= {self.max_pulses} pulses"
+                           f"{self._stuck_note(n)}"])
 
 
 def _neg_mask(chip: Chip, name: str, wmask: Tensor, shape: torch.Size, n: int) -> Tensor:
