@@ -27,12 +27,18 @@ def test_demo_writes_result_and_histogram(tmp_path, capsys):
     assert len(acc["per_chip"]) == 120
     assert set(("mean", "std", "kpp", "per_chip", "ci95", "kpp_ci95")) <= set(acc)
     assert res["ideal_accuracy"] > 0.85  # the digital LeNet-5 on digits
-    assert acc["mean"] < res["ideal_accuracy"] - 0.3  # Charan's faults and variation hurt a lot untrained
+    degraded = res["degraded_accuracy"]
+    assert degraded["mean"] < res["ideal_accuracy"] - 0.3  # Charan's faults and variation hurt a lot untrained
     assert acc["min"] <= acc["kpp"] <= acc["mean"]
-    assert (tmp_path / "accuracy_hist.png").read_bytes()[:4] == b"\x89PNG"
+    # the demo also shows the answer: the best cheap chain wins most of the loss back
+    assert res["recovery_ratio"] > 0.8 and acc["mean"] > degraded["mean"] + 0.5
+    trials = res["auto_trials"]
+    assert len(trials) == 3 and sum(t["chosen"] for t in trials) == 1
+    for name in ("accuracy_hist.png", "demo.png", "pareto.png"):
+        assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
     assert nvcim.load_config(tmp_path / "chip.toml") == nvcim.preset("rram-mlc-4bit")
     out = capsys.readouterr().out
-    assert "ideal" in out and "±" in out and "worst 1 %" in out
+    assert "ideal" in out and "±" in out and "worst 1 %" in out and "recovered" in out and "Pareto" in out
 
 
 def test_result_json_matches_python_api(tmp_path):

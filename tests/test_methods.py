@@ -467,3 +467,95 @@ def test_cell_level_selection_beats_weight_level_at_the_same_pulse_budget(digits
     with pytest.raises(NvcimError, match="differential mapping"):
         recover(_chips(digits, offset, chips=2), [get("write-verify", fraction=0.1, sensitivity="expected",
                                                       cells=True)], data, digits.test, progress=False)
+
+
+def _outputs(model, x):
+    with torch.no_grad():
+        return model(x, read_key=7)  # the same read-noise draw each time
+
+
+def test_restore_puts_chosen_chips_back_exactly(digits):
+    """checkpoint / restore: cells (moved rows included), gain/offset and SRAM of the chosen chips come back
+    to the bit, the other chips keep their new state."""
+    model = _chips(digits, MLC, chips=6)
+    chip = SimulatedChip(model)
+    data = TaskData(digits.train, digits.train[0]).with_check()
+    x = digits.test[0][:50]
+    y0 = _outputs(model, x)
+    state = chip.checkpoint()
+    for m in (get("map-correct", remap=True), get("rsa", fraction=0.05, epochs=1, selection="faults"),
+              get("self-tune")):
+        m.apply(chip, data)
+    y1 = _outputs(model, x)
+    back = torch.tensor([True, False, True, False, False, True])
+    rewritten = chip.restore(state, back)
+    y2 = _outputs(model, x)
+    assert torch.equal(y2[back], y0[back]) and torch.equal(y2[~back], y1[~back])
+    assert not torch.equal(y1[back], y0[back])  # the methods had changed them
+    assert (rewritten[back] > 0).all() and (rewritten[~back] == 0).all()  # remapping re-wrote every cell
+    with pytest.raises(NvcimError, match="re-programmed after this checkpoint"):
+        model.reprogram(digits.train[0][:256])
+        chip.restore(state, back)
+
+
+@pytest.mark.parametrize("config, name, options", [
+    (BETWEEN, "map-correct", {}),  # made chips much worse under per-array variation (issue #14)
+    (SLICED, "map-correct", {}),  # and on 1-bit sliced cells
+    (MLC, "self-tune", {"granularity": "layer"}),
+    (MLC, "write-verify", {}),
+])
+def test_no_guarded_method_leaves_a_chip_worse(digits, config, name, options):
+    """Per chip, the kept state scores at least as well on the check inputs as the state before; where the
+    method hurt, the chips were put back: with no read noise (BETWEEN, SLICED) their test accuracy is
+    exactly the one before."""
+    from nvcim.methods.guard import guarded_apply, labelled_check
+
+    model = _chips(digits, config, chips=20)
+    chip = SimulatedChip(model)
+    data = labelled_check(chip, TaskData(digits.train, digits.train[0]))
+    before = nvcim.evaluate(model, digits.test, progress=False).accuracy.per_chip
+    cost, g = guarded_apply(get(name, **options), chip, data)
+    assert bool((g.kept >= g.before).all())
+    after = nvcim.evaluate(model, digits.test, progress=False).accuracy.per_chip
+    if not config.device.read_noise:
+        for i in g.reverted.nonzero().flatten().tolist():
+            assert after[i] == before[i]
+    if config is not MLC or name == "write-verify":
+        assert int(g.reverted.sum()) > 0 and "put back" in cost.notes[-1]
+    # blind, the same method on the same chips makes some chip worse: the guard is what prevents it
+    blind = _chips(digits, config, chips=20)
+    b0 = nvcim.evaluate(blind, digits.test, progress=False).accuracy.per_chip
+    get(name, **options).apply(SimulatedChip(blind), data)
+    b1 = nvcim.evaluate(blind, digits.test, progress=False).accuracy.per_chip
+    assert min(b - a for a, b in zip(b0, b1)) < 0
+
+
+def test_recover_reports_reverted_chips_and_never_loses_on_average(digits):
+    data = TaskData(digits.train, digits.train[0])
+    rep = recover(_chips(digits, BETWEEN, chips=20), [get("map-correct"), get("self-tune")], data, digits.test,
+                  progress=False)
+    assert rep.reverted[0] == ("map-correct", 20) and rep.reverted[1][0] == "self-tune"
+    assert _improved(rep) and "put back" in rep.summary()
+    assert rep.to_dict()["reverted_chips"][0] == {"method": "map-correct", "chips": 20}
+    blind = recover(_chips(digits, BETWEEN, chips=20), [get("map-correct")], data, digits.test, progress=False,
+                    guard=False)
+    assert blind.reverted == [] and blind.after.accuracy.mean < blind.before.accuracy.mean - 0.1
+
+
+def test_auto_keeps_the_cheapest_chain_near_the_best_and_marks_the_pareto_front(digits):
+    auto = get("auto", chains="self-tune,map-correct,map-correct+self-tune", tolerance=0.01)
+    rep = recover(_chips(digits, MLC, chips=12), [auto], TaskData(digits.train, digits.train[0]), digits.test,
+                  progress=False)
+    trials = {t.chain: t for t in auto.trials}
+    assert set(trials) == {"self-tune", "map-correct", "map-correct+self-tune"}
+    best = max(t.accuracy for t in trials.values())
+    chosen = [t for t in trials.values() if t.chosen]
+    assert len(chosen) == 1 and chosen[0].accuracy >= best - 0.01
+    assert all(t.pareto for t in trials.values() if t.accuracy == best)
+    for t in trials.values():  # a dominated chain has a better-or-equal and no costlier rival
+        if not t.pareto:
+            assert any(o.accuracy >= t.accuracy and o.pulses <= t.pulses for o in trials.values() if o is not t)
+    assert _improved(rep, at_least=0.3)  # Charan's chip: 17 % -> about 90 %
+    assert "auto: tried 3 chains" in rep.cost.notes[0]
+    with pytest.raises(NvcimError, match="unknown block"):
+        get("auto", chains="self-tune+nonsense")
