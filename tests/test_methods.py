@@ -493,9 +493,11 @@ def test_restore_puts_chosen_chips_back_exactly(digits):
     assert torch.equal(y2[back], y0[back]) and torch.equal(y2[~back], y1[~back])
     assert not torch.equal(y1[back], y0[back])  # the methods had changed them
     assert (rewritten[back] > 0).all() and (rewritten[~back] == 0).all()  # remapping re-wrote every cell
-    with pytest.raises(NvcimError, match="re-programmed after this checkpoint"):
-        model.reprogram(digits.train[0][:256])
-        chip.restore(state, back)
+    restored = chip.checkpoint()
+    chip.restore(state, torch.ones(6, dtype=torch.bool))  # all back: the chips before any method
+    assert torch.equal(_outputs(model, x), y0)
+    chip.restore(restored, torch.ones(6, dtype=torch.bool))  # and forward again: a checkpoint stays valid
+    assert torch.equal(_outputs(model, x), y2)
 
 
 @pytest.mark.parametrize("config, name, options", [
