@@ -185,8 +185,8 @@ class SimulatedChip:
     # ---- keeping a state ---------------------------------------------------------------------------
     def checkpoint(self) -> object:
         # references, not copies: every change of a chip's state makes new tensors (rewrite, remap_rows,
-        # the registers' setters), so a checkpoint costs no memory; restore() refuses one whose tensors
-        # were changed in place since (re-programming reuses the cell buffers)
+        # program, the registers' setters), so a checkpoint costs no memory; restore() refuses one whose
+        # tensors were changed in place since, which would have changed the checkpoint with them
         return {name: {k: (t, t._version) for k in _STATE if (t := getattr(lay, k)).numel() or k.startswith("sram")}
                 for name, lay in self._layers.items()}
 
@@ -203,7 +203,7 @@ class SimulatedChip:
             lay = self._layers[name]
             for k, (old, version) in saved.items():
                 if old._version != version:
-                    raise NvcimError("restore: the chips were re-programmed after this checkpoint; take a new one")
+                    raise NvcimError("restore: this checkpoint's state was changed in place since it was taken; take a new one")
                 now = getattr(lay, k)
                 if now is old:
                     continue
