@@ -203,7 +203,7 @@ class SimulatedChip:
             lay = self._layers[name]
             for k, (old, version) in saved.items():
                 if old._version != version:
-                    raise NvcimError("restore: this checkpoint's state was changed in place since it was taken; take a new one")
+                    raise NvcimError("restore: the checkpoint's state was changed in place since; take a new one")
                 now = getattr(lay, k)
                 if now is old:
                     continue
