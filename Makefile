@@ -35,12 +35,13 @@ stress: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/bench_core.py
 
-# the real workloads of issue #15 (about 25 minutes on 2 cores): Monte Carlo per model, 1000 ResNet-18 chips
+# the real workloads of issue #15 (about 30 minutes on 2 cores): Monte Carlo per model, 1000 ResNet-18 chips, Ray 1 -> 2 workers
 bench-models: $(STAMP)
 	$(BIN)/python bench/bench_models.py --models vit lenet5 --tag _vit_lenet
 	$(BIN)/python bench/bench_models.py --models resnet18 --images 30 --batch 10 --tag _resnet18
 	$(BIN)/python bench/bench_program.py
 	$(BIN)/python bench/bench_convert.py
+	$(BIN)/python bench/bench_ray.py
 
 clean:
 	rm -rf $(VENV) out
