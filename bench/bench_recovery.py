@@ -34,6 +34,7 @@ CHAINS = [
     ["chip-kd"], ["map-correct"], ["rsa:faults"], ["kd", "rsa:faults"],
     ["vat", "chip-kd"], ["map-correct", "chip-kd"], ["write-verify:10", "self-tune"],
     ["map-correct", "self-tune", "chip-kd"], ["map-correct:remap"], ["map-correct:remap", "chip-kd"],
+    ["chip-kd:rewrite"],
 ]
 
 OPTIONS = {
@@ -49,6 +50,7 @@ OPTIONS = {
     "write-verify:10-cells": ("write-verify", {"fraction": 0.1, "sensitivity": "expected", "cells": True}),
     "self-tune": ("self-tune", {}), "chip-kd": ("chip-kd", {}), "map-correct": ("map-correct", {}),
     "map-correct:remap": ("map-correct", {"remap": True}),
+    "chip-kd:rewrite": ("chip-kd", {"rewrite": 0.2}),  # re-programs up to 20 % of the pairs first (Lv)
 }
 
 

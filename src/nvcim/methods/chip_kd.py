@@ -3,8 +3,10 @@
 Hardware in the loop: each step runs a batch of unlabelled inputs on every chip and on the ideal model
 (the teacher), and updates the chip's digital parameters — each analog layer's per-chip, per-column gain
 and offset registers — to minimise tau^2 KL(teacher || chip) on the logits plus ``beta`` times the mean
-squared error of the measurable layer outputs. Cells are not re-programmed (re-programming within a
-write budget is not implemented yet).
+squared error of the measurable layer outputs. With ``rewrite`` > 0 it first re-programs cells within a
+write budget: map-correct's partner step (read back, per-array write gain, one write per cell) on the
+``rewrite`` fraction of each layer's pairs whose write is predicted to gain most, before the registers are
+tuned (after Lv et al.'s write-budgeted re-programming; the selection is ours).
 
 Simplification: gradients come from the simulator's autograd through the chip forward (straight-through
 for the converters). It uses the chips' true conductances, where a real deployment would back-propagate
@@ -26,19 +28,31 @@ from .base import Cost, Method, TaskData, register
 class ChipKD(Method):
     """Fine-tune every chip's digital gain/offset registers by distillation from the ideal model; no labels.
 
-    Options: ``steps``, ``batch_size``, ``lr``, ``tau``, ``beta`` (layer-output term), ``samples``.
+    Options: ``steps``, ``batch_size``, ``lr``, ``tau``, ``beta`` (layer-output term), ``samples``, ``rewrite``
+    (fraction of each layer's cell pairs re-programmed first, 0 to 1; default 0: registers only).
     """
 
     name = "chip-kd"
 
     def __init__(self, steps: int = 150, batch_size: int = 64, lr: float = 5e-3, tau: float = 2.0,
-                 beta: float = 0.0, samples: int = 1024, seed: int = 0) -> None:
+                 beta: float = 0.0, samples: int = 1024, seed: int = 0, rewrite: float = 0.0) -> None:
         if steps < 1 or batch_size < 1 or lr <= 0 or tau <= 0 or beta < 0 or samples < 1:
             raise NvcimError("chip-kd: steps, batch_size, samples >= 1; lr, tau > 0; beta >= 0")
+        if not 0 <= rewrite <= 1:
+            raise NvcimError(f"chip-kd.rewrite = {rewrite} is invalid: allowed 0 to 1 (fraction of each layer's "
+                             "cell pairs re-programmed)")
+        self.rewrite = rewrite
         self.steps, self.batch_size, self.lr, self.tau, self.beta, self.samples, self.seed = (
             steps, batch_size, lr, tau, beta, samples, seed)
 
     def apply(self, chip: Chip, data: TaskData, progress: bool = False) -> Cost:
+        written = Cost()
+        if self.rewrite:
+            from .map_correct import MapCorrect
+
+            written = MapCorrect(column=False, ir=False, budget=self.rewrite).apply(chip, data)
+            written.notes = [f"chip-kd: partner re-programming of at most {100 * self.rewrite:g} % of each layer's "
+                             "pairs first"]
         x = data.inputs(self.samples)
         names = chip.layer_names()
         registers = {}
@@ -71,5 +85,5 @@ class ChipKD(Method):
         finally:
             for name, (gain, offset) in registers.items():
                 chip.set_output_affine(name, gain.detach(), offset.detach())
-        return Cost(calibration_samples=int(x.shape[0]), finetune_steps=self.steps,
-                    notes=[f"chip-kd: {self.steps} on-chip distillation steps on the gain/offset registers"])
+        return written + Cost(calibration_samples=int(x.shape[0]), finetune_steps=self.steps,
+                              notes=[f"chip-kd: {self.steps} on-chip distillation steps on the gain/offset registers"])

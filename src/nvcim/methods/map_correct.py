@@ -123,19 +123,25 @@ class MapCorrect(Method):
     """Read the array back and compensate its deterministic error: partner re-targeting, column gain/offset.
 
     Options: ``partner``, ``column``, ``ir``, ``remap`` (bools), ``tol`` and ``ir_tol`` (fractions of the
-    range), ``reads``, ``samples``, ``stats`` ('ideal' or 'chip') and ``stat_samples``.
+    range), ``reads``, ``samples``, ``stats`` ('ideal' or 'chip'), ``stat_samples``, and ``budget`` (the
+    fraction of each layer's pairs the partner step may re-write per chip, those whose write is predicted to
+    gain the most weight accuracy first; 1: every pair worth it).
     """
 
     name = "map-correct"
 
     def __init__(self, partner: bool = True, column: bool = True, ir: bool = True, remap: bool = False,
                  tol: float = 0.05, ir_tol: float = 0.002, reads: int = 4, samples: int = 256,
-                 stat_samples: int = 64, stats: str = "ideal") -> None:
+                 stat_samples: int = 64, stats: str = "ideal", budget: float = 1.0) -> None:
         if not partner and not column and not ir and not remap:
             raise NvcimError("map-correct: enable at least one of partner, column, ir, remap")
         if not 0 < tol <= 1 or not 0 <= ir_tol <= 1 or reads < 1 or samples < 1 or stat_samples < 1:
             raise NvcimError("map-correct: tol must be in (0, 1], ir_tol in [0, 1], reads, samples and "
                              "stat_samples >= 1")
+        if not 0 <= budget <= 1:
+            raise NvcimError(f"map-correct.budget = {budget} is invalid: allowed 0 to 1 (fraction of each layer's "
+                             "pairs the partner step may re-write)")
+        self.budget = budget
         if stats not in ("ideal", "chip"):
             raise NvcimError(f"map-correct.stats = {stats!r} is invalid: allowed 'ideal', 'chip'")
         self.stat_samples, self.stats = stat_samples, stats
@@ -299,6 +305,14 @@ class MapCorrect(Method):
         req = torch.where(keep_pos, req_p, req_n)
         after, spread = torch.where(keep_pos, after_p, after_n), torch.where(keep_pos, spread_p, spread_n)
         worth = (err > self.tol * span) & (err - after > 2 * spread)
+        if self.budget < 1:  # only the pairs whose write is predicted to gain the most weight accuracy
+            gain = torch.where(worth, (err - after) * decode_factors(chip, name).abs().to(err).unsqueeze(-1),
+                               torch.zeros_like(err)).flatten(1)
+            k = int(self.budget * gain.shape[1])
+            chosen = torch.zeros_like(gain, dtype=torch.bool)
+            if k:
+                chosen.scatter_(1, gain.topk(k, dim=1).indices, True)
+            worth = worth & chosen.view_as(worth)
         pulses = chip.write(name, "neg", worth & keep_pos, req)
         pulses += chip.write(name, "pos", worth & ~keep_pos, req)
         return pulses
