@@ -52,6 +52,10 @@ def test_result_json_matches_python_api(tmp_path):
     assert set(d) <= set(res)
     assert res["accuracy"]["per_chip"] == d["accuracy"]["per_chip"]
     assert res["accuracy"]["mean"] == pytest.approx(res["ideal_accuracy"])  # ideal chips are the model
+    # the performance switches are part of every result, the one that changes numbers resolved
+    rt = res["runtime"]
+    assert {"memory_mb", "chip_block", "compile", "cells", "retain_heap", "variance", "draws"} <= set(rt)
+    assert rt["variance"] == "auto" and rt["variance_resolved"] in ("float32", "bfloat16")
 
 
 def test_set_overrides_and_bad_set_fails_cleanly(tmp_path, capsys):

@@ -200,6 +200,16 @@ class AnalogModel(nn.Module):
         if calibration is not None:
             self.calibrate(calibration)
 
+    def runtime_record(self) -> dict[str, Any]:
+        """The performance switches this model runs with, for a result's record: every ``Runtime`` field,
+        ``variance`` resolved for this device (the one switch that changes numbers: bfloat16 rounds the
+        read-noise variance products), and the random-draw scheme version."""
+        from dataclasses import asdict
+
+        fmt = variance_dtype(self.runtime, torch.float32, self.device)
+        return {**asdict(self.runtime), "variance_resolved": "bfloat16" if fmt == torch.bfloat16 else "float32",
+                "draws": rng.DRAWS}
+
     def is_calibrated(self) -> bool:
         return all(layer.is_calibrated() for layer in self.analog_layers())
 

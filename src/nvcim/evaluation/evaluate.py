@@ -113,4 +113,4 @@ def evaluate(model: AnalogModel, data: Data, batch_size: int = 500, calibration:
         raise NvcimError("the dataset is empty")
     per_chip = (correct / seen).tolist()
     return EvalResult(ideal_correct / seen, AccuracyStats(per_chip, kpp_k), model.chips, seen, model.seed,
-                      time.perf_counter() - start, model.config.to_dict())
+                      time.perf_counter() - start, model.config.to_dict(), {"runtime": model.runtime_record()})
