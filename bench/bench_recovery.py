@@ -27,6 +27,21 @@ SETTINGS = {
         "array.rows": 32}),
 }
 
+# Han et al.: each non-ideality alone on a clean 4-bit cell, then all together
+_CLEAN = nvcim.override(nvcim.preset("rram-mlc-4bit"), {"device.programming.sigma": 0.0, "device.faults.sa0": 0.0,
+                                                        "device.faults.sa1": 0.0})
+HAN = {
+    "faults": {"device.faults.sa0": 0.0175, "device.faults.sa1": 0.0904},
+    "variation": {"device.programming.sigma": 0.1, "variability.between_sigma": 0.3, "variability.scope": "array"},
+    "ir-drop": {"array.wire_resistance": 4.0, "array.rows": 256},
+    "adc-4bit": {"circuit.adc_bits": 4, "circuit.dac_bits": 8},
+    "drift": {"device.drift.nu_mean": 0.05, "device.drift.nu_std": 0.015, "device.drift.t0": 20.0,
+              "device.drift.t_read": 86400.0},
+}
+HAN["all"] = {k: v for d in HAN.values() for k, v in d.items()}
+for _name, _set in HAN.items():
+    SETTINGS[f"han: {_name}"] = nvcim.override(_CLEAN, {"name": f"han-{_name}", **_set})
+
 CHAINS = [
     ["vat"], ["vat:censor"], ["qvat"], ["kd"], ["rsa"], ["kd", "rsa"], ["write-verify"], ["write-verify:10"],
     ["write-verify:10-magnitude"], ["write-verify:10-random"], ["write-verify:10-expected"],
@@ -93,7 +108,8 @@ def main() -> None:
     ap.add_argument("--dataset", default="fashion-mnist")
     ap.add_argument("--chips", type=int, default=100)
     ap.add_argument("--limit", type=int, default=2000, help="test images (the first N)")
-    ap.add_argument("--settings", default=",".join(SETTINGS))
+    ap.add_argument("--settings", default=",".join(s for s in SETTINGS if not s.startswith("han: ")),
+                    help="comma-separated chip settings; 'han' for Han's six (each non-ideality alone, then all)")
     ap.add_argument("--chains", default="", help="comma-separated chains to run (default all), e.g. "
                     "self-tune,map-correct+chip-kd")
     ap.add_argument("--tag", default="", help="suffix of the results file name")
@@ -117,7 +133,9 @@ def main() -> None:
     test = (data.test[0][:args.limit], data.test[1][:args.limit])
     task = TaskData(data.train, data.train[0])
     rows: dict[str, list[dict]] = {}
-    for sname in args.settings.split(","):
+    names = [n for s in args.settings.split(",") for n in ([h for h in SETTINGS if h.startswith("han: ")]
+                                                          if s == "han" else [s])]
+    for sname in names:
         cfg = SETTINGS[sname]
         rows[sname] = []
         wanted = [c.split("+") for c in args.chains.split(",")] if args.chains else CHAINS
