@@ -42,6 +42,13 @@ HAN["all"] = {k: v for d in HAN.values() for k, v in d.items()}
 for _name, _set in HAN.items():
     SETTINGS[f"han: {_name}"] = nvcim.override(_CLEAN, {"name": f"han-{_name}", **_set})
 
+# Deng & Orshansky: b-bit cells (one per weight, a differential pair) and b-bit inputs, with their variation; the
+# degraded row is post-training quantisation onto the chip, against qvat
+for _bits in (2, 3, 4):
+    SETTINGS[f"deng: {_bits}-bit"] = nvcim.override(_CLEAN, {
+        "name": f"deng-{_bits}bit", "device.bits_per_cell": _bits,
+        "circuit.dac_bits": _bits, "device.programming.sigma": 0.05, "variability.between_sigma": 0.1})
+
 CHAINS = [
     ["vat"], ["vat:censor"], ["qvat"], ["kd"], ["rsa"], ["kd", "rsa"], ["write-verify"], ["write-verify:10"],
     ["write-verify:10-magnitude"], ["write-verify:10-random"], ["write-verify:10-expected"],
@@ -107,9 +114,12 @@ def main() -> None:
     ap.add_argument("--model", default="lenet5")
     ap.add_argument("--dataset", default="fashion-mnist")
     ap.add_argument("--chips", type=int, default=100)
+    ap.add_argument("--epochs", type=int, default=3, help="digital training epochs of the model (0: the "
+                    "dataset's default, 40 on digits)")
     ap.add_argument("--limit", type=int, default=2000, help="test images (the first N)")
-    ap.add_argument("--settings", default=",".join(s for s in SETTINGS if not s.startswith("han: ")),
-                    help="comma-separated chip settings; 'han' for Han's six (each non-ideality alone, then all)")
+    ap.add_argument("--settings", default=",".join(s for s in SETTINGS if not s.startswith(("han: ", "deng: "))),
+                    help="comma-separated chip settings; 'han' for Han's six (each non-ideality alone, then all), "
+                    "'deng' for Deng & Orshansky's 2-, 3- and 4-bit chips")
     ap.add_argument("--chains", default="", help="comma-separated chains to run (default all), e.g. "
                     "self-tune,map-correct+chip-kd")
     ap.add_argument("--tag", default="", help="suffix of the results file name")
@@ -133,14 +143,14 @@ def main() -> None:
     test = (data.test[0][:args.limit], data.test[1][:args.limit])
     task = TaskData(data.train, data.train[0])
     rows: dict[str, list[dict]] = {}
-    names = [n for s in args.settings.split(",") for n in ([h for h in SETTINGS if h.startswith("han: ")]
-                                                          if s == "han" else [s])]
+    names = [n for s in args.settings.split(",") for n in ([h for h in SETTINGS if h.startswith(f"{s}: ")]
+                                                          if s in ("han", "deng") else [s])]
     for sname in names:
         cfg = SETTINGS[sname]
         rows[sname] = []
         wanted = [c.split("+") for c in args.chains.split(",")] if args.chains else CHAINS
         for chain in wanted:
-            model, _ = trained_model(args.model, data, epochs=3, progress=False, device=args.device)
+            model, _ = trained_model(args.model, data, epochs=args.epochs or None, progress=False, device=args.device)
             chips = nvcim.convert(model, cfg, chips=args.chips, seed=0)
             methods = [get(OPTIONS[c][0], **OPTIONS[c][1]) for c in chain]
             t0 = time.perf_counter()
