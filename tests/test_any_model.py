@@ -374,3 +374,22 @@ def test_torchvision_models_where_torchvision_is_installed(arch):
     noisy.calibrate(x)
     with torch.no_grad():
         assert torch.isfinite(noisy(x)).all()
+
+
+@pytest.mark.parametrize("name", ["ideal", "rram-sliced-1bit"])
+def test_the_training_chip_holds_the_current_weights_after_training_moved_them(name):
+    """Noise-injection training draws a chip programmed with the *current* weights. Once training has moved
+    the weights (here: grown 3x, per column differently), a noise-free fresh chip must decode to them, not to
+    them rescaled by the column scale of the chips programmed before training (the qvat defect of 382c7f0)."""
+    torch.manual_seed(0)
+    cfg = preset(name) if name == "ideal" else override(preset(name), {
+        "device.programming.sigma": 0.0, "device.faults.sa0": 0.0, "device.faults.sa1": 0.0,
+        "device.read_noise": 0.0})
+    m = nvcim.convert(nn.Sequential(nn.Linear(16, 6)).eval(), cfg, chips=2)
+    lay = m.analog_layers()[0]
+    with torch.no_grad():
+        lay.weight.mul_(torch.linspace(1.0, 3.0, 6).view(-1, 1)).add_(0.05 * torch.randn_like(lay.weight))
+    w = lay.weight.detach()
+    # 8-bit weights (sign included): 127 levels a side of the largest column, rounding at most half a step
+    half_step = 1.001 * float(w.abs().max()) / 254 if name != "ideal" else 1e-6
+    torch.testing.assert_close(lay.fresh_weights(7), w, rtol=0, atol=half_step)

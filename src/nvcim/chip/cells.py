@@ -327,13 +327,16 @@ class CellArrays(nn.Module):
         dev = self.weight.device
         w, _ = self.conductances(gt["pos"].to(dev), gt["neg"].to(dev))  # (1, S, O, K)
         comp = comp.to(w)
-        return self.from_matrix(self.decode(w)[0] * comp)
+        # decoded with the scale of *this* mapping: the programmed chips' scale (``self.scale``) is that of
+        # the weights when they were last programmed, and training moves the weights away from them
+        return self.from_matrix(self.decode(w, m.scale, m.slice_weights)[0] * comp)
 
-    def decode(self, diff: Tensor) -> Tensor:
+    def decode(self, diff: Tensor, scale: Tensor | None = None, slice_w: Tensor | None = None) -> Tensor:
         """Weights (..., O, K) that conductance differences (..., S, O, K) stand for: shift-and-add over
-        slices, times the column scale (what the digital periphery does)."""
-        sw = self.slice_w.to(diff).view(-1, 1, 1)
-        return (diff * sw).sum(-3) * self.scale.to(diff).view(-1, 1)
+        slices, times the column scale (what the digital periphery does). ``scale`` and ``slice_w`` default
+        to the programmed chips' own."""
+        sw = (self.slice_w if slice_w is None else slice_w).to(diff).view(-1, 1, 1)
+        return (diff * sw).sum(-3) * (self.scale if scale is None else scale).to(diff).view(-1, 1)
 
     def effective(self, chips: Tensor | slice | None = None) -> tuple[Tensor, Tensor]:
         """Conductances (S) the array holds at read time (after drift) for ``chips`` (default all). On
