@@ -159,6 +159,38 @@ def test_noiseless_mlc_levels_quantise_weights():
     assert torch.allclose(eff, steps * w.abs().max() / 3, atol=1e-6)  # 4 levels -> magnitudes in {0, 1/3, 2/3, 1}
 
 
+@pytest.mark.parametrize("scaling", ["layer", "column"])
+def test_clipped_mapping_equals_clamped_weights_and_bounds_the_stuck_at_gmax_error(scaling):
+    k_sigma = 1.5
+    net = linear(k=64, o=8)
+    w = net[0].weight.detach().clone()
+    dim = dict(dim=1, keepdim=True) if scaling == "column" else {}
+    clip = torch.minimum(w.abs().amax(**dim), k_sigma * w.square().mean(**dim).sqrt())
+    assert bool((w.abs() > clip).any())  # the clip cuts some weights
+    x = torch.eye(64)
+    # noiseless: the chip holds the clamped weights
+    model = nvcim.convert(copy.deepcopy(net), cfg(**{"mapping.clip_sigma": k_sigma, "mapping.scaling": scaling}),
+                          chips=1, seed=0)
+    with torch.no_grad():
+        eff = model(x)[0].T
+    assert torch.allclose(eff, torch.maximum(torch.minimum(w, clip), -clip), atol=1e-6)
+    # stuck at g_max: a g+ stuck under a weight <= 0 reads clip - |w|, an error of exactly the clip (not max|W|);
+    # no stuck cell adds more than that
+    stuck = nvcim.convert(copy.deepcopy(net), cfg(**{"mapping.clip_sigma": k_sigma, "mapping.scaling": scaling,
+                                                  "device.faults.sa1": 0.3}), chips=4, seed=3)
+    layer = stuck.analog_layers()[0]
+    with torch.no_grad():
+        eff = stuck(x).transpose(-1, -2)  # (chips, o, k)
+    pos, neg = layer.faults_pos[:, 0] == FAULT_SA1, layer.faults_neg[:, 0] == FAULT_SA1
+    err = (eff - torch.maximum(torch.minimum(w, clip), -clip)).abs()
+    full = clip.expand_as(w).expand_as(err)
+    hit = pos & ~neg & (w <= 0)
+    assert int(hit.sum()) > 10
+    assert torch.allclose(err[hit], full[hit], rtol=1e-5, atol=1e-7)
+    assert torch.all(err[~pos & ~neg] < 1e-6)
+    assert torch.all(err <= full * (1 + 1e-5))
+
+
 @pytest.mark.parametrize("scope", ["chip", "array"])
 def test_between_chip_component_shifts_cells_together(scope):
     c = cfg(**{"device.bits_per_cell": 0, "device.programming.model": "lognormal",

@@ -134,6 +134,11 @@ class MappingConfig:
                             "0 = one cell per weight", unit="bit", lo=2, hi=16, zero_ok=True)
     scaling: str = spec("layer", "max|W| per layer or per output column maps onto the conductance range",
                         choices=("layer", "column"))
+    clip_sigma: float = spec(0.0, "weight clipping: the full conductance range stands for clip_sigma x the RMS "
+                             "of the layer's (or column's) weights, if that is below max|W|, and weights beyond "
+                             "it are clipped (aihwkit's layer-Gaussian clip); a stuck-at-g_max cell then adds at "
+                             "most that much error. 0 = off (max|W|)", unit="RMS of W", lo=0.5, hi=100.0,
+                             zero_ok=True)
 
     def __post_init__(self) -> None:
         check(self)

@@ -45,10 +45,21 @@ class Mapping:
         self.config = config
 
     def weight_max(self, w: Tensor) -> Tensor:
-        """max|W| per layer (shape (1, 1)) or per output column (shape (out, 1)); never 0."""
-        m = w.abs().amax(dim=1, keepdim=True) if self.config.mapping.scaling == "column" \
-            else w.abs().max().view(1, 1)
+        """The weight that the full conductance range stands for, per layer (shape (1, 1)) or per output
+        column (shape (out, 1)): max|W|, or ``mapping.clip_sigma`` x RMS(W) where that is smaller; never 0."""
+        mcfg = self.config.mapping
+        column = mcfg.scaling == "column"
+        m = w.abs().amax(dim=1, keepdim=True) if column else w.abs().max().view(1, 1)
+        if mcfg.clip_sigma:
+            rms = w.square().mean(dim=1, keepdim=True).sqrt() if column else w.square().mean().sqrt().view(1, 1)
+            m = torch.minimum(m, mcfg.clip_sigma * rms)
         return torch.where(m > 0, m, torch.ones_like(m))
+
+    def normalized(self, w: Tensor) -> tuple[Tensor, Tensor]:
+        """(w / m clipped to [-1, 1], m) with m = :meth:`weight_max`: the clipped weights lose what lies
+        beyond the full scale."""
+        m = self.weight_max(w)
+        return (w / m).clamp(-1.0, 1.0), m
 
     def map(self, w: Tensor) -> Mapped:
         raise NotImplementedError

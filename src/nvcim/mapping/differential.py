@@ -1,7 +1,8 @@
 """Differential-pair mapping, w ~ G+ - G-, with optional bit slicing.
 
 One cell per weight: a positive weight sets G+ = g_min + |w|/m (g_max - g_min) and leaves G- at g_min
-(mirrored for negative weights); rounding to the device's levels happens when the chip is programmed.
+(mirrored for negative weights), with m = max|W| or the clip (``mapping.clip_sigma``); rounding to the
+device's levels happens when the chip is programmed.
 
 Bit slicing (``mapping.weight_bits = N``): the weight is first quantised to the signed integer
 q = round(w/m (2^(N-1)-1)), and |q| is written in base 2^b (b = bits_per_cell) over
@@ -23,10 +24,10 @@ class Differential(Mapping):
     def map(self, w: Tensor) -> Mapped:
         d, mcfg = self.config.device, self.config.mapping
         span = d.g_max - d.g_min
-        m = self.weight_max(w)
+        u, m = self.normalized(w)
         out = w.shape[0]
         if not mcfg.weight_bits:
-            mag = (w.abs() / m) * span
+            mag = u.abs() * span
             pos = d.g_min + torch.where(w > 0, mag, torch.zeros_like(mag))
             neg = d.g_min + torch.where(w < 0, mag, torch.zeros_like(mag))
             scale = (m / span).view(-1).expand(out).clone()
@@ -34,7 +35,7 @@ class Differential(Mapping):
         b, n = d.bits_per_cell, mcfg.weight_bits
         qmax = 2 ** (n - 1) - 1
         n_slices = math.ceil((n - 1) / b)
-        q = torch.round(w / m * qmax)
+        q = torch.round(u * qmax)
         mag = q.abs().to(torch.int64)
         base = 2**b
         digits = torch.stack([(mag // base**s) % base for s in range(n_slices)]).to(w.dtype)

@@ -28,8 +28,8 @@ class Offset(Mapping):
         d = self.config.device
         ref = self.g_ref()
         half = min(ref - d.g_min, d.g_max - ref)
-        m = self.weight_max(w)
-        pos = ref + w / m * half
+        u, m = self.normalized(w)
+        pos = ref + u * half
         n_ct = math.ceil(w.shape[0] / self.config.array.cols)
         neg = torch.full((1, n_ct, w.shape[1]), ref, dtype=w.dtype)
         scale = (m / half).view(-1).expand(w.shape[0]).clone()
