@@ -191,6 +191,22 @@ def test_clipped_mapping_equals_clamped_weights_and_bounds_the_stuck_at_gmax_err
     assert torch.all(err <= full * (1 + 1e-5))
 
 
+@pytest.mark.parametrize("n_levels", [2, 4, 16, 256])
+def test_rounding_to_uniform_levels_is_bucketize_to_the_bit(n_levels):
+    from nvcim.devices import round_to_levels
+
+    torch.manual_seed(n_levels)
+    levels = torch.linspace(1e-6, 1e-4, n_levels)
+    mids = (levels[1:] + levels[:-1]) / 2
+    up, down = mids.nextafter(torch.tensor(1.0)), mids.nextafter(torch.tensor(0.0))
+    t = torch.cat([torch.rand(20000) * 1.2e-4, mids, up, down, levels]).clamp(1e-6, 1e-4).view(1, 1, -1)
+    g, idx = round_to_levels(t, levels)
+    want = torch.bucketize(t, mids)  # the nearest level; a midpoint rounds down
+    assert idx.dtype == torch.int64 and torch.equal(idx, want) and torch.equal(g, levels[want])
+    uneven = torch.cat([levels[:1], levels[1:] ** 1.01 * levels[-1] ** -0.01])  # a measured table's levels
+    assert torch.equal(round_to_levels(t, uneven)[1], torch.bucketize(t, (uneven[1:] + uneven[:-1]) / 2))
+
+
 @pytest.mark.parametrize("scope", ["chip", "array"])
 def test_between_chip_component_shifts_cells_together(scope):
     c = cfg(**{"device.bits_per_cell": 0, "device.programming.model": "lognormal",

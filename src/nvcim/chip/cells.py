@@ -211,7 +211,8 @@ class CellArrays(nn.Module):
         conductances at t0 (faults applied), the fault codes and the drift factors (t_read/t0)^-nu (empty
         without drift), and the chips' drift compensation. The one programming function of evaluation chips
         (counter-based draws, ``perm`` (n, K) the row routing, None: identity) and of training chips
-        (``stream``: one fresh chip from the fast generator; ``censor``: draws clipped at that many sigma).
+        (``stream``: one fresh chip from the fast generator, without fault codes; ``censor``: draws clipped at that
+        many sigma).
         ``targets``: :meth:`_targets` of ``m`` if the caller has them; ``out``: per side the CPU tensors that
         evaluation chips are written into (conductances, fault codes, drift factors)."""
         spec = WriteSpec(self.config.device, self.config.variability, censor, programming.has_drift(self.config.device))
@@ -232,7 +233,8 @@ class CellArrays(nn.Module):
                 model = get_model(spec.device, spec.variability)
                 written: tuple[Tensor, ...] = cells_from_draws(spec, model, g_t, lvl, draw("uniform", "fault"),
                                                                draw("normal", "program"), z_chip,
-                                                               draw("normal", "drift") if spec.has_drift else None)
+                                                               draw("normal", "drift") if spec.has_drift else None,
+                                                               codes=False)
             else:
                 keys = SideKeys(rng.chip_keys(key("fault"), ids), rng.chip_keys(key("program"), ids),
                                 rng.chip_keys(key("drift"), ids) if spec.has_drift else None)

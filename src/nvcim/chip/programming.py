@@ -53,12 +53,14 @@ class SideKeys:
 
 
 def cells_from_draws(spec: WriteSpec, model: ProgrammingModel, g_t: Tensor, level: Tensor | None, u: Tensor,
-                     z_cell: Tensor, z_chip: Tensor, z_nu: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+                     z_cell: Tensor, z_chip: Tensor, z_nu: Tensor | None,
+                     codes: bool = True) -> tuple[Tensor, Tensor, Tensor]:
     """Conductances at t0 with faults applied, fault codes and drift factors (empty without drift) of cells
     with targets ``g_t`` (rounded to ``level``), from their draws: ``u`` uniforms and ``z_cell``/``z_nu``
-    normals (c, S, O', K), ``z_chip`` the between-chip normals (broadcastable)."""
+    normals (c, S, O', K), ``z_chip`` the between-chip normals (broadcastable). ``codes=False``: no fault
+    codes (empty; a training chip needs only its conductances)."""
     d = spec.device
-    codes = fault_codes(u, d)
+    fault = fault_codes(u, d) if codes else torch.zeros(0, dtype=torch.int8)
     if spec.censor:
         z_cell, z_chip = z_cell.clamp(-spec.censor, spec.censor), z_chip.clamp(-spec.censor, spec.censor)
     # faults forced by selects on the uniforms, not on the int8 codes (what apply_faults does, several times
@@ -66,8 +68,8 @@ def cells_from_draws(spec: WriteSpec, model: ProgrammingModel, g_t: Tensor, leve
     sa0, stuck = u < d.faults.sa0, u < d.faults.sa0 + d.faults.sa1
     g0 = torch.where(stuck, torch.where(sa0, d.g_min, d.g_max), model.sample(g_t, level, z_cell, z_chip))
     if z_nu is None:
-        return g0, codes, torch.ones(0, device=g0.device)
-    return g0, codes, torch.where(stuck, 1.0, drift(torch.ones_like(z_nu), z_nu, d))
+        return g0, fault, torch.ones(0, device=g0.device)
+    return g0, fault, torch.where(stuck, 1.0, drift(torch.ones_like(z_nu), z_nu, d))
 
 
 def _keyed(spec: WriteSpec, model: ProgrammingModel, g_t: Tensor, level: Tensor | None, z_chip: Tensor,
