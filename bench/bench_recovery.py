@@ -3,7 +3,8 @@
 Usage:  .venv/bin/python bench/bench_recovery.py [--model lenet5] [--chips 100] [--limit 2000]
 Writes bench/results/recovery_<model>.json and prints a Markdown table per chip setting. Each method
 starts from freshly programmed chips (same seed, so the same devices) of the same trained model. A chain
-may name a deployment after "@" (``vat@clip1.5``: weights clipped at 1.5 x their RMS); its recovery ratio is
+may name a deployment after "@" (``vat@clip1.5``: weights clipped at 1.5 x their RMS; ``@adccol``: per-column
+ADC ranges; ``/`` joins them); its recovery ratio is
 still measured from the setting's own unmitigated chips (the "degraded" row), so that rows compare.
 """
 
@@ -80,16 +81,20 @@ OPTIONS = {
 }
 
 
-def deployment(spec: str) -> tuple[list[str], dict[str, float]]:
-    """A chain spec "vat+rsa" or "vat+rsa@clip1.5": the methods, and the mapping it deploys with (``@clipK``:
-    ``mapping.clip_sigma = K``, weights clipped at K x their RMS, which bounds a stuck cell's error)."""
+def deployment(spec: str) -> tuple[list[str], dict[str, float | bool]]:
+    """A chain spec "vat+rsa" or "vat+rsa@clip1.5/adccol": the methods, and how the chips are deployed,
+    "/"-separated: ``clipK`` (``mapping.clip_sigma = K``: weights clipped at K x their RMS, which bounds a
+    stuck cell's error), ``adccol`` (``circuit.adc_per_column``: an ADC range per column, not per array)."""
     chain, _, deploy = spec.partition("@")
-    over: dict[str, float] = {}
-    if deploy:
-        m = re.fullmatch(r"clip([0-9.]+)", deploy)
-        if not m:
-            raise SystemExit(f"unknown deployment {deploy!r} in {spec!r}: allowed @clipK (K > 0, RMS units)")
-        over["mapping.clip_sigma"] = float(m.group(1))
+    over: dict[str, float | bool] = {}
+    for item in filter(None, deploy.split("/")):
+        m = re.fullmatch(r"clip([0-9.]+)", item)
+        if m:
+            over["mapping.clip_sigma"] = float(m.group(1))
+        elif item == "adccol":
+            over["circuit.adc_per_column"] = True
+        else:
+            raise SystemExit(f"unknown deployment {item!r} in {spec!r}: allowed clipK (K > 0, RMS units), adccol")
     return chain.split("+"), over
 
 
