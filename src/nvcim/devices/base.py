@@ -13,6 +13,7 @@ that both give the same bits: torch's own transcendental functions differ by an 
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import ClassVar
 
@@ -80,15 +81,25 @@ def get_model(device: DeviceConfig, variability: VariabilityConfig) -> Programmi
     return _REGISTRY[name](device, variability)
 
 
+@functools.lru_cache(maxsize=64)
+def _uniform(levels: tuple[float, ...]) -> bool:
+    """Whether ``levels`` (ascending) are evenly spaced to 0.1 %: then a level index guessed by arithmetic
+    is within one of the nearest (training rounds weights at every step: checked once per level set)."""
+    if len(levels) < 2 or levels[-1] <= levels[0]:
+        return False
+    step = (levels[-1] - levels[0]) / (len(levels) - 1)
+    return all(abs(b - a - step) <= 1e-3 * step for a, b in zip(levels, levels[1:]))
+
+
 def round_to_levels(target: Tensor, levels: Tensor | None) -> tuple[Tensor, Tensor | None]:
     """Round conductances to the nearest level; returns (rounded, level index) or (target, None)."""
     if levels is None:
         return target, None
+    uniform = _uniform(tuple(levels.tolist()))  # read before the move: no device sync
     levels = levels.to(target.device)
     mids = (levels[1:] + levels[:-1]) / 2
     n = len(mids)
     step = (levels[-1] - levels[0]) / max(1, n)
-    uniform = n >= 1 and bool(step > 0) and torch.allclose(levels.diff(), step.expand(n), rtol=1e-3, atol=0.0)
     if not uniform or target.dtype != levels.dtype or not bool(torch.isfinite(target).all()):
         idx = torch.bucketize(target, mids)
         return levels[idx], idx
