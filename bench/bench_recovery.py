@@ -178,8 +178,9 @@ def main() -> None:
             chain, over = deployment(spec)
             model, _ = trained_model(args.model, data, epochs=args.epochs or None, progress=False, device=args.device)
             if baseline is None:
-                baseline = nvcim.evaluate(nvcim.convert(copy.deepcopy(model), cfg, chips=args.chips, seed=0),
-                                          test).accuracy
+                # converters calibrated as recover() calibrates them (training inputs, check ones held out)
+                baseline = nvcim.evaluate(nvcim.convert(copy.deepcopy(model), cfg, chips=args.chips, seed=0), test,
+                                          calibration=task.with_check().inputs(256), progress=False).accuracy
             chips = nvcim.convert(model, nvcim.override(cfg, over) if over else cfg, chips=args.chips, seed=0)
             methods = [get(OPTIONS[c][0], **OPTIONS[c][1]) for c in chain]
             t0 = time.perf_counter()
