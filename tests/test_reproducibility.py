@@ -2,12 +2,14 @@
 
 import io
 
+import pytest
 import torch
 from helpers import copy_of, lenet, linear
 
 import nvcim
 from nvcim.chip import Runtime
 from nvcim.config import override, preset
+from nvcim.experiments.models import build_model
 
 NOISY = override(preset("flash"), {"device.faults.sa0": 0.01, "device.faults.sa1": 0.01,
                                    "variability.between_sigma": 0.05, "array.rows": 64})
@@ -67,6 +69,28 @@ def test_results_independent_of_chunking_and_batch_size():
                             m(x[13:], image_ids=torch.arange(13, 30), read_key=9)], dim=1)
     assert torch.equal(full, chunked)
     assert torch.equal(full, halves)
+
+
+@pytest.mark.parametrize("name,shape", [("mlp", (1, 8, 8)), ("vgg", (1, 16, 16)), ("resnet", (3, 16, 16)),
+                                        ("mobilenetv2", (1, 28, 28)), ("vit", (1, 28, 28))])
+def test_analog_values_independent_of_batch_and_chip_block(name, shape):
+    """Without converters nothing rounds the analog sums, so a last-bit difference in a matrix product (a BLAS
+    kernel chosen by the call's shape) would show; with them it would flip an ADC code now and then."""
+    torch.manual_seed(0)
+    net = build_model(name, shape, 10).eval()
+    x = torch.rand(11, *shape, generator=torch.Generator().manual_seed(0))
+    cfg = override(NOISY, {"circuit.adc_bits": 0, "circuit.dac_bits": 0})
+    m = nvcim.convert(net, cfg, chips=3, seed=2)
+    m.calibrate(x)
+    with torch.no_grad():
+        full = m(x, read_key=9)
+        halves = torch.cat([m(x[:5], image_ids=torch.arange(5), read_key=9),
+                            m(x[5:], image_ids=torch.arange(5, 11), read_key=9)], dim=1)
+        m.runtime = Runtime(chip_block=1)
+        m._bytes_per_chip_image.clear()
+        one_by_one = m(x, read_key=9)
+    assert torch.equal(full, halves)
+    assert torch.equal(full, one_by_one)
 
 
 def test_evaluate_independent_of_batch_size():

@@ -59,8 +59,8 @@ class AnalogLinear(AnalogLayer):
         c, s, o = w.shape[:3]
         wt = self._to_tile_rows(w)  # (c, S, O, T, R)
         if shared:
-            return wt.permute(3, 4, 0, 1, 2).reshape(t, r, c * s * o)
-        return wt.permute(0, 3, 4, 1, 2).reshape(c * t, r, s * o)
+            return _col_padded(wt.permute(3, 4, 0, 1, 2).reshape(t, r, c * s * o))
+        return _col_padded(wt.permute(0, 3, 4, 1, 2).reshape(c * t, r, s * o))
 
     def prepare(self, x: Tensor, shared: bool, c: int) -> Prepared:
         t, r = self.row_tiles, self.rows_per_tile()
@@ -68,15 +68,42 @@ class AnalogLinear(AnalogLayer):
         xt = F.pad(x.reshape(x.shape[0], -1, self.k), (0, t * r - self.k))
         n_l = xt.shape[1]
         if shared:
-            return Prepared(xt.reshape(n * n_l, t, r).transpose(0, 1), n, n_l)  # (T, B*L, R)
-        return Prepared(xt.reshape(n, c, n_l, t, r).permute(1, 3, 0, 2, 4).reshape(c * t, n * n_l, r), n, n_l)
+            xt = xt.reshape(n * n_l, t, r).transpose(0, 1)  # (T, B*L, R)
+        else:
+            xt = xt.reshape(n, c, n_l, t, r).permute(1, 3, 0, 2, 4).reshape(c * t, n * n_l, r)
+        return Prepared(_row_padded(xt), n, n_l)
 
     def mvm(self, p: Prepared, packed: Tensor, shared: bool, c: int, s: int = 0) -> Tensor:
         t, s, o = self.row_tiles, s or self.n_slices, self.out_features
+        cols = (c if shared else 1) * s * o
+        y = torch.bmm(p.x, packed)[:, : p.n * p.n_l, :cols]  # the padding rows and columns off
         if shared:
-            return torch.bmm(p.x, packed).view(t, p.n, p.n_l, c, s, o).permute(1, 2, 3, 0, 4, 5)
-        return torch.bmm(p.x, packed).view(c, t, p.n, p.n_l, s, o).permute(2, 3, 0, 1, 4, 5)
+            return y.view(t, p.n, p.n_l, c, s, o).permute(1, 2, 3, 0, 4, 5)
+        return y.view(c, t, p.n, p.n_l, s, o).permute(2, 3, 0, 1, 4, 5)
 
     def finish(self, y: Tensor, x: Tensor, shared: bool) -> Tensor:
         n, _, c, o = y.shape
         return y.transpose(1, 2).reshape(n * c, *x.shape[1:-1], o)
+
+
+GEMM_ROWS, GEMM_COLS = 8, 16
+
+
+def _row_padded(x: Tensor) -> Tensor:
+    """x (batch, M, R) as a contiguous tensor with M zero-padded to a multiple of :data:`GEMM_ROWS`.
+
+    Why: BLAS kernels handle a remainder of rows or columns, a narrow matrix and a strided operand with other
+    code, which sums in another order. An image's output then differed in its last bits with the number of
+    images in the call and its place among them (MKL's AVX-512 sgemm: odd rows of a 10-column product), and
+    an ADC code could flip where a value sat on a code boundary. With whole row and column blocks
+    (:func:`_col_padded`) in one layout, an image's and a chip's products do not depend on their neighbours
+    (tested with MKL in tests/test_reproducibility.py; another BLAS or a GPU may differ in the last bit).
+    """
+    pad = -x.shape[1] % GEMM_ROWS
+    return F.pad(x, (0, 0, 0, pad)) if pad else x.contiguous()
+
+
+def _col_padded(w: Tensor) -> Tensor:
+    """Packed weights (batch, R, N) contiguous, N zero-padded to a multiple of :data:`GEMM_COLS`."""
+    pad = -w.shape[-1] % GEMM_COLS
+    return F.pad(w, (0, pad)) if pad else w.contiguous()
