@@ -37,11 +37,12 @@ bench: $(STAMP) bench-models
 	$(BIN)/python bench/bench_core.py
 
 # the real workloads of issue #15 (about 35 minutes on 2 cores): Monte Carlo per model, a vat epoch against
-# plain training, 1000 ResNet-18 chips, Ray 1 -> 2 workers
+# plain training, 1000 ResNet-18 chips, the tiled-product bound, Ray 1 -> 2 workers
 bench-models: $(STAMP)
 	$(BIN)/python bench/bench_models.py --models vit lenet5 --tag _vit_lenet
 	$(BIN)/python bench/bench_models.py --models resnet18 --images 30 --batch 10 --tag _resnet18
 	$(BIN)/python bench/bench_program.py
+	$(BIN)/python bench/bench_tiles.py
 	$(BIN)/python bench/bench_convert.py
 	$(BIN)/python bench/bench_training.py --model lenet5
 	$(BIN)/python bench/bench_training.py --model resnet --images 8192
