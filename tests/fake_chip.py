@@ -126,7 +126,8 @@ class FakeChip:
         return torch.clamp(_ste_round(h / fs * levels), -levels, levels) * fs / levels
 
     def train_forward(self, x: Tensor, step: int, censor: float = 0.0,
-                      act_quant: dict[str, tuple[Tensor, int, bool]] | None = None, train: bool = True) -> Tensor:
+                      act_quant: dict[str, tuple[Tensor, int, bool]] | None = None, train: bool = True,
+                      adc: bool = False) -> Tensor:
         gen = torch.Generator().manual_seed(10_000 + step)  # a fresh chip per step (no BatchNorm: train moot)
         sigma = self._config.device.programming.sigma * self.g_max
         f = self._config.device.faults

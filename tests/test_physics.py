@@ -133,6 +133,33 @@ def test_rows_spread_evenly_over_tiles_and_each_tile_is_digitised_on_its_own():
     assert (c.row_tiles, c.ch_per_tile, c.rows_per_tile()) == (2, 3, 75)
 
 
+@pytest.mark.parametrize("kind", ["linear", "conv"])
+def test_training_through_the_adc_reads_as_the_chip_does(kind):
+    """A training pass with ``adc=True`` on a noiseless chip is the chip's own read: each tile's partial sum
+    digitised by the calibrated 4-bit ADC, the codes added digitally. Without it the pass is the digital
+    layer, several ADC steps away."""
+    from nvcim.chip.simulated import SimulatedChip
+
+    torch.manual_seed(0)
+    if kind == "linear":
+        net, x = nn.Sequential(nn.Linear(100, 6)), torch.randn(32, 100)
+    else:
+        net, x = nn.Sequential(nn.Conv2d(8, 5, 3)), torch.randn(8, 8, 7, 7)
+    model = nvcim.convert(net, cfg(**{"array.rows": 32, "circuit.adc_bits": 4, "circuit.dac_bits": 0}),
+                          chips=1, seed=0)
+    assert model.analog_layers()[0].row_tiles >= 3
+    model.calibrate(x)
+    chip = SimulatedChip(model)
+    with torch.no_grad():
+        read = model(x)[0]
+        trained = chip.train_forward(x, 0, adc=True, train=False)
+        plain = chip.train_forward(x, 0, adc=False, train=False)
+    lay = model.analog_layers()[0]
+    step = float((lay.adc_fs / 2**3 * lay.scale.max()).max())  # one ADC code in output units, at most
+    assert torch.allclose(trained, read, atol=1e-4 * step)
+    assert (plain - read).abs().max() > step / 4  # the ADC matters here, so the test can fail
+
+
 def test_noiseless_bit_slicing_equals_quantised_weights():
     net = linear(k=48, o=10)
     w = net[0].weight.detach().clone()

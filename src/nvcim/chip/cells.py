@@ -43,6 +43,7 @@ class CellArrays(nn.Module):
     dac_fs: Tensor
     dac_signed: Tensor
     adc_fs: Tensor
+    fresh_column_scale: Tensor  # set by fresh_weights
     writes: Tensor
     g_pos: Tensor
     g_neg: Tensor
@@ -322,7 +323,8 @@ class CellArrays(nn.Module):
         """Effective weights (shape of ``weight``) of a newly drawn chip ``chip_id`` programmed with the
         current weights: levels, programming variation, faults, drift (and its compensation), IR drop.
         Training draws one per step: it maps the weights once and uses the fast generator
-        (:func:`rng.draw_stream`) for its per-cell draws."""
+        (:func:`rng.draw_stream`) for its per-cell draws. :attr:`fresh_column_scale` is then the (O,)
+        factor from conductance units to weight units of this chip's columns (scale x drift compensation)."""
         m = self.mapped()
         g0, _, factor, comp = self._write_all(m, torch.tensor([chip_id]), None, censor=censor, stream=True)
         gt = {side: g0[side] * factor[side] if factor[side].numel() else g0[side] for side in g0}
@@ -331,6 +333,7 @@ class CellArrays(nn.Module):
         comp = comp.to(w)
         # decoded with the scale of *this* mapping: the programmed chips' scale (``self.scale``) is that of
         # the weights when they were last programmed, and training moves the weights away from them
+        self.fresh_column_scale = (m.scale.to(w).reshape(-1) * comp.reshape(-1)).expand(self.out_features)
         return self.from_matrix(self.decode(w, m.scale, m.slice_weights)[0] * comp)
 
     def decode(self, diff: Tensor, scale: Tensor | None = None, slice_w: Tensor | None = None) -> Tensor:

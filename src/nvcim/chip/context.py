@@ -105,6 +105,7 @@ class TrainPass(Pass):
     train_chip: int = 0  # id of the fresh chip drawn for this step
     censor: float = 0.0  # right-censor programming draws at this many sigma (0 = off)
     act_quant: dict = field(default_factory=dict)  # layer name -> (step Parameter, bits, signed)
+    adc: bool = False  # digitise each array tile's partial sum with the layer's ADC (straight-through)
 
 
 @dataclass

@@ -117,13 +117,16 @@ class Chip(Protocol):
         ...
 
     def train_forward(self, x: Tensor, step: int, censor: float = 0.0,
-                      act_quant: dict[str, tuple[Tensor, int, bool]] | None = None, train: bool = True) -> Tensor:
+                      act_quant: dict[str, tuple[Tensor, int, bool]] | None = None, train: bool = True,
+                      adc: bool = False) -> Tensor:
         """One noise-injection training pass ``(B, ...)``: the ideal model with the weights of a freshly
         drawn chip (number ``step``, never one of the N programmed chips) in the forward pass and the ideal
         weights in the backward pass (straight-through), in training mode. ``censor`` > 0 clips the
         programming draws at that many sigma; ``act_quant`` maps a layer name to (step size, bits,
         signed) of a learned input quantiser that replaces the layer's DAC. ``train=False``: the same pass in
-        evaluation mode (BatchNorm running statistics, no dropout), for validation."""
+        evaluation mode (BatchNorm running statistics, no dropout), for validation. ``adc``: digitise each
+        array tile's partial sum with the layer's calibrated ADC, as a read does (gradients pass straight
+        through the rounding); it costs one product per tile."""
         ...
 
     # ---- the cells ---------------------------------------------------------------------------------

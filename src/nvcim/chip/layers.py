@@ -37,6 +37,8 @@ from .tail import Tail, mark
 class AnalogLayer(Converters):
     """Shared machinery of analog layers; subclasses define the geometry and the matrix product."""
 
+    channel_dim = 1  # where the output columns are in the digital output (convolutions: channels)
+
     def __init__(self, digital: nn.Module, config: ChipConfig, name: str) -> None:
         super().__init__()
         self.config, self.layer_name = config, name
@@ -239,7 +241,39 @@ class AnalogLayer(Converters):
         elif self.config.circuit.dac_bits and bool(self.dac_fs > 0):
             x = self.apply_dac(x)
         w = self.weight + (self.fresh_weights(ctx.train_chip, ctx.censor) - self.weight).detach()
+        if ctx.adc and self.config.circuit.adc_bits and self.n_slices == 1 and bool(self.adc_fs.any()):
+            return self._tiles_through_adc(x, w, self.fresh_column_scale.to(w))
         return self.digital_with(x, w)
+
+    def _tiles_through_adc(self, x: Tensor, w: Tensor, col: Tensor) -> Tensor:
+        """The layer as a chip reads it with weights ``w``: one product per array tile (the rows of tile t
+        only), each digitised by the calibrated ADC in conductance units (``col``: (O,) weight units per
+        conductance unit), summed digitally, plus the bias. The ADC's rounding passes gradients straight
+        through, so training learns weights whose partial sums survive the converter. One cell per weight
+        only (sliced weights would need a product per slice too)."""
+        cc = self.config.circuit
+        adc = get_adc(cc.adc_model)
+        lo, hi = adc.codes(cc.adc_bits)
+        delta = adc.step(self.adc_fs, cc.adc_bits).to(w).expand(self.row_tiles, self.n_slices, self.out_features)
+        tiles = self.row_tile_index().to(w.device)
+        wm = self.as_matrix(w)
+        out: Tensor | None = None
+        for t in range(self.row_tiles):
+            y = self.digital_with(x, self.from_matrix(wm * (tiles == t)))
+            if self.bias is not None:
+                y = y - self._per_column(self.bias, y)
+            c = self._per_column(col, y)
+            q = adc.quantize(y / c, self._per_column(delta[t, 0], y), lo, hi) * c
+            out = q if out is None else out + q
+        assert out is not None
+        return out + self._per_column(self.bias, out) if self.bias is not None else out
+
+    def _per_column(self, v: Tensor, y: Tensor) -> Tensor:
+        """An (O,) vector shaped to broadcast over the output columns of a digital output ``y``: the last
+        dimension (Linear) or dimension 1 (convolutions)."""
+        if self.channel_dim == -1:
+            return v
+        return v.view(-1, *([1] * (y.dim() - 2)))
 
     def _adc_range_for_offset(self) -> Tensor:
         fs = self.adc_fs if bool(self.adc_fs.any()) else self._signal_full_scale()

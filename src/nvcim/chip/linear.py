@@ -19,6 +19,8 @@ from .registry import register
 class AnalogLinear(AnalogLayer):
     """Analog ``nn.Linear``: K = in_features rows, split evenly over ceil(K / ``array.rows``) tiles."""
 
+    channel_dim = -1
+
     def __init__(self, digital: nn.Linear, config: ChipConfig, name: str) -> None:
         super().__init__(digital, config, name)
         self.in_features = digital.in_features

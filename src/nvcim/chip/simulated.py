@@ -253,12 +253,13 @@ class SimulatedChip:
         return list(self.model.net.parameters())
 
     def train_forward(self, x: Tensor, step: int, censor: float = 0.0,
-                      act_quant: dict[str, tuple[Tensor, int, bool]] | None = None, train: bool = True) -> Tensor:
+                      act_quant: dict[str, tuple[Tensor, int, bool]] | None = None, train: bool = True,
+                      adc: bool = False) -> Tensor:
         unknown = set(act_quant or {}) - set(self._layers)
         if unknown:
             raise NvcimError(f"train_forward: act_quant names layers that are not analog: {sorted(unknown)}")
         self.model._set(TrainPass(batch=x.shape[0], train_chip=TRAIN_CHIP_BASE + step, censor=censor,
-                                  act_quant=dict(act_quant or {})))
+                                  act_quant=dict(act_quant or {}), adc=adc))
         self.model.net.train(train)
         try:
             with _modules_run():

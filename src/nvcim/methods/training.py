@@ -26,6 +26,18 @@ from ..chip.interface import Chip
 from ..errors import NvcimError
 from .base import Cost, Method, TaskData, register, shuffled_batches
 
+ADC_CHOICES = ("auto", "on", "off")
+ADC_AUTO_BITS = 6  # "auto" trains through ADCs this coarse or coarser
+
+
+def trains_through_adc(adc: str, chip: Chip) -> bool:
+    """Whether training chips digitise each tile's partial sum: ``on``, ``off``, or ``auto``: when the chip's
+    ADC has at most 6 bits. A finer ADC's step lies below the programming noise that training already
+    injects (8 bits: 1/128 of the range), while the product per array tile that the ADC needs multiplies
+    a training step's cost by up to the tile count (37 for ResNet-18's last layers)."""
+    bits = chip.config.circuit.adc_bits
+    return adc == "on" or (adc == "auto" and 0 < bits <= ADC_AUTO_BITS)
+
 
 class NoiseAwareTraining(Method):
     """Shared trainer. Subclasses choose the loss and the activation quantisers."""
@@ -33,7 +45,7 @@ class NoiseAwareTraining(Method):
     changes_chip = False  # it changes the model, and every chip is programmed again from it
 
     def __init__(self, epochs: int = 30, lr: float = 1e-3, batch_size: int = 0, censor: float = 0.0,
-                 seed: int = 0, patience: int = 4, val_chips: int = 8) -> None:
+                 seed: int = 0, patience: int = 4, val_chips: int = 8, adc: str = "auto") -> None:
         if epochs < 1:
             raise NvcimError(f"{self.name}.epochs = {epochs} is invalid: allowed >= 1")
         if not lr > 0:
@@ -45,9 +57,13 @@ class NoiseAwareTraining(Method):
         if patience < 0 or val_chips < 1:
             raise NvcimError(f"{self.name}: patience = {patience} must be >= 0 (0: train the whole budget) and "
                              f"val_chips = {val_chips} >= 1")
+        if adc not in ADC_CHOICES:
+            raise NvcimError(f"{self.name}.adc = {adc!r} is invalid: allowed {', '.join(ADC_CHOICES)}")
         self.epochs, self.lr, self.batch_size, self.censor, self.seed = epochs, lr, batch_size, censor, seed
+        self.adc = adc
         self.patience, self.val_chips = patience, val_chips
         self.history: list[float] = []  # validation accuracy after each epoch
+        self._adc_now = False
 
     def loss(self, logits: Tensor, y: Tensor, idx: Tensor) -> Tensor:
         """The training loss of a batch; ``idx`` are the batch's indices into the training set."""
@@ -69,7 +85,7 @@ class NoiseAwareTraining(Method):
         for j in range(self.val_chips):
             for i in range(0, len(y), 256):
                 out = chip.train_forward(x[i:i + 256].to(chip.device), -1 - j, censor=0.0, act_quant=act_quant,
-                                         train=False)
+                                         train=False, adc=self._adc_now)
                 hits += int((out.argmax(-1).cpu() == y[i:i + 256]).sum())
         return hits / (len(y) * self.val_chips)
 
@@ -78,6 +94,7 @@ class NoiseAwareTraining(Method):
         if not isinstance(y, Tensor):
             raise NvcimError(f"{self.name} needs labelled training data")
         act_quant = self.prepare(chip, data)
+        self._adc_now = trains_through_adc(self.adc, chip)
         params = chip.parameters() + [p for p, _, _ in act_quant.values()]
         opt = torch.optim.Adam(params, lr=self.lr)
         gen = torch.Generator().manual_seed(self.seed)
@@ -92,7 +109,7 @@ class NoiseAwareTraining(Method):
         for _ in bar:
             for idx in shuffled_batches(len(y), batch, gen):
                 xb, yb = x[idx].to(chip.device), y[idx].to(chip.device)
-                logits = chip.train_forward(xb, steps, censor=self.censor, act_quant=act_quant)
+                logits = chip.train_forward(xb, steps, censor=self.censor, act_quant=act_quant, adc=self._adc_now)
                 loss = self.loss(logits, yb, idx)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
@@ -126,7 +143,8 @@ class NoiseAwareTraining(Method):
                else f"{epochs} epochs (no check inputs: no validation)")
         return Cost(labelled_samples=len(y) + (len(check[1]) if check is not None else 0), finetune_steps=steps,
                     epochs=float(epochs), check_samples=len(check[1]) if check is not None else 0,
-                    notes=[f"{self.name}: {how} of noise-injection training, chips re-programmed"])
+                    notes=[f"{self.name}: {how} of noise-injection training"
+                           + (", through the ADC" if self._adc_now else "") + ", chips re-programmed"])
 
 
 @register
@@ -135,7 +153,9 @@ class VAT(NoiseAwareTraining):
     right-censored Gaussian variant (Yan et al., ICCAD 2023, our reading: draws clipped at censor x sigma).
 
     Options: ``epochs`` (the budget), ``patience`` (epochs without a better validation before stopping; 0: the
-    whole budget), ``val_chips``, ``lr``, ``batch_size``, ``censor`` (sigma units, 0 = off).
+    whole budget), ``val_chips``, ``lr``, ``batch_size``, ``censor`` (sigma units, 0 = off), ``adc`` (auto,
+    on, off: training chips digitise each array tile's partial sum with the chip's ADC; auto: for ADCs of
+    6 bits or fewer, see :func:`trains_through_adc`). ``adc`` applies to kd and qvat too.
     """
 
     name = "vat"
