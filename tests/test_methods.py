@@ -153,6 +153,8 @@ def test_bad_method_options():
         get("write-verify", fraction=1.5)
     with pytest.raises(nvcim.NvcimError, match="bad option"):
         get("self-tune", nonsense=1)
+    with pytest.raises(nvcim.NvcimError, match=r"vat.adc = 'maybe' is invalid: allowed auto, on, off"):
+        get("vat", adc="maybe")
 
 
 MLC = nvcim.preset("rram-mlc-4bit")  # Charan's chip: the digits LeNet-5 loses ~75 points on it
@@ -641,3 +643,14 @@ def test_chip_kd_reprograms_within_its_write_budget_and_gains_from_it(digits):
             get("chip-kd", **bad)
     with pytest.raises(NvcimError, match="budget"):
         get("map-correct", budget=2)
+
+
+def test_training_goes_through_the_adc_by_default_only_for_coarse_adcs():
+    from types import SimpleNamespace
+
+    from nvcim.methods.training import trains_through_adc
+
+    def chip(bits):
+        return SimpleNamespace(config=nvcim.override(nvcim.preset("ideal"), {"circuit.adc_bits": bits}))
+    assert [trains_through_adc("auto", chip(b)) for b in (0, 4, 6, 7, 8)] == [False, True, True, False, False]
+    assert trains_through_adc("on", chip(8)) and not trains_through_adc("off", chip(4))
