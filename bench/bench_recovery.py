@@ -67,6 +67,7 @@ CHAINS = [
 OPTIONS = {
     # Training methods run their defaults: early stopping on validation chips within a 30-epoch budget.
     "vat": ("vat", {}), "vat:censor": ("vat", {"censor": 1.5}),
+    "vat:noadc": ("vat", {"adc": "off"}),  # training chips without the ADC, whatever its bits (ablation)
     "qvat": ("qvat", {}), "kd": ("kd", {}),
     "rsa": ("rsa", {"fraction": 0.05, "epochs": 2, "samples": 2048}),
     "rsa:faults": ("rsa", {"fraction": 0.05, "epochs": 2, "samples": 2048, "selection": "faults"}),
