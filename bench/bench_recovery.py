@@ -71,6 +71,7 @@ OPTIONS = {
     "qvat": ("qvat", {}), "kd": ("kd", {}),
     "rsa": ("rsa", {"fraction": 0.05, "epochs": 2, "samples": 2048}),
     "rsa:faults": ("rsa", {"fraction": 0.05, "epochs": 2, "samples": 2048, "selection": "faults"}),
+    "rsa:faults10": ("rsa", {"fraction": 0.10, "epochs": 2, "samples": 2048, "selection": "faults"}),
     "write-verify": ("write-verify", {}), "write-verify:10": ("write-verify", {"fraction": 0.1}),
     "write-verify:10-magnitude": ("write-verify", {"fraction": 0.1, "sensitivity": "magnitude"}),
     "write-verify:10-random": ("write-verify", {"fraction": 0.1, "sensitivity": "random"}),
