@@ -77,6 +77,7 @@ OPTIONS = {
     "write-verify:10-random": ("write-verify", {"fraction": 0.1, "sensitivity": "random"}),
     "write-verify:10-expected": ("write-verify", {"fraction": 0.1, "sensitivity": "expected"}),
     "write-verify:10-cells": ("write-verify", {"fraction": 0.1, "sensitivity": "expected", "cells": True}),
+    "write-verify:20-cells": ("write-verify", {"fraction": 0.2, "sensitivity": "expected", "cells": True}),
     "self-tune": ("self-tune", {}), "chip-kd": ("chip-kd", {}), "map-correct": ("map-correct", {}),
     "map-correct:remap": ("map-correct", {"remap": True}),
     "chip-kd:rewrite": ("chip-kd", {"rewrite": 0.2}),  # re-programs up to 20 % of the pairs first (Lv)

@@ -115,9 +115,11 @@ def test_fashion_mnist_end_to_end(tmp_path):
 def test_recover_command_writes_cost_and_recovery_ratio(tmp_path, capsys):
     out = tmp_path / "rec"
     assert main(["recover", "--chip", "rram-sliced-1bit", "--method", "write-verify+self-tune",
-                 "--opt", "write-verify.fraction=0.1", "--chips", "10", "--out", str(out), "--quiet"]) == 0
+                 "--opt", "write-verify.fraction=0.1", "--chips", "10", "--check", "300", "--out", str(out),
+                 "--quiet"]) == 0
     res = _result(out)
     assert res["methods"] == ["write-verify", "self-tune"]
+    assert res["cost"]["check_samples"] == 300  # the guard judged on exactly the --check examples
     assert res["cost"]["verified_fraction"] == pytest.approx(0.1, abs=0.002)
     assert res["cost"]["write_verify_pulses"] > 0 and res["cost"]["calibration_samples"] == 256
     assert res["recovery_ratio"] > 0.5 and res["accuracy"]["mean"] > res["degraded_accuracy"]["mean"]
@@ -125,6 +127,9 @@ def test_recover_command_writes_cost_and_recovery_ratio(tmp_path, capsys):
     assert main(["recover", "--method", "write-verify", "--opt", "self-tune.samples=3", "--chips", "2",
                  "--out", str(out), "--quiet"]) == 2
     assert "not in --method" in capsys.readouterr().err
+    assert main(["recover", "--method", "self-tune", "--check", "0", "--chips", "2", "--out", str(out),
+                 "--quiet"]) == 2
+    assert "--check 0 is invalid: allowed 1 .. " in capsys.readouterr().err
     assert main(["methods"]) == 0
     listing = capsys.readouterr().out
     for name in ("vat", "qvat", "kd", "rsa", "write-verify", "self-tune", "chip-kd", "map-correct"):

@@ -64,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     _eval_opts(p, 100, "rram-mlc-4bit", "out/recover")
     p.add_argument("--method", required=True, help="NAME[+NAME...] applied in order, e.g. write-verify+self-tune "
                    "(see `nvcim methods`), or auto: try a budgeted set of chains and keep the best for its cost")
+    p.add_argument("--check", type=int, default=None, metavar="N",
+                   help="held-out labelled training examples that the guard and early stopping judge on (default: "
+                   "15 %% of the training examples, at most 500); 500 images resolve about +-1.5 points")
     p.add_argument("--no-guard", action="store_true", help="apply every method blindly, even where it leaves a "
                    "chip worse than before (by default such chips are put back, see docs)")
     p.add_argument("--opt", action="append", default=[], metavar="METHOD.OPTION=VALUE",
@@ -213,7 +216,14 @@ def _recover_and_write(args, methods, config, data, info, test, chip_model, titl
     from ..methods import TaskData, recover
     from ..methods.auto import Auto, plot
 
-    report = recover(chip_model, methods, TaskData(data.train, data.train[0]), test,
+    task = TaskData(data.train, data.train[0])
+    check = getattr(args, "check", None)
+    if check is not None:
+        n = len(data.train[1])
+        if not 1 <= check <= n // 2:
+            raise NvcimError(f"--check {check} is invalid: allowed 1 .. {n // 2} (half of the {n} training examples)")
+        task = task.with_check(fraction=0.5, most=check)
+    report = recover(chip_model, methods, task, test,
                      batch_size=args.batch_size, progress=not args.quiet, guard=not getattr(args, "no_guard", False))
     report.after.extra.update({"model": info, "dataset": data.name, "chip": config.name,
                                "methods": [m.name for m in methods],

@@ -4,9 +4,10 @@ quantization- and variability-aware training (QVAT), and knowledge-distillation 
 All three train the *ideal* weights with a freshly drawn chip in every forward pass (chip ids from a
 range that never overlaps the evaluated chips): its levels, programming variation (within and between
 chips), stuck-at faults with a fresh fault map, drift and IR drop, straight-through to the ideal weights.
-Then they re-program the same N chips (same device draws) from the new weights. Circuit effects that act
-per read (read noise, ADC) are not injected during training; DAC input quantisation is, when the chip has a
-calibrated DAC.
+Then they re-program the same N chips (same device draws) from the new weights. Read noise, which acts per
+read, is not injected during training. DAC input quantisation is, when the chip has a calibrated DAC, and so
+is the ADC when the option ``adc`` says so (on by default for ADCs of 6 bits or fewer): every array tile's
+partial sum is then digitised, with straight-through gradients.
 
 Training runs until it converges: after every epoch the model is validated on the held-out check inputs
 (``TaskData.check``) on ``val_chips`` fixed validation chips (fresh draws that are neither training nor
