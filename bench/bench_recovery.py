@@ -46,6 +46,10 @@ HAN = {
 HAN["all"] = {k: v for d in HAN.values() for k, v in d.items()}
 for _name, _set in HAN.items():
     SETTINGS[f"han: {_name}"] = nvcim.override(_CLEAN, {"name": f"han-{_name}", **_set})
+# ablation of "all": every non-ideality but one, to find which one the combination cannot afford
+for _name in [n for n in HAN if n != "all"]:
+    _set = {k: v for n, d in HAN.items() if n not in ("all", _name) for k, v in d.items()}
+    SETTINGS[f"han: all but {_name}"] = nvcim.override(_CLEAN, {"name": f"han-all-but-{_name}", **_set})
 
 # Deng & Orshansky: b-bit cells (one per weight, a differential pair) and b-bit inputs, with their variation; the
 # degraded row is post-training quantisation onto the chip, against qvat
