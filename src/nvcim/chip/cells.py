@@ -43,7 +43,6 @@ class CellArrays(nn.Module):
     dac_fs: Tensor
     dac_signed: Tensor
     adc_fs: Tensor
-    fresh_column_scale: Tensor  # set by fresh_weights
     writes: Tensor
     g_pos: Tensor
     g_neg: Tensor
@@ -318,13 +317,17 @@ class CellArrays(nn.Module):
         self._recompensate()
         return moved.cpu()
 
-    @torch.no_grad()
     def fresh_weights(self, chip_id: int, censor: float = 0.0) -> Tensor:
+        """Effective weights (shape of ``weight``) of a newly drawn chip ``chip_id``: see :meth:`fresh_chip`."""
+        return self.fresh_chip(chip_id, censor)[0]
+
+    @torch.no_grad()
+    def fresh_chip(self, chip_id: int, censor: float = 0.0) -> tuple[Tensor, Tensor]:
         """Effective weights (shape of ``weight``) of a newly drawn chip ``chip_id`` programmed with the
-        current weights: levels, programming variation, faults, drift (and its compensation), IR drop.
-        Training draws one per step: it maps the weights once and uses the fast generator
-        (:func:`rng.draw_stream`) for its per-cell draws. :attr:`fresh_column_scale` is then the (O,)
-        factor from conductance units to weight units of this chip's columns (scale x drift compensation)."""
+        current weights: levels, programming variation, faults, drift (and its compensation), IR drop; and
+        the (O,) factor from conductance units to weight units of its columns (scale x drift compensation),
+        which an ADC in conductance units needs. Training draws one per step: it maps the weights once and
+        uses the fast generator (:func:`rng.draw_stream`) for its per-cell draws."""
         m = self.mapped()
         g0, _, factor, comp = self._write_all(m, torch.tensor([chip_id]), None, censor=censor, stream=True)
         gt = {side: g0[side] * factor[side] if factor[side].numel() else g0[side] for side in g0}
@@ -333,8 +336,8 @@ class CellArrays(nn.Module):
         comp = comp.to(w)
         # decoded with the scale of *this* mapping: the programmed chips' scale (``self.scale``) is that of
         # the weights when they were last programmed, and training moves the weights away from them
-        self.fresh_column_scale = (m.scale.to(w).reshape(-1) * comp.reshape(-1)).expand(self.out_features)
-        return self.from_matrix(self.decode(w, m.scale, m.slice_weights)[0] * comp)
+        column_scale = (m.scale.to(w).reshape(-1) * comp.reshape(-1)).expand(self.out_features)
+        return self.from_matrix(self.decode(w, m.scale, m.slice_weights)[0] * comp), column_scale
 
     def decode(self, diff: Tensor, scale: Tensor | None = None, slice_w: Tensor | None = None) -> Tensor:
         """Weights (..., O, K) that conductance differences (..., S, O, K) stand for: shift-and-add over

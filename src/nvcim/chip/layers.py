@@ -240,9 +240,10 @@ class AnalogLayer(Converters):
             x = torch.clamp(ste_round(x / step), lo, hi) * step  # learned step size (LSQ-style)
         elif self.config.circuit.dac_bits and bool(self.dac_fs > 0):
             x = self.apply_dac(x)
-        w = self.weight + (self.fresh_weights(ctx.train_chip, ctx.censor) - self.weight).detach()
+        fresh, column_scale = self.fresh_chip(ctx.train_chip, ctx.censor)
+        w = self.weight + (fresh - self.weight).detach()
         if ctx.adc and self.config.circuit.adc_bits and self.n_slices == 1 and bool(self.adc_fs.any()):
-            return self._tiles_through_adc(x, w, self.fresh_column_scale.to(w))
+            return self._tiles_through_adc(x, w, column_scale.to(w))
         return self.digital_with(x, w)
 
     def _tiles_through_adc(self, x: Tensor, w: Tensor, col: Tensor) -> Tensor:
