@@ -72,6 +72,7 @@ OPTIONS = {
     # Training methods run their defaults: early stopping on validation chips within a 30-epoch budget.
     "vat": ("vat", {}), "vat:censor": ("vat", {"censor": 1.5}),
     "vat:noadc": ("vat", {"adc": "off"}),  # training chips without the ADC, whatever its bits (ablation)
+    "vat:noadc60": ("vat", {"adc": "off", "epochs": 60}),  # twice the epoch budget (Han "all" used all 30)
     "qvat": ("qvat", {}), "kd": ("kd", {}),
     "rsa": ("rsa", {"fraction": 0.05, "epochs": 2, "samples": 2048}),
     "rsa:faults": ("rsa", {"fraction": 0.05, "epochs": 2, "samples": 2048, "selection": "faults"}),
