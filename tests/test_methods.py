@@ -654,3 +654,52 @@ def test_training_goes_through_the_adc_by_default_only_for_coarse_adcs():
         return SimpleNamespace(config=nvcim.override(nvcim.preset("ideal"), {"circuit.adc_bits": bits}))
     assert [trains_through_adc("auto", chip(b)) for b in (0, 4, 6, 7, 8)] == [False, True, True, False, False]
     assert trains_through_adc("on", chip(8)) and not trains_through_adc("off", chip(4))
+
+
+# converters only, no cell noise: a training chip and a programmed chip are then the same chip
+CONVERTERS = nvcim.override(nvcim.preset("ideal"), {"device.bits_per_cell": 4, "circuit.dac_bits": 4,
+                                                    "circuit.adc_bits": 4})
+
+
+@pytest.mark.parametrize("adc", ["on", "off"])
+def test_training_keeps_the_converter_ranges_it_trained_against(digits, adc):
+    """The training chips read through the chips' DAC ranges (and, with ``adc=on``, their ADC ranges), so
+    the trained weights rely on them: re-programming keeps them. An ADC that training did not read through
+    is re-calibrated to the new weights, on the kept DAC ranges."""
+    model = _chips(digits, CONVERTERS, chips=2)
+    data = TaskData(digits.train, digits.train[0]).with_check()
+    model.calibrate(data.inputs(256))
+    before = [(lay.dac_fs.clone(), lay.adc_fs.clone()) for lay in model.analog_layers()]
+    chip = SimulatedChip(model)
+    vat = get("vat", epochs=3, patience=0, adc=adc)
+    vat.apply(chip, data)
+    for lay, (dac, adc_fs) in zip(model.analog_layers(), before):
+        assert torch.equal(lay.dac_fs, dac), lay.layer_name
+        assert torch.equal(lay.adc_fs, adc_fs) == (adc == "on"), lay.layer_name
+    if adc == "off":  # the ADC ranges are those a calibration on the kept DAC ranges gives
+        now = [lay.adc_fs.clone() for lay in model.analog_layers()]
+        model.calibrate(data.inputs(256), inputs=False)
+        assert all(torch.equal(a, lay.adc_fs) for a, lay in zip(now, model.analog_layers()))
+        return
+    # with no cell noise the validation chips are the programmed chips: the chips score on the check images
+    # what the best validation epoch scored (the same products, up to float summation order at an ADC
+    # code boundary: 2 of the check images)
+    check_x, check_y = data.check
+    with torch.no_grad():
+        acc = float((model(check_x).argmax(-1) == check_y).float().mean())
+    assert abs(acc - max(vat.history)) <= 2 / len(check_y) + 1e-9, (acc, vat.history)
+
+
+def test_reprogram_recalibrates_only_what_it_is_asked(digits):
+    model = _chips(digits, CONVERTERS, chips=2)
+    x = digits.train[0][:256]
+    model.calibrate(x)
+    dac = [lay.dac_fs.clone() for lay in model.analog_layers()]
+    model.reprogram()  # cells only: the ranges stay
+    assert all(torch.equal(d, lay.dac_fs) for d, lay in zip(dac, model.analog_layers()))
+    model.reprogram(x * 3, converters="adc")  # the DAC ranges stay, the ADC ranges follow the inputs
+    assert all(torch.equal(d, lay.dac_fs) for d, lay in zip(dac, model.analog_layers()))
+    model.reprogram(x * 3)
+    assert torch.allclose(model.analog_layers()[0].dac_fs, 3 * dac[0])
+    with pytest.raises(NvcimError, match="converters"):
+        model.reprogram(x, converters="dac")

@@ -97,6 +97,8 @@ class DigitalPass(Pass):
 class CalibratePass(Pass):
     """Noise-free mapped weights (levels, no variation); each layer sets its DAC and ADC ranges."""
 
+    inputs: bool = True  # False: keep the DAC ranges (apply them) and set the ADC ranges only
+
 
 @dataclass
 class TrainPass(Pass):

@@ -138,10 +138,11 @@ class Chip(Protocol):
         """Read every cell back once, with read noise: ``(N, S, O', K)`` for each side."""
         ...
 
-    def program(self, calibration: Tensor | None = None) -> None:
+    def program(self, calibration: Tensor | None = None, converters: str = "all") -> None:
         """Program every cell of every chip to the mapping of the current ideal weights (one noisy write
-        each, the same devices), reset the output gain/offset registers (SRAM weights stay), re-calibrate the
-        converters on ``calibration``."""
+        each, the same devices), reset the output gain/offset registers (SRAM weights stay). Writing cells
+        leaves the converter ranges as they are; with ``calibration`` inputs they are re-calibrated:
+        ``converters`` "all" (DAC and ADC ranges) or "adc" (ADC ranges only, the DAC ranges kept)."""
         ...
 
     def write_verify(self, layer: str, mask_pos: Tensor, mask_neg: Tensor, tol: float, max_pulses: int,

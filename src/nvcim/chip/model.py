@@ -166,10 +166,12 @@ class AnalogModel(nn.Module):
         return io
 
     @torch.no_grad()
-    def calibrate(self, x: Tensor) -> None:
-        """Set DAC and ADC ranges from inputs ``x`` on the noise-free mapped model (no labels used)."""
+    def calibrate(self, x: Tensor, inputs: bool = True) -> None:
+        """Set DAC and ADC ranges from inputs ``x`` on the noise-free mapped model (no labels used).
+        ``inputs=False``: keep the DAC ranges already set (the ADC ranges then see the inputs as those DACs
+        quantise them) and set the ADC ranges only."""
         x = self._check(x)
-        self._set(CalibratePass(batch=x.shape[0]))
+        self._set(CalibratePass(batch=x.shape[0], inputs=inputs))
         try:
             with _modules_run():
                 self.net(x)
@@ -190,15 +192,21 @@ class AnalogModel(nn.Module):
         """Whether the cells are made for each pass's chip block rather than stored (``Runtime.cells``)."""
         return self.analog_layers()[0].on_demand
 
-    def reprogram(self, calibration: Tensor | None = None) -> None:
+    def reprogram(self, calibration: Tensor | None = None, converters: str = "all") -> None:
         """Program every chip again from the current ideal weights (same chips: same seed and ids, so the
-        same device draws), clearing tuned registers; re-calibrate converters on ``calibration``."""
+        same device draws), clearing tuned registers. The converter ranges stay as they are unless
+        ``calibration`` inputs are given: then ``converters`` "all" re-calibrates the DAC and ADC ranges,
+        "adc" the ADC ranges only (the DAC ranges kept)."""
+        if converters not in ("all", "adc"):
+            raise NvcimError(f"converters = {converters!r} is invalid: allowed 'all', 'adc'")
         self.program(self.analog_layers()[0].chip_ids.cpu())
+        if calibration is None:
+            return
         for layer in self.analog_layers():
-            layer.dac_fs.zero_()
+            if converters == "all":
+                layer.dac_fs.zero_()
             layer.adc_fs = torch.zeros((), device=layer.dac_fs.device)
-        if calibration is not None:
-            self.calibrate(calibration)
+        self.calibrate(calibration, inputs=converters == "all")
 
     def runtime_record(self) -> dict[str, Any]:
         """The performance switches this model runs with, for a result's record: every ``Runtime`` field,

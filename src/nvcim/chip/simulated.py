@@ -61,8 +61,8 @@ class SimulatedChip:
                      tuple(g.shape[1:]))
         return get_read_noise(d.read_noise_model).sample(g, z.to(g), d.read_noise, d.g_max)
 
-    def program(self, calibration: Tensor | None = None) -> None:
-        self.model.reprogram(calibration)
+    def program(self, calibration: Tensor | None = None, converters: str = "all") -> None:
+        self.model.reprogram(calibration, converters)
 
     def decode(self, layer: str, pos: Tensor, neg: Tensor) -> Tensor:
         lay = self._layers[layer]
