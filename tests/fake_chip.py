@@ -114,6 +114,9 @@ class FakeChip:
     def parameters(self) -> list[Tensor]:
         return list(self.net.parameters())
 
+    def buffers(self) -> list[Tensor]:
+        return list(self.net.buffers())
+
     def _dac(self, layer: str, h: Tensor, act_quant: dict | None = None) -> Tensor:
         if act_quant and layer in act_quant:
             step, bits, signed = act_quant[layer]

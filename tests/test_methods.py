@@ -703,3 +703,27 @@ def test_reprogram_recalibrates_only_what_it_is_asked(digits):
     assert torch.allclose(model.analog_layers()[0].dac_fs, 3 * dac[0])
     with pytest.raises(NvcimError, match="converters"):
         model.reprogram(x, converters="dac")
+
+
+def test_training_keeps_the_best_epoch_with_its_batchnorm_statistics(digits):
+    """Early stopping restores the best epoch: its weights and the BatchNorm running statistics that went with
+    them (later epochs' statistics belong to later weights). The validation signal is scripted so that the
+    first epoch is the best of three."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 32), torch.nn.BatchNorm1d(32),
+                              torch.nn.ReLU(), torch.nn.Linear(32, 10)).eval()
+    model = nvcim.convert(net, MLC, chips=2, seed=0)
+    chip = SimulatedChip(model)
+    seen = []
+
+    class Scripted(type(get("vat"))):
+        def validate(self, chip, check, act_quant):
+            seen.append([t.detach().clone() for t in chip.parameters() + chip.buffers()])
+            return [0.9, 0.5, 0.4][len(seen) - 1]
+
+    vat = Scripted(epochs=3, patience=0)
+    vat.apply(chip, TaskData(digits.train, digits.train[0]).with_check())
+    now = chip.parameters() + chip.buffers()
+    assert len(chip.buffers()) == 3  # running mean, running variance, batch count
+    assert all(torch.equal(a, b) for a, b in zip(now, seen[0]))
+    assert not all(torch.equal(a, b) for a, b in zip(chip.buffers(), seen[2][-3:]))  # the last epoch's differ

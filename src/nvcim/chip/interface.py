@@ -116,6 +116,11 @@ class Chip(Protocol):
         """The ideal model's trainable parameters (training methods update them, then :meth:`program`)."""
         ...
 
+    def buffers(self) -> list[Tensor]:
+        """The ideal model's state that training changes besides its parameters: the running statistics of
+        its BatchNorm layers. A training method that keeps its best epoch keeps these with the parameters."""
+        ...
+
     def train_forward(self, x: Tensor, step: int, censor: float = 0.0,
                       act_quant: dict[str, tuple[Tensor, int, bool]] | None = None, train: bool = True,
                       adc: bool = False) -> Tensor:

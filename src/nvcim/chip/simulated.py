@@ -252,6 +252,10 @@ class SimulatedChip:
     def parameters(self) -> list[Tensor]:
         return list(self.model.net.parameters())
 
+    def buffers(self) -> list[Tensor]:  # the digital modules' (BatchNorm); an analog layer's are its cells
+        return [b for m in self.model.net.modules() if not isinstance(m, AnalogLayer)
+                for b in m.buffers(recurse=False)]
+
     def train_forward(self, x: Tensor, step: int, censor: float = 0.0,
                       act_quant: dict[str, tuple[Tensor, int, bool]] | None = None, train: bool = True,
                       adc: bool = False) -> Tensor:

@@ -13,7 +13,8 @@ partial sum is then digitised, with straight-through gradients.
 Training runs until it converges: after every epoch the model is validated on the held-out check inputs
 (``TaskData.check``) on ``val_chips`` fixed validation chips (fresh draws that are neither training nor
 evaluated chips), in evaluation mode. The learning rate halves after two epochs without a new best, training
-stops after ``patience`` such epochs or at ``epochs`` (the budget), and the best validated weights are kept.
+stops after ``patience`` such epochs or at ``epochs`` (the budget), and the best validated weights are kept,
+with the BatchNorm statistics of that epoch.
 The cost report gives the epochs run. Without check inputs it trains the whole budget.
 """
 
@@ -105,7 +106,10 @@ class NoiseAwareTraining(Method):
         batch = self.batch_size or min(128, max(16, len(y) // 50))
         check = data.check if data.check is not None and len(data.check[1]) else None
         steps, since_best, flat, best = 0, 0, 0, -1.0
-        best_state = [p.detach().clone() for p in params]
+        # the best epoch is its parameters and the BatchNorm statistics that went with them: the statistics
+        # of later epochs belong to later weights
+        state = params + chip.buffers()
+        best_state = [t.detach().clone() for t in state]
         self.history = []
         bar = tqdm(range(self.epochs), desc=self.name, unit="epoch", disable=not progress, leave=False)
         for _ in bar:
@@ -124,7 +128,7 @@ class NoiseAwareTraining(Method):
             bar.set_postfix(val=f"{100 * acc:.1f}%")
             if acc > best:
                 best, since_best, flat = acc, 0, 0
-                best_state = [p.detach().clone() for p in params]
+                best_state = [t.detach().clone() for t in state]
             else:
                 since_best, flat = since_best + 1, flat + 1
                 if flat == 2:  # a plateau: a smaller step (ReduceLROnPlateau with patience 2)
@@ -135,8 +139,8 @@ class NoiseAwareTraining(Method):
                     break
         if check is not None:
             with torch.no_grad():
-                for p, b in zip(params, best_state):
-                    p.copy_(b)
+                for t, b in zip(state, best_state):
+                    t.copy_(b)
         # The converter ranges are part of what was trained: the training chips read through the DAC ranges
         # (and, trained through it, the ADC ranges) of the chips as they were, and the new weights rely on
         # them, clipping included. Re-calibrating them on the new weights undid that (Han "all but faults":
