@@ -47,7 +47,7 @@ def test_the_variance_format_is_part_of_a_points_identity():
     f32 = from_dict(dict(SMALL, variance="float32")).points()[0]
     bf16 = from_dict(dict(SMALL, variance="bfloat16")).points()[0]
     auto = from_dict(SMALL).points()[0]
-    assert f32.identity()["numerics"] == {"variance": "float32", "draws": 2} and f32.key != bf16.key
+    assert f32.identity()["numerics"] == {"variance": "float32", "draws": 3} and f32.key != bf16.key
     expect = "bfloat16" if native_bf16() and not torch.cuda.is_available() else "float32"
     assert auto.variance() == expect and auto.key == (bf16 if expect == "bfloat16" else f32).key
     assert Runtime(variance=auto.variance()).variance == expect

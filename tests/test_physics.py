@@ -96,6 +96,44 @@ def test_stuck_at_fault_fractions_within_binomial_interval():
     assert torch.all(g[codes == FAULT_SA1] == BASE.device.g_max)
 
 
+def test_training_chips_err_as_programmed_chips_do_layer_by_layer():
+    """A training chip is drawn like a programmed one: per layer, the mean relative weight error
+    ||W_chip - W_nominal||^2 / ||W_nominal||^2 of 24 training chips matches that of 24 programmed chips within
+    4 standard errors. Stuck cells only (independent on the two cells of a pair), so a stream shared by the
+    two sides (both cells stuck together: a zero weight instead of a full-range error) shows at once."""
+    model = nvcim.convert(lenet(), cfg(**{"device.faults.sa0": 0.0175, "device.faults.sa1": 0.0904}), chips=24,
+                          seed=3)
+    n = 24
+    for lay in model.analog_layers():
+        nominal = lay.from_matrix(lay.decode(lay.conductances(*lay.nominal())[0])[0])
+        norm = float((nominal**2).sum())
+
+        def rel(w: torch.Tensor) -> float:
+            return float(((w - nominal) ** 2).sum()) / norm  # noqa: B023 (used at once)
+
+        programmed = torch.tensor([rel(lay.from_matrix(lay.decode(lay.conductances(*lay.effective(torch.tensor([c])))[0])[0]))
+                                   for c in range(n)])
+        training = torch.tensor([rel(lay.fresh_weights(2**30 + 17 * c)) for c in range(n)])
+        se = math.sqrt(float(programmed.var() + training.var()) / n)
+        assert abs(float(programmed.mean() - training.mean())) < 4 * se, (lay.layer_name, programmed.mean(),
+                                                                           training.mean(), se)
+
+
+def test_training_chip_streams_are_independent():
+    """The streams of two keys (two layers, sides or purposes) of one training chip are uncorrelated, and a
+    stream is not another's: PyTorch's generator keeps only a seed's low 32 bits, so these must mix every
+    bit of the key and the chip."""
+    from nvcim.chip import rng
+
+    n = 20000
+    keys = [rng.key(0, layer, side, purpose) for layer in ("0", "3") for side in ("pos", "neg")
+            for purpose in ("fault", "program")]
+    draws = torch.cat([rng.draw_stream("normal", k, 2**30 + 5, (n,)) for k in keys])
+    r = torch.corrcoef(draws)
+    off = r[~torch.eye(len(keys), dtype=torch.bool)]
+    assert float(off.abs().max()) < 5 / math.sqrt(n)
+
+
 @pytest.mark.parametrize("bits", [2, 3, 5])
 def test_adc_output_has_at_most_2_to_the_b_codes_per_column(bits):
     net = linear(k=64, o=6)

@@ -27,9 +27,10 @@ _U = 1.0 / 8388608.0  # 2^-23
 
 
 # Version of the draws that make a chip for a given config and seed; bumped whenever they change (2: cell
-# normals drawn pairwise by plain arithmetic, 2026-12-03). Part of an experiment point's identity, so that
-# a results store never mixes chips drawn the old way with the new under one key.
-DRAWS = 2
+# normals drawn pairwise by plain arithmetic, 2026-12-03; 3: training chips' generators seeded from every
+# bit of their key, 2026-12-06, which changes what training methods learn). Part of an experiment point's
+# identity, so that a results store never mixes chips drawn the old way with the new under one key.
+DRAWS = 3
 
 def _s32(v: int) -> int:
     v &= 0xFFFFFFFF
@@ -186,5 +187,9 @@ def draw_stream(kind: str, base: int, chip_id: int, shape: tuple[int, ...]) -> T
     need to be reproducible for a seed but not the same on every device or chunking, which is what
     :func:`draw` is for; evaluated chips always use :func:`draw`.
     """
-    gen = torch.Generator().manual_seed((mix_int(base) & 0xFFFFFFFF) << 31 ^ (chip_id & 0x7FFFFFFF))
+    # PyTorch's CPU generator (mt19937) keeps only the low 32 bits of a seed, so the seed is a 32-bit hash of
+    # both. Until 2026-12-06 it was (hash(base) << 31) ^ chip, whose low 32 bits hold one bit of the base:
+    # every layer, side and purpose of a training chip drew from one of two streams, so the two cells of a
+    # pair were stuck together and the training chips' faults were about half as harmful as the real ones.
+    gen = torch.Generator().manual_seed(mix_int(mix_int(base) ^ mix_int(chip_id * 0x9E3779B1 + 0x632BE5AB)))
     return (torch.randn if kind == "normal" else torch.rand)((1, *shape), generator=gen)
