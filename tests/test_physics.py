@@ -111,8 +111,10 @@ def test_training_chips_err_as_programmed_chips_do_layer_by_layer():
         def rel(w: torch.Tensor) -> float:
             return float(((w - nominal) ** 2).sum()) / norm  # noqa: B023 (used at once)
 
-        programmed = torch.tensor([rel(lay.from_matrix(lay.decode(lay.conductances(*lay.effective(torch.tensor([c])))[0])[0]))
-                                   for c in range(n)])
+        def chip(c: int) -> torch.Tensor:
+            return lay.from_matrix(lay.decode(lay.conductances(*lay.effective(torch.tensor([c])))[0])[0])  # noqa: B023
+
+        programmed = torch.tensor([rel(chip(c)) for c in range(n)])
         training = torch.tensor([rel(lay.fresh_weights(2**30 + 17 * c)) for c in range(n)])
         se = math.sqrt(float(programmed.var() + training.var()) / n)
         assert abs(float(programmed.mean() - training.mean())) < 4 * se, (lay.layer_name, programmed.mean(),
