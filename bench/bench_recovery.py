@@ -74,6 +74,7 @@ OPTIONS = {
     "vat:noadc": ("vat", {"adc": "off"}),  # training chips without the ADC, whatever its bits (ablation)
     "vat:noadc60": ("vat", {"adc": "off", "epochs": 60}),  # twice the epoch budget (Han "all" used all 30)
     "qvat": ("qvat", {}), "kd": ("kd", {}),
+    "kd:a0.9": ("kd", {"alpha": 0.9}), "kd:t4": ("kd", {"tau": 4.0}),  # KD's weights (Charan: tau 2)
     "rsa": ("rsa", {"fraction": 0.05, "epochs": 2, "samples": 2048}),
     "rsa:faults": ("rsa", {"fraction": 0.05, "epochs": 2, "samples": 2048, "selection": "faults"}),
     "rsa:faults10": ("rsa", {"fraction": 0.10, "epochs": 2, "samples": 2048, "selection": "faults"}),
