@@ -143,9 +143,9 @@ class NoiseAwareTraining(Method):
                     t.copy_(b)
         # The converter ranges are part of what was trained: the training chips read through the DAC ranges
         # (and, trained through it, the ADC ranges) of the chips as they were, and the new weights rely on
-        # them, clipping included. Re-calibrating them on the new weights undid that (Han "all but faults":
-        # 82.7 % with the trained-against ranges, 56.7 % re-calibrated, after 4 epochs). An ADC that training
-        # did not read through is re-calibrated to the new weights' partial sums, on the kept DAC ranges.
+        # them, clipping included. Re-calibrating them on the new weights undid that (Han "all but faults",
+        # 4 epochs: 82 % kept, 55 % re-calibrated; bench/bench_ranges.py). An ADC that training did not read
+        # through is re-calibrated to the new weights' partial sums, on the kept DAC ranges.
         keep_adc = self._adc_now or not chip.config.circuit.adc_bits
         chip.program(None if keep_adc else data.inputs(256), converters="adc")
         self.finish(chip, act_quant)
