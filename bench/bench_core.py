@@ -47,9 +47,10 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--chips", type=int, default=100)
     ap.add_argument("--batch", type=int, default=500)
-    ap.add_argument("--memory-mb", type=float, default=1024.0)
+    ap.add_argument("--memory-mb", type=float, default=0.0, help="Runtime.memory_mb (0: auto)")
     ap.add_argument("--compile", default="on", choices=("on", "off"))
-    ap.add_argument("--chip-block", type=int, default=10, help="chips per grouped pass (Runtime.chip_block)")
+    ap.add_argument("--chip-block", type=int, default=0, help="chips per grouped pass (Runtime.chip_block; 0: auto, "
+                    "10 on a CPU, sized from the free memory on a GPU)")
     ap.add_argument("--segments", type=int, default=5, help="chip-run segments, each between plain timings")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--out", default="bench/results")
@@ -108,7 +109,7 @@ def main() -> None:
         "gpu": torch.cuda.get_device_name(dev) if dev.type == "cuda" else None,
         "device": str(dev), "threads": torch.get_num_threads(), "torch": torch.__version__,
         "chips": args.chips, "images": n_done, "batch": args.batch, "memory_mb": args.memory_mb,
-        "chip_block": args.chip_block, "segments": len(ratios),
+        "chip_block": args.chip_block, "runtime": chip_model.runtime_record(), "segments": len(ratios),
         "compile": args.compile, "plain_images_per_s": plain, "chip_images_per_s": rate,
         "ratio_median_of_segments": statistics.median(ratios), "ratio_segments": ratios,
         "ratio_vs_plain_same_batch": rate / plain[args.batch], "ratio_vs_best_plain": rate / max(plain.values()),

@@ -78,7 +78,8 @@ def bench_model(name: str, data, args: argparse.Namespace, dev: torch.device) ->
            "weights": sum(lay.weight.numel() for lay in chips.analog_layers()),
            "convert_s": t_convert, "warmup_s": t_warm, "plain_images_per_s": statistics.median(plain),
            "chip_images_per_s": statistics.median(rates), "ratio_median_of_segments": statistics.median(ratios),
-           "ratio_segments": ratios, "state_gib": state / 2**30}
+           "ratio_segments": ratios, "state_gib": state / 2**30, "runtime": chips.runtime_record(),
+           "budget_gib": chips.activation_budget() / 2**30}
     if name == "lenet5":
         out["chip_accuracy_mean_last_segment"] = res.accuracy.mean
     del chips
@@ -91,7 +92,7 @@ def main() -> None:
     ap.add_argument("--chips", type=int, default=100)
     ap.add_argument("--images", type=int, default=0, help="test images per model (default: per model)")
     ap.add_argument("--batch", type=int, default=0, help="batch size (default: per model)")
-    ap.add_argument("--memory-mb", type=float, default=1024.0)
+    ap.add_argument("--memory-mb", type=float, default=0.0, help="Runtime.memory_mb (0: auto)")
     ap.add_argument("--segments", type=int, default=3)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--out", default="bench/results")
@@ -106,7 +107,7 @@ def main() -> None:
         "gpu": torch.cuda.get_device_name(dev) if dev.type == "cuda" else None,
         "device": str(dev), "threads": torch.get_num_threads(), "torch": torch.__version__,
         "chips": args.chips, "memory_mb": args.memory_mb, "peak_rss_gib": peak / 2**30,
-        "largest_state_plus_budget_gib": max(r["state_gib"] for r in results) + args.memory_mb / 1024,
+        "largest_state_plus_budget_gib": max(r["state_gib"] + r["budget_gib"] for r in results),
         "models": results,
     }
     Path(args.out).mkdir(parents=True, exist_ok=True)

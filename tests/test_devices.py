@@ -85,11 +85,15 @@ def test_evaluate_on_the_device_is_independent_of_chunking(device):
     x, y = _x(40), torch.arange(40) % 10
     a = nvcim.convert(lenet().to(device), NOISY, chips=6, seed=4, runtime=Runtime(chip_block=6))
     b = nvcim.convert(lenet().to(device), NOISY, chips=6, seed=4, runtime=Runtime(chip_block=2))
-    for m in (a, b):
+    auto = nvcim.convert(lenet().to(device), NOISY, chips=6, seed=4)  # chip_block 0: sized for the device
+    for m in (a, b, auto):
         m.calibrate(x)
     ra = nvcim.evaluate(a, (x, y), batch_size=40, progress=False)
     rb = nvcim.evaluate(b, (x, y), batch_size=7, progress=False)
-    assert ra.accuracy.per_chip == rb.accuracy.per_chip
+    r_auto = nvcim.evaluate(auto, (x, y), batch_size=40, progress=False)
+    assert ra.accuracy.per_chip == rb.accuracy.per_chip == r_auto.accuracy.per_chip
+    # a CPU computes 10 chips at a time; a GPU every chip that a quarter of its free memory holds (all six)
+    assert auto.chip_block() == 6 and auto.runtime_record()["chip_block_resolved"] == 6
 
 
 MLC = preset("rram-mlc-4bit")

@@ -275,3 +275,54 @@ def test_cells_made_on_demand_are_the_stored_cells_and_save_without_them():
         assert loaded.cells_on_demand
         with torch.no_grad():
             assert torch.equal(loaded(x, read_key=5), ref)
+
+
+def test_auto_chip_block_and_budget_resolve_per_device(monkeypatch):
+    """Runtime.chip_block = 0 and memory_mb = 0 (auto): blocks of 10 chips and a 384 MiB sub-batch cap on a
+    CPU, as before; on a GPU a quarter of its free memory each, the chips split into the fewest equal blocks.
+    A GPU is stood in for here (the device property and its free memory); tests/test_devices.py runs the real
+    one where there is one."""
+    from nvcim.chip import model as model_mod
+    from nvcim.chip.conversion import state_bytes_per_chip
+
+    m = nvcim.convert(lenet(), NOISY, chips=100, seed=0)
+    assert (m.chip_block(), m.activation_budget()) == (10, 384 * 2**20)
+    m.runtime = Runtime(chip_block=7, memory_mb=100)
+    assert (m.chip_block(), m.activation_budget()) == (7, 100 * 2**20)
+    m.runtime = Runtime()
+    per_chip = 3 * state_bytes_per_chip(m)
+    free = {"bytes": 4 * 64 * per_chip + 3}  # a quarter holds 64 chips
+    monkeypatch.setattr(type(m), "device", property(lambda self: torch.device("cuda")))
+    monkeypatch.setattr(model_mod, "gpu_free_bytes", lambda device: free["bytes"])
+    assert m.chip_block() == 50  # two equal blocks, not 64 and a padded 36
+    assert m.activation_budget() == free["bytes"] / 4
+    free["bytes"] = 10**15
+    assert m.chip_block() == 100  # every chip in one block
+    free["bytes"] = per_chip
+    assert m.chip_block() == 1
+    m.runtime = Runtime(chip_block=7, memory_mb=100)
+    assert (m.chip_block(), m.activation_budget()) == (7, 100 * 2**20)  # explicit values stand on a GPU
+
+
+@pytest.mark.parametrize("chips,most,block", [(100, 64, 50), (100, 100, 100), (100, 1, 1), (1000, 300, 250),
+                                              (7, 3, 3), (10, 10**6, 10), (5000, 5000, 2500)])
+def test_even_blocks_split_chips_into_the_fewest_equal_blocks(chips, most, block):
+    from nvcim.chip.model import even_blocks
+
+    got = even_blocks(chips, most)
+    assert got == block
+    n = -(-chips // got)
+    assert got <= min(most, 4096) and n == -(-chips // min(most, 4096, chips))  # the fewest blocks
+    assert n * got - chips < n  # padding: less than one chip per block
+
+
+def test_one_block_of_every_chip_gives_the_same_outputs_as_blocks_of_ten():
+    x = _x(12)
+    m = nvcim.convert(lenet(), NOISY, chips=23, seed=4)
+    m.calibrate(x)
+    with torch.no_grad():
+        tens = m(x, read_key=3)
+        m.runtime = Runtime(chip_block=23)
+        one = m(x, read_key=3)
+    assert m.runtime_record()["chip_block_resolved"] == 23
+    assert torch.equal(tens, one)

@@ -166,7 +166,7 @@ def _cells_on_demand(model: AnalogModel) -> bool:
         log.info(f"{model.chips} chips need {stored / 2**30:.1f} GiB of cell state, more than half of the "
                  f"{free / 2**30:.1f} GiB free: cells are made for each chip block on demand (Runtime.cells)")
         mode = "on-demand"
-    block = min(model.chips, model.runtime.chip_block)
+    block = model.chip_block()
     need = (block * per if mode == "on-demand" else model.chips * per) + 2**29
     if free is not None and need > 0.9 * free:
         if mode == "on-demand":

@@ -40,17 +40,30 @@ log = logging.getLogger("nvcim")
 COMPILE_CALL_ELEMENTS = 5e8
 COMPILE_TOTAL_ELEMENTS = 2e9
 
+# Runtime.chip_block and memory_mb = 0 (auto). A CPU gains nothing from larger blocks (measured on LeNet-5,
+# docs/benchmarks.md); a GPU pays a launch per kernel, layer, chip block and sub-batch, so there blocks and
+# sub-batches grow to a share of the free memory: a quarter for a block's chip state (its cells made on demand,
+# packed values and read-noise variances, write temporaries: about 3x the stored state) and a quarter for its
+# activations, the other half left to the allocator and the stored cells' growth.
+CPU_CHIP_BLOCK = 10
+DEFAULT_MEMORY_MB = 1024.0
+CPU_SUB_BATCH_MB = 384.0
+GPU_SHARE = 0.25
+
 
 @dataclass(frozen=True)
 class Runtime:
     """How simulation runs (not what the chip is)."""
 
-    memory_mb: float = spec(1024.0, "memory budget for the activations of one chip chunk", unit="MiB",
-                            lo=1.0)
-    chip_block: int = spec(10, "chips computed together in one grouped pass; the last block is padded, so "
-                           "results are bitwise identical whatever the chip count or memory budget (10 divides "
-                           "the usual 100 or 1000 chips: no padded chips computed)",
-                           unit="chips", lo=1, hi=4096)
+    memory_mb: float = spec(0.0, "memory budget for the activations of one chip block and image sub-batch; "
+                            "0: auto (1024 MiB; on a GPU a quarter of its free memory). On a CPU sub-batches "
+                            "also stay within 384 MiB", unit="MiB", lo=1.0, zero_ok=True)
+    chip_block: int = spec(0, "chips computed together in one grouped pass; 0: auto (10 on a CPU: 10 divides the "
+                           "usual 100 or 1000 chips, so no padded chips are computed; on a GPU as many chips as "
+                           "a quarter of its free memory holds, in equal blocks, so that the kernels per layer "
+                           "do not grow with the chip count). The last block is padded, so results are bitwise "
+                           "identical whatever the block, chip count or memory budget",
+                           unit="chips", lo=1, hi=4096, zero_ok=True)
     compile: str = spec("auto", "fuse the analog epilogue with torch.compile: on, off, or auto (compile once "
                         "this model's chip passes are large enough to repay the one-off compile: one call of at "
                         "least 5e8 activation elements, or 2e9 in all; needs a C++ compiler or a GPU). Programming "
@@ -99,6 +112,20 @@ def variance_dtype(runtime: Runtime, dtype: torch.dtype, device: torch.device) -
     return None
 
 
+def gpu_free_bytes(device: torch.device) -> int:
+    """Memory free for new tensors on a CUDA device: the driver's free memory plus what PyTorch's caching
+    allocator holds unused."""
+    free = torch.cuda.mem_get_info(device)[0]
+    return int(free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device))
+
+
+def even_blocks(chips: int, most: int) -> int:
+    """The block size that splits ``chips`` into the fewest equal blocks of at most ``most`` (at least 1,
+    at most 4096, Runtime.chip_block's bound)."""
+    most = max(1, min(most, 4096, chips))
+    return -(-chips // -(-chips // most))
+
+
 def can_compile(device: torch.device) -> bool:
     """torch.compile needs a C++ compiler on CPU (Triton on GPU ships with torch)."""
     return device.type == "cuda" or any(shutil.which(c) for c in ("c++", "g++", "clang++"))
@@ -115,6 +142,7 @@ class AnalogModel(nn.Module):
         self._announced = False
         self.report: Any = None  # the ConversionReport of convert()
         self._bytes_per_chip_image: dict[tuple[int, ...], float] = {}
+        self._auto: tuple[Runtime, int, float] | None = None  # (for, chips per block, activation bytes)
 
     # ---- structure ------------------------------------------------------------------------------
     def analog_layers(self) -> list[AnalogLayer]:
@@ -211,12 +239,16 @@ class AnalogModel(nn.Module):
     def runtime_record(self) -> dict[str, Any]:
         """The performance switches this model runs with, for a result's record: every ``Runtime`` field,
         ``variance`` resolved for this device (the one switch that changes numbers: bfloat16 rounds the
-        read-noise variance products), and the random-draw scheme version."""
+        read-noise variance products), the random-draw scheme version, and the chip block and activation
+        budget that ``auto`` resolved to on this device (which change no number)."""
         from dataclasses import asdict
 
         fmt = variance_dtype(self.runtime, torch.float32, self.device)
+        planned = {}
+        if self._auto is not None and self._auto[0] == self.runtime:
+            planned = {"chip_block_resolved": self._auto[1], "memory_mb_resolved": round(self._auto[2] / 2**20, 1)}
         return {**asdict(self.runtime), "variance_resolved": "bfloat16" if fmt == torch.bfloat16 else "float32",
-                "draws": rng.DRAWS}
+                "draws": rng.DRAWS, **planned}
 
     def is_calibrated(self) -> bool:
         return all(layer.is_calibrated() for layer in self.analog_layers())
@@ -314,17 +346,42 @@ class AnalogModel(nn.Module):
         return blocks, spec
 
     def plan(self, x: Tensor) -> tuple[int, int]:
-        """(chips per block, images per sub-batch): blocks are ``runtime.chip_block`` chips (fewer if the
-        model has fewer); sub-batches keep a block's activations within the memory budget and, on CPU,
-        within 384 MiB: measured best for LeNet-5 (docs/benchmarks.md), between the per-sub-batch overhead of
-        small ones and glibc's 32 MiB mmap limit per tensor of large ones."""
+        """(chips per block, images per sub-batch): blocks of :meth:`chip_block` chips; sub-batches keep a
+        block's activations within :meth:`activation_budget`."""
         per = self.bytes_per_chip_image(x)
-        block = min(self.runtime.chip_block, self.chips)
-        budget = self.runtime.memory_mb * 2**20
-        if self.device.type == "cpu":
-            budget = min(budget, 384 * 2**20)
+        if self._auto is None or self._auto[0] != self.runtime:
+            # resolved once per runtime: a GPU's free memory moves, and a new block shape would recompile
+            self._auto = (self.runtime, self.chip_block(), self.activation_budget())
+        _, block, budget = self._auto
         imgs = int(max(1, min(x.shape[0], budget // (per * block))))
         return block, imgs
+
+    def chip_block(self) -> int:
+        """Chips per grouped pass: ``Runtime.chip_block``, or for 0 (auto) 10 on a CPU and, on a GPU, as many
+        chips as a quarter of its free memory holds (``GPU_SHARE``), in equal blocks (100 chips that fit 64 at
+        a time run as two blocks of 50, not 64 and a padded 36)."""
+        if self.runtime.chip_block:
+            return min(self.runtime.chip_block, self.chips)
+        if self.device.type != "cuda":
+            return min(CPU_CHIP_BLOCK, self.chips)
+        from .conversion import state_bytes_per_chip
+
+        per_chip = 3 * state_bytes_per_chip(self)
+        return even_blocks(self.chips, int(GPU_SHARE * gpu_free_bytes(self.device) // max(1, per_chip)))
+
+    def activation_budget(self) -> float:
+        """Bytes of activations per chip block and image sub-batch: ``Runtime.memory_mb``, or for 0 (auto)
+        1024 MiB, and on a GPU a quarter of its free memory. On a CPU at most 384 MiB: measured best for
+        LeNet-5 (docs/benchmarks.md), between the per-sub-batch overhead of small sub-batches and glibc's
+        32 MiB mmap limit per tensor of large ones."""
+        mb = self.runtime.memory_mb
+        if self.device.type == "cpu":
+            return min(mb or DEFAULT_MEMORY_MB, CPU_SUB_BATCH_MB) * 2**20
+        if mb:
+            return mb * 2**20
+        if self.device.type == "cuda":
+            return GPU_SHARE * gpu_free_bytes(self.device)
+        return DEFAULT_MEMORY_MB * 2**20
 
     def bytes_per_chip_image(self, x: Tensor) -> float:
         """Estimate of the activation memory of one image on one chip (a probe pass, cached per shape)."""

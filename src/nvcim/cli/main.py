@@ -32,7 +32,8 @@ def _eval_opts(p: argparse.ArgumentParser, chips: int, chip: str, out: str) -> N
     p.add_argument("--limit", type=int, default=0, help="evaluate on the first N test images only")
     p.add_argument("--weights", default=None, help="load these model weights (a state_dict file) instead "
                    "of training")
-    p.add_argument("--memory-mb", type=float, default=1024.0, help="memory budget per chip chunk (MiB)")
+    p.add_argument("--memory-mb", type=float, default=0.0, help="activation memory budget per chip block (MiB; "
+                   "0: auto, 1024 MiB, on a GPU a quarter of its free memory)")
     p.add_argument("--compile", choices=("auto", "on", "off"), default="auto",
                    help="fuse the analog epilogue with torch.compile (auto: once the work repays compiling; the "
                    "results are the same either way)")

@@ -48,7 +48,8 @@ _FIELDS = {
     "methods": "method chains, 'none' for no mitigation, e.g. 'write-verify+self-tune'",
     "limit": "evaluate on the first N test images only (0 = all)",
     "batch_size": "images per evaluation batch",
-    "memory_mb": "memory budget per chip chunk (MiB)",
+    "memory_mb": "activation memory budget per chip block (MiB; 0 = auto: 1024, on a GPU a quarter of its free "
+                 "memory); changes no result",
     "variance": "number format of the read-noise variance products: auto, float32 or bfloat16 (Runtime.variance); "
                 "the resolved format is part of each point's identity",
     "set": "fixed config overrides {dotted.path: value}",
@@ -72,7 +73,7 @@ class Experiment:
     methods: tuple[str, ...] = ("none",)
     limit: int = 0
     batch_size: int = 500
-    memory_mb: float = 1024.0
+    memory_mb: float = 0.0
     variance: str = "auto"
     set: dict[str, Any] = field(default_factory=dict)
     sweep: dict[str, list[Any]] = field(default_factory=dict)
@@ -220,9 +221,9 @@ def _from_dict(d: dict[str, Any], base_dir: str) -> Experiment:
     chains = {p.strip() for m in methods for p in m.split("+")}
     for m in options:
         _need(m in chains, f"options.{m}", options[m], "options of a method named in 'methods'")
-    memory = d.get("memory_mb", 1024.0)
-    _need(isinstance(memory, (int, float)) and not isinstance(memory, bool) and memory >= 1, "memory_mb", memory,
-          "a number >= 1 (MiB)")
+    memory = d.get("memory_mb", 0.0)
+    _need(isinstance(memory, (int, float)) and not isinstance(memory, bool) and (memory == 0 or memory >= 1),
+          "memory_mb", memory, "0 (auto) or a number >= 1 (MiB)")
     variance = d.get("variance", "auto")
     _need(variance in ("auto", "float32", "bfloat16"), "variance", variance, "one of auto, float32, bfloat16")
     exp = Experiment(name=name.strip(), model=d.get("model", "lenet5"), dataset=d.get("dataset", "digits"),
