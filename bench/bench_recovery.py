@@ -75,6 +75,9 @@ OPTIONS = {
     "vat:noadc60": ("vat", {"adc": "off", "epochs": 60}),  # twice the epoch budget (Han "all" used all 30)
     "qvat": ("qvat", {}), "kd": ("kd", {}),
     "kd:a0.9": ("kd", {"alpha": 0.9}), "kd:t4": ("kd", {"tau": 4.0}),  # KD's weights (Charan: tau 2)
+    # Charan's students start untrained (the teacher is the trained model): a fresh model, a longer budget
+    "vat:scratch": ("vat", {"init": "scratch", "epochs": 80, "patience": 8}),
+    "kd:scratch": ("kd", {"init": "scratch", "epochs": 80, "patience": 8}),
     "rsa": ("rsa", {"fraction": 0.05, "epochs": 2, "samples": 2048}),
     "rsa:faults": ("rsa", {"fraction": 0.05, "epochs": 2, "samples": 2048, "selection": "faults"}),
     "rsa:faults10": ("rsa", {"fraction": 0.10, "epochs": 2, "samples": 2048, "selection": "faults"}),

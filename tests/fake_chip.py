@@ -117,6 +117,11 @@ class FakeChip:
     def buffers(self) -> list[Tensor]:
         return list(self.net.buffers())
 
+    def reinitialize(self, seed: int) -> None:
+        torch.manual_seed(seed)
+        for lin in self.linears.values():
+            lin.reset_parameters()
+
     def _dac(self, layer: str, h: Tensor, act_quant: dict | None = None) -> Tensor:
         if act_quant and layer in act_quant:
             step, bits, signed = act_quant[layer]

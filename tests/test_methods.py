@@ -1,5 +1,6 @@
 """Recovery methods: each measurably improves on no mitigation, costs are counted, contracts hold."""
 
+import copy
 import math
 
 import pytest
@@ -155,6 +156,8 @@ def test_bad_method_options():
         get("self-tune", nonsense=1)
     with pytest.raises(nvcim.NvcimError, match=r"vat.adc = 'maybe' is invalid: allowed auto, on, off"):
         get("vat", adc="maybe")
+    with pytest.raises(nvcim.NvcimError, match=r"kd.init = 'random' is invalid: allowed model, scratch"):
+        get("kd", init="random")
 
 
 MLC = nvcim.preset("rram-mlc-4bit")  # Charan's chip: the digits LeNet-5 loses ~75 points on it
@@ -165,6 +168,7 @@ MLC = nvcim.preset("rram-mlc-4bit")  # Charan's chip: the digits LeNet-5 loses ~
     ("vat", {"censor": 1.5}),
     ("kd", {}),
     ("qvat", {}),
+    ("kd", {"init": "scratch"}),
 ])
 def test_training_methods_improve_on_no_mitigation_by_default(digits, name, options):
     """With their defaults (train until the validation accuracy stops improving), the training methods gain
@@ -727,3 +731,33 @@ def test_training_keeps_the_best_epoch_with_its_batchnorm_statistics(digits):
     assert len(chip.buffers()) == 3  # running mean, running variance, batch count
     assert all(torch.equal(a, b) for a, b in zip(now, seen[0]))
     assert not all(torch.equal(a, b) for a, b in zip(chip.buffers(), seen[2][-3:]))  # the last epoch's differ
+
+
+def _bn_mlp():
+    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 32), torch.nn.BatchNorm1d(32),
+                               torch.nn.ReLU(), torch.nn.Linear(32, 10))
+
+
+def test_reinitialize_draws_the_model_as_pytorch_builds_it(digits):
+    """Training from scratch starts from what PyTorch's constructors draw under the same seed: converted
+    layers (which have no reset_parameters) included, BatchNorm back to ones, zeros and fresh statistics, and
+    the global random state untouched. KD's teacher stays the model as given."""
+    torch.manual_seed(0)
+    net = _bn_mlp()
+    data = TaskData(digits.train, digits.train[0])
+    for _ in range(3):  # trained a little, so that the BatchNorm statistics are not their initial values
+        net.train()(digits.train[0][:128])
+    net.eval()
+    chip = SimulatedChip(nvcim.convert(copy.deepcopy(net), MLC, chips=2, seed=0))
+    teacher = chip.reference(digits.train[0])
+    state = torch.get_rng_state()
+    chip.reinitialize(7)
+    assert torch.equal(torch.get_rng_state(), state)
+    torch.manual_seed(7)
+    fresh = _bn_mlp()
+    now, want = chip.parameters() + chip.buffers(), list(fresh.parameters()) + list(fresh.buffers())
+    assert len(now) == len(want) == 9 and all(torch.equal(a, b) for a, b in zip(now, want))
+    kd = get("kd", init="scratch", epochs=1)
+    cost = kd.apply(SimulatedChip(nvcim.convert(copy.deepcopy(net), MLC, chips=2, seed=0)), data)
+    assert torch.allclose(kd._teacher, teacher)
+    assert "from a fresh initialisation" in cost.notes[0]

@@ -121,6 +121,11 @@ class Chip(Protocol):
         its BatchNorm layers. A training method that keeps its best epoch keeps these with the parameters."""
         ...
 
+    def reinitialize(self, seed: int) -> None:
+        """Draw the ideal model's parameters afresh, as PyTorch initialises a new model (seeded), and reset
+        its BatchNorm statistics: training "from scratch" starts here. :meth:`program` afterwards."""
+        ...
+
     def train_forward(self, x: Tensor, step: int, censor: float = 0.0,
                       act_quant: dict[str, tuple[Tensor, int, bool]] | None = None, train: bool = True,
                       adc: bool = False) -> Tensor:

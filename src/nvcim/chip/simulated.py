@@ -3,11 +3,12 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from ..circuits import get_read_noise
 from ..config import ChipConfig
@@ -255,6 +256,23 @@ class SimulatedChip:
     def buffers(self) -> list[Tensor]:  # the digital modules' (BatchNorm); an analog layer's are its cells
         return [b for m in self.model.net.modules() if not isinstance(m, AnalogLayer)
                 for b in m.buffers(recurse=False)]
+
+    @torch.no_grad()
+    def reinitialize(self, seed: int) -> None:
+        # each module as its constructor draws it: PyTorch's own reset_parameters (BatchNorm: ones, zeros and
+        # fresh running statistics); a converted layer has none, so its weight gets nn.Linear's / nn.Conv's
+        # default (Kaiming-uniform with a = sqrt(5), bias uniform in +-1/sqrt(fan_in)). A custom module's own
+        # parameters without reset_parameters (a learned position embedding) keep their values.
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            torch.manual_seed(seed)
+            for m in self.model.net.modules():
+                if isinstance(m, AnalogLayer):
+                    nn.init.kaiming_uniform_(m.weight, a=math.sqrt(5))
+                    if m.bias is not None:
+                        bound = 1 / math.sqrt(m.weight[0].numel())
+                        nn.init.uniform_(m.bias, -bound, bound)
+                elif callable(reset := getattr(m, "reset_parameters", None)):
+                    reset()
 
     def train_forward(self, x: Tensor, step: int, censor: float = 0.0,
                       act_quant: dict[str, tuple[Tensor, int, bool]] | None = None, train: bool = True,

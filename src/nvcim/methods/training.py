@@ -30,6 +30,7 @@ from ..errors import NvcimError
 from .base import Cost, Method, TaskData, register, shuffled_batches
 
 ADC_CHOICES = ("auto", "on", "off")
+INIT_CHOICES = ("model", "scratch")  # NoiseAwareTraining.init: fine-tune the given model, or start afresh
 ADC_AUTO_BITS = 6  # "auto" trains through ADCs this coarse or coarser
 
 
@@ -48,7 +49,8 @@ class NoiseAwareTraining(Method):
     changes_chip = False  # it changes the model, and every chip is programmed again from it
 
     def __init__(self, epochs: int = 30, lr: float = 1e-3, batch_size: int = 0, censor: float = 0.0,
-                 seed: int = 0, patience: int = 4, val_chips: int = 8, adc: str = "auto") -> None:
+                 seed: int = 0, patience: int = 4, val_chips: int = 8, adc: str = "auto",
+                 init: str = "model") -> None:
         if epochs < 1:
             raise NvcimError(f"{self.name}.epochs = {epochs} is invalid: allowed >= 1")
         if not lr > 0:
@@ -62,6 +64,9 @@ class NoiseAwareTraining(Method):
                              f"val_chips = {val_chips} >= 1")
         if adc not in ADC_CHOICES:
             raise NvcimError(f"{self.name}.adc = {adc!r} is invalid: allowed {', '.join(ADC_CHOICES)}")
+        if init not in INIT_CHOICES:
+            raise NvcimError(f"{self.name}.init = {init!r} is invalid: allowed {', '.join(INIT_CHOICES)}")
+        self.init = init
         self.epochs, self.lr, self.batch_size, self.censor, self.seed = epochs, lr, batch_size, censor, seed
         self.adc = adc
         self.patience, self.val_chips = patience, val_chips
@@ -96,7 +101,9 @@ class NoiseAwareTraining(Method):
         x, y = data.train
         if not isinstance(y, Tensor):
             raise NvcimError(f"{self.name} needs labelled training data")
-        act_quant = self.prepare(chip, data)
+        act_quant = self.prepare(chip, data)  # before a fresh start: KD's teacher is the model as given
+        if self.init == "scratch":
+            chip.reinitialize(self.seed)
         self._adc_now = trains_through_adc(self.adc, chip)
         params = chip.parameters() + [p for p, _, _ in act_quant.values()]
         opt = torch.optim.Adam(params, lr=self.lr)
@@ -150,12 +157,13 @@ class NoiseAwareTraining(Method):
         chip.program(None if keep_adc else data.inputs(256), converters="adc")
         self.finish(chip, act_quant)
         epochs = len(self.history) if check is not None else self.epochs
+        start = " from a fresh initialisation" if self.init == "scratch" else ""
         how = (f"{epochs} epochs (best validated {100 * best:.1f} % after epoch "
                f"{self.history.index(best) + 1} on {self.val_chips} validation chips)" if check is not None
                else f"{epochs} epochs (no check inputs: no validation)")
         return Cost(labelled_samples=len(y) + (len(check[1]) if check is not None else 0), finetune_steps=steps,
                     epochs=float(epochs), check_samples=len(check[1]) if check is not None else 0,
-                    notes=[f"{self.name}: {how} of noise-injection training"
+                    notes=[f"{self.name}: {how} of noise-injection training{start}"
                            + (", through the ADC" if self._adc_now else "") + ", chips re-programmed"])
 
 
@@ -167,7 +175,9 @@ class VAT(NoiseAwareTraining):
     Options: ``epochs`` (the budget), ``patience`` (epochs without a better validation before stopping; 0: the
     whole budget), ``val_chips``, ``lr``, ``batch_size``, ``censor`` (sigma units, 0 = off), ``adc`` (auto,
     on, off: training chips digitise each array tile's partial sum with the chip's ADC; auto: for ADCs of
-    6 bits or fewer, see :func:`trains_through_adc`). ``adc`` applies to kd and qvat too.
+    6 bits or fewer, see :func:`trains_through_adc`), ``init`` (model: fine-tune the model as given;
+    scratch: train a freshly initialised model, as Charan's student is; kd's teacher stays the model as
+    given). ``adc`` and ``init`` apply to kd and qvat too.
     """
 
     name = "vat"
