@@ -88,6 +88,7 @@ OPTIONS = {
     "write-verify:10-cells": ("write-verify", {"fraction": 0.1, "sensitivity": "expected", "cells": True}),
     "write-verify:20-cells": ("write-verify", {"fraction": 0.2, "sensitivity": "expected", "cells": True}),
     "self-tune": ("self-tune", {}), "chip-kd": ("chip-kd", {}), "map-correct": ("map-correct", {}),
+    "self-tune:chips": ("self-tune", {"target": "chips"}),  # to the mean chip (after noise training)
     "map-correct:remap": ("map-correct", {"remap": True}),
     "chip-kd:rewrite": ("chip-kd", {"rewrite": 0.2}),  # re-programs up to 20 % of the pairs first (Lv)
 }

@@ -136,6 +136,31 @@ def test_self_tune_recovers_between_chip_loss_without_labels(digits):
     assert report.cost.write_verify_pulses == 0
 
 
+def test_self_tune_to_the_mean_chip_removes_each_chips_deviation_only(digits):
+    """target='chips': every chip's per-channel output mean and std of the first layer become the mean over the
+    chips of those statistics (no read noise here, so exactly up to float rounding); the ideal model's
+    statistics play no part."""
+    model = _chips(digits, BETWEEN, chips=6)
+    chip = SimulatedChip(model)
+    x = digits.train[0][:256]
+    name = chip.layer_names()[0]
+
+    def stats():
+        with torch.no_grad():
+            _, got = chip.infer(x, capture=[name])
+        y = got[name].movedim(2, -1).reshape(6, -1, got[name].shape[2])  # (chips, images x positions, channels)
+        return y.mean(1), y.std(1)
+
+    mu, sd = stats()
+    assert (mu.std(0) > 1e-3 * mu.abs().mean()).any()  # the chips differ before
+    get("self-tune", target="chips").apply(chip, TaskData(digits.train, x))
+    mu2, sd2 = stats()
+    torch.testing.assert_close(mu2, mu.mean(0).expand_as(mu2), atol=1e-5 * float(mu.abs().max()), rtol=1e-4)
+    torch.testing.assert_close(sd2, sd.mean(0).expand_as(sd2), atol=1e-5 * float(sd.abs().max()), rtol=1e-4)
+    with pytest.raises(nvcim.NvcimError, match=r"self-tune.target = 'model' is invalid: allowed 'ideal', 'chips'"):
+        get("self-tune", target="model")
+
+
 def test_methods_compose(digits):
     data = TaskData(digits.train, digits.train[0])
     wv = recover(_chips(digits, SLICED), [get("write-verify", fraction=0.1)], data, digits.test, progress=False)

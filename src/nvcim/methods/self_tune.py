@@ -36,27 +36,35 @@ def _channel_stats(y: Tensor, lead: int, conv: bool, per_channel: bool) -> tuple
 class SelfTune(Method):
     """Per-chip affine re-calibration of each layer from unlabelled inputs; no labels, no re-programming.
 
-    Options: ``samples`` unlabelled inputs per chip, ``granularity`` 'channel' or 'layer'.
+    Options: ``samples`` unlabelled inputs per chip, ``granularity`` 'channel' or 'layer', ``target``
+    'ideal' (the ideal model's statistics) or 'chips' (the mean over the chips of their own statistics: for
+    a model trained with noise injection, whose BatchNorm statistics are those of an average noisy chip,
+    not of the noise-free model; this removes each chip's own deviation only).
     """
 
     name = "self-tune"
 
-    def __init__(self, samples: int = 256, granularity: str = "channel") -> None:
+    def __init__(self, samples: int = 256, granularity: str = "channel", target: str = "ideal") -> None:
         if samples < 2:
             raise NvcimError(f"self-tune.samples = {samples} is invalid: allowed >= 2")
         if granularity not in ("channel", "layer"):
             raise NvcimError(f"self-tune.granularity = {granularity!r} is invalid: allowed 'channel', 'layer'")
-        self.samples, self.per_channel = samples, granularity == "channel"
+        if target not in ("ideal", "chips"):
+            raise NvcimError(f"self-tune.target = {target!r} is invalid: allowed 'ideal', 'chips'")
+        self.samples, self.per_channel, self.target = samples, granularity == "channel", target
 
     def apply(self, chip: Chip, data: TaskData, progress: bool = False) -> Cost:
         x = data.inputs(self.samples)
         ideal = {n: out for n, (_, out) in chip.reference_layer_io(x).items()}
         for name in chip.layer_names():
             conv = ideal[name].dim() == 4
-            mu_i, sd_i = _channel_stats(ideal[name], 0, conv, self.per_channel)
             with torch.no_grad():
                 _, got = chip.infer(x, capture=[name])
             mu_c, sd_c = _channel_stats(got[name], 1, conv, self.per_channel)  # (N, O) or (N,)
+            if self.target == "chips":  # the average chip, as this layer's earlier layers now leave it
+                mu_i, sd_i = mu_c.mean(0), sd_c.mean(0)
+            else:
+                mu_i, sd_i = _channel_stats(ideal[name], 0, conv, self.per_channel)
             live = sd_i > 1e-6 * sd_i.abs().max().clamp_min(1e-30)
             a = torch.where(live & (sd_c > 1e-12), sd_i / sd_c.clamp_min(1e-12), torch.ones_like(sd_c))
             a = a.clamp(0.1, 10.0)
@@ -66,4 +74,5 @@ class SelfTune(Method):
                 a, b = a.unsqueeze(-1), b.unsqueeze(-1)
             chip.set_output_affine(name, (a * g0), (a * b0 + b))
         return Cost(calibration_samples=int(x.shape[0]),
-                    notes=[f"self-tune ({'per channel' if self.per_channel else 'per layer'}), no labels"])
+                    notes=[f"self-tune ({'per channel' if self.per_channel else 'per layer'}, to the "
+                           f"{'ideal model' if self.target == 'ideal' else 'mean chip'}), no labels"])
