@@ -67,8 +67,11 @@ def test_results_independent_of_chunking_and_batch_size():
         chunked = m(x, read_key=9)
         halves = torch.cat([m(x[:13], image_ids=torch.arange(13), read_key=9),
                             m(x[13:], image_ids=torch.arange(13, 30), read_key=9)], dim=1)
+        m.runtime = Runtime(chip_block=6)  # every chip in one block (auto on a CPU: blocks of 10)
+        one_block = m(x, read_key=9)
     assert torch.equal(full, chunked)
     assert torch.equal(full, halves)
+    assert torch.equal(full, one_block) and m.runtime_record()["chip_block_resolved"] == 6
 
 
 @pytest.mark.parametrize("name,shape", [("mlp", (1, 8, 8)), ("vgg", (1, 16, 16)), ("resnet", (3, 16, 16)),
@@ -315,14 +318,3 @@ def test_even_blocks_split_chips_into_the_fewest_equal_blocks(chips, most, block
     assert got <= min(most, 4096) and n == -(-chips // min(most, 4096, chips))  # the fewest blocks
     assert n * got - chips < n  # padding: less than one chip per block
 
-
-def test_one_block_of_every_chip_gives_the_same_outputs_as_blocks_of_ten():
-    x = _x(12)
-    m = nvcim.convert(lenet(), NOISY, chips=23, seed=4)
-    m.calibrate(x)
-    with torch.no_grad():
-        tens = m(x, read_key=3)
-        m.runtime = Runtime(chip_block=23)
-        one = m(x, read_key=3)
-    assert m.runtime_record()["chip_block_resolved"] == 23
-    assert torch.equal(tens, one)

@@ -55,11 +55,11 @@ class SelfTune(Method):
 
     def apply(self, chip: Chip, data: TaskData, progress: bool = False) -> Cost:
         x = data.inputs(self.samples)
-        ideal = {n: out for n, (_, out) in chip.reference_layer_io(x).items()}
+        ideal = {n: out for n, (_, out) in chip.reference_layer_io(x).items()} if self.target == "ideal" else {}
         for name in chip.layer_names():
-            conv = ideal[name].dim() == 4
             with torch.no_grad():
                 _, got = chip.infer(x, capture=[name])
+            conv = got[name].dim() == 5  # (N, B, O, H, W)
             mu_c, sd_c = _channel_stats(got[name], 1, conv, self.per_channel)  # (N, O) or (N,)
             if self.target == "chips":  # the average chip, as this layer's earlier layers now leave it
                 mu_i, sd_i = mu_c.mean(0), sd_c.mean(0)
