@@ -1,6 +1,6 @@
 """Simulated chips: analog layers, counter-based randomness, model conversion."""
 
-from . import attention, conv1d, conv_transpose, recurrent  # noqa: F401  (they register their module kinds)
+from . import attention, conv1d, conv_transpose, recurrent, transposed_linear  # noqa: F401  (they register their module kinds)
 from .conv2d import AnalogConv2d
 from .conversion import ConversionReport, convert, resolve_config
 from .layers import AnalogLayer

@@ -22,32 +22,108 @@ from .conv2d import AnalogConv2d
 from .layers import AnalogLayer
 from .model import AnalogModel, Runtime
 from .programming import has_drift
-from .registry import Unsupported, converter_for, digital_reason
+from .registry import Unsupported, converter_for, digital_reason, non_matrix_kind
 from .tail import attach_tails
 
 FilterFn = Callable[[nn.Module, str], bool]
 log = logging.getLogger("nvcim")
 
 
+FILTERED = "excluded by filter_fn"
+
+
 @dataclass
 class ConversionReport:
     """What :func:`convert` did: ``converted`` (qualified name, module type) and ``digital`` (qualified name,
-    module type, reason) for every matrix-product module it left digital."""
+    module type, reason) for every module whose matrix products stay digital, whatever the reason: excluded by
+    ``filter_fn``, an option no analog layer models, or a module kind that nvcim does not know (any module
+    holding a parameter of two or more dimensions that no analog layer reads, unless it is a lookup table, a
+    normalisation or a broadcast table such as a positional embedding).
+
+    ``analog_weights`` counts the matrix weights on the chip and ``digital_weights`` those left digital, by
+    module name (each Parameter once, tied ones too); ``analog_share`` is the fraction on the chip."""
 
     converted: list[tuple[str, str]] = field(default_factory=list)
     digital: list[tuple[str, str, str]] = field(default_factory=list)
+    analog_weights: int = 0
+    digital_weights: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def analog_share(self) -> float:
+        """Fraction of the model's matrix weights that are on the chip (1.0: all of them)."""
+        total = self.analog_weights + sum(self.digital_weights.values())
+        return self.analog_weights / total if total else 1.0
+
+    def share_line(self) -> str:
+        """One line: the analog share of the matrix weights, with the counts."""
+        total = self.analog_weights + sum(self.digital_weights.values())
+        return (f"{100 * self.analog_share:.1f} % of the matrix weights on the chip ({self.analog_weights:,} of "
+                f"{total:,})")
+
+    def unintended(self) -> list[tuple[str, str, str]]:
+        """The digital entries that ``filter_fn`` did not ask for."""
+        return [d for d in self.digital if d[2] != FILTERED]
+
+    def unintended_share(self) -> float:
+        """Fraction of the matrix weights left digital that ``filter_fn`` did not ask for."""
+        total = self.analog_weights + sum(self.digital_weights.values())
+        return sum(self.digital_weights.get(n, 0) for n, _, _ in self.unintended()) / total if total else 0.0
 
     def summary(self) -> str:
         kinds: dict[str, int] = {}
         for _, k in self.converted:
             kinds[k] = kinds.get(k, 0) + 1
-        text = f"converted {len(self.converted)} layers (" + ", ".join(f"{n} {k}" for k, n in kinds.items()) + ")"
-        if self.digital:
-            text += "; left digital: " + "; ".join(f"{n} ({k}: {why})" for n, k, why in self.digital)
-        return text
+        text = (f"converted {len(self.converted)} layers (" + ", ".join(f"{n} {k}" for k, n in kinds.items())
+                + f"): {self.share_line()}")
+        return text + ("; left digital: " + self.digital_text() if self.digital else "")
+
+    def digital_text(self) -> str:
+        """Every module left digital, with its reason and its share of the matrix weights."""
+        total = max(1, self.analog_weights + sum(self.digital_weights.values()))
+
+        def weights(name: str) -> str:
+            n = self.digital_weights.get(name, 0)
+            return f"; {n:,} weights, {100 * n / total:.1f} %" if n else ""
+
+        return "; ".join(f"{n or '(the model)'} ({k}: {why}{weights(n)})" for n, k, why in self.digital)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"converted": [list(c) for c in self.converted], "digital": [list(d) for d in self.digital]}
+        return {"converted": [list(c) for c in self.converted], "digital": [list(d) for d in self.digital],
+                "analog_weights": self.analog_weights, "digital_weights": dict(self.digital_weights),
+                "analog_share": self.analog_share}
+
+
+def _count_weights(model: nn.Module, report: ConversionReport) -> None:
+    """Fill ``report``'s weight counts: the analog layers' weights, and every other parameter of two or more
+    dimensions that is not a lookup table, a normalisation's scale or a broadcast table, attributed to the
+    nearest module already named in ``report.digital`` or else added there as a module kind nvcim does not
+    know. Each Parameter is counted once (a tied weight on the chip is on the chip)."""
+    seen: set[int] = set()
+    for lay in (m for m in model.modules() if isinstance(m, AnalogLayer)):
+        if id(lay.weight) not in seen:
+            seen.add(id(lay.weight))
+            report.analog_weights += lay.weight.numel()
+    named = [n for n, _, _ in report.digital]
+    loose: dict[str, tuple[nn.Module, list[str]]] = {}  # modules nvcim does not know, with their parameters
+    for name, mod in model.named_modules():
+        if isinstance(mod, AnalogLayer) or non_matrix_kind(mod) is not None:
+            continue
+        for pname, p in mod.named_parameters(recurse=False):
+            if id(p) in seen or p.dim() < 2 or (p.dim() >= 3 and p.shape[0] == 1):
+                continue  # a (1, ..., E) parameter is broadcast over the batch: a positional table, a token
+            seen.add(id(p))
+            owner = next((n for n in named if n == "" or name == n or name.startswith(n + ".")), None)
+            if owner is None:
+                owner = name
+                loose.setdefault(name, (mod, []))[1].append(f"{pname} {tuple(p.shape)}")
+            report.digital_weights[owner] = report.digital_weights.get(owner, 0) + p.numel()
+    for name, (mod, params) in loose.items():
+        if list(mod.children()):  # a container's own parameter, outside any layer
+            why = (f"holds {', '.join(params)} outside any layer, counted as matrix weights multiplied "
+                   f"digitally (a learned input such as queries is not one: then the share overstates)")
+        else:
+            why = f"a module kind with no analog layer: its {', '.join(params)} is multiplied digitally"
+        report.digital.append((name, type(mod).__name__, why))
 
 
 def resolve_config(config: ChipConfig | str | Path) -> ChipConfig:
@@ -60,8 +136,11 @@ def resolve_config(config: ChipConfig | str | Path) -> ChipConfig:
     return preset(str(config))
 
 
+Swapped = list[tuple[nn.Module, str, nn.Module]]  # (parent, attribute, the original module) per swap
+
+
 def _swap(module: nn.Module, config: ChipConfig, filter_fn: FilterFn | None, report: ConversionReport,
-          prefix: str = "") -> None:
+          swapped: Swapped, prefix: str = "") -> None:
     for name, child in list(module.named_children()):
         fqn = f"{prefix}.{name}" if prefix else name
         kind = type(child).__name__
@@ -70,10 +149,11 @@ def _swap(module: nn.Module, config: ChipConfig, filter_fn: FilterFn | None, rep
         make = converter_for(child)
         if make is not None:
             if filter_fn is not None and not filter_fn(child, fqn):
-                report.digital.append((fqn, kind, "excluded by filter_fn"))
+                report.digital.append((fqn, kind, FILTERED))
                 continue
             try:
                 setattr(module, name, make(child, config, fqn))
+                swapped.append((module, name, child))
             except Unsupported as e:
                 report.digital.append((fqn, kind, str(e)))  # and not its parts, as below
                 continue
@@ -81,7 +161,7 @@ def _swap(module: nn.Module, config: ChipConfig, filter_fn: FilterFn | None, rep
         elif (why := digital_reason(child)) is not None:
             report.digital.append((fqn, kind, why))  # and not its parts: they would never run
         else:
-            _swap(child, config, filter_fn, report, fqn)
+            _swap(child, config, filter_fn, report, swapped, fqn)
 
 
 def convert(
@@ -91,15 +171,21 @@ def convert(
     seed: int = 0,
     filter_fn: FilterFn | None = None,
     runtime: Runtime | None = None,
+    strict: bool = False,
 ) -> AnalogModel:
     """Put ``model`` on ``chips`` simulated chips described by ``config`` (a ChipConfig, preset or file).
 
     Every ``nn.Linear`` and ``nn.Conv2d`` at any depth for which ``filter_fn(module, qualified_name)`` is
-    true (all, by default) is swapped **in place** for an analog layer; everything else stays digital, and
-    ``.report`` of the result (a :class:`ConversionReport`, also logged when anything was left digital)
-    names each matrix product that did. All chips are programmed now; chip ``k`` depends only on
-    ``(config, seed, k)``. Returns the wrapper whose forward gives ``(chips, B, ...)``. The model is put in
-    eval mode.
+    true (all, by default) is swapped **in place** for an analog layer (also ``nn.Conv1d``,
+    ``nn.ConvTranspose2d``, ``nn.MultiheadAttention``, ``nn.LSTM``/``GRU``/``RNN`` and GPT-2's ``Conv1D``);
+    everything else stays digital. ``.report`` of the result (a :class:`ConversionReport`) names every module
+    whose matrix products stay digital, with its share of the matrix weights, and states the analog share.
+
+    More than 1 % of the matrix weights left digital by anything but ``filter_fn`` logs a WARNING on the
+    "nvcim" logger (what ``filter_fn`` excluded is logged at INFO, with its share); ``strict=True`` instead raises :class:`~nvcim.errors.ConversionError` naming every module left digital that
+    ``filter_fn`` did not exclude (and leaves the model as it was). All chips are programmed now; chip ``k``
+    depends only on ``(config, seed, k)``. Returns the wrapper whose forward gives ``(chips, B, ...)``. The
+    model is put in eval mode.
     """
     cfg = resolve_config(config)
     if isinstance(chips, bool) or not isinstance(chips, int) or chips < 1:
@@ -111,13 +197,26 @@ def convert(
     for name, p in model.named_parameters():
         if not bool(torch.isfinite(p).all()):
             raise ConversionError(f"parameter '{name}' contains NaN or inf")
+    if not isinstance(strict, bool):
+        raise ConfigError("strict", strict, "True or False")
     report = ConversionReport()
-    _swap(model, cfg, filter_fn, report)
-    if not report.converted:
-        raise ConversionError("nothing to convert: the model has no nn.Linear or nn.Conv2d layer"
-                              + (" that filter_fn accepts" if filter_fn else "")
-                              + ("; " + report.summary() if report.digital else ""))
-    if any(why != "excluded by filter_fn" for *_, why in report.digital):
+    swapped: Swapped = []
+    _swap(model, cfg, filter_fn, report, swapped)
+    _count_weights(model, report)
+    if not report.converted or (strict and report.unintended()):
+        for parent, name, original in reversed(swapped):  # the user's model as it was
+            setattr(parent, name, original)
+        if not report.converted:
+            raise ConversionError("nothing to convert: the model has no layer kind with an analog layer"
+                                  + (" that filter_fn accepts" if filter_fn else "")
+                                  + ("; " + report.summary() if report.digital else ""))
+        raise ConversionError("strict conversion: these modules' matrix products would stay digital: "
+                              + "; ".join(f"{n or '(the model)'} ({k}: {why})" for n, k, why in report.unintended())
+                              + ". Exclude them on purpose with filter_fn, or convert without strict=True")
+    if report.unintended_share() > 0.01:
+        log.warning(f"only {report.share_line()}: the rest runs digitally, so results are not the chip's "
+                    f"alone. Left digital: {report.digital_text()}")
+    elif report.digital:
         log.info(report.summary())
     model.eval()
     attach_tails(model, AnalogConv2d)  # ReLU / max pooling right after a convolution: fused into its epilogue

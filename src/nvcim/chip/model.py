@@ -143,6 +143,7 @@ class AnalogModel(nn.Module):
         self.report: Any = None  # the ConversionReport of convert()
         self._bytes_per_chip_image: dict[tuple[int, ...], float] = {}
         self._auto: tuple[Runtime, int, float] | None = None  # (for, chips per block, activation bytes)
+        self._batch_checked: set[tuple[int, ...]] = set()  # input shapes whose layer inputs follow the batch
 
     # ---- structure ------------------------------------------------------------------------------
     def analog_layers(self) -> list[AnalogLayer]:
@@ -199,6 +200,7 @@ class AnalogModel(nn.Module):
         ``inputs=False``: keep the DAC ranges already set (the ADC ranges then see the inputs as those DACs
         quantise them) and set the ADC ranges only."""
         x = self._check(x)
+        self.check_batch_inputs(x)
         self._set(CalibratePass(batch=x.shape[0], inputs=inputs))
         try:
             with _modules_run():
@@ -266,6 +268,7 @@ class AnalogModel(nn.Module):
         does not read. Without either, the pass runs as under ``torch.no_grad()``.
         """
         x = self._check(x)
+        self.check_batch_inputs(x)
         if not self.is_calibrated():
             raise NvcimError("this chip config has converters with ranges to calibrate: call "
                              "model.calibrate(x) with representative inputs first (nvcim.evaluate does it)")
@@ -344,6 +347,38 @@ class AnalogModel(nn.Module):
                 parts.append([_per_chip(leaf, xb.shape[0], block, keep) for leaf in leaves])
             blocks.append(parts)
         return blocks, spec
+
+    def check_batch_inputs(self, x: Tensor) -> None:
+        """Raise a clear error if an analog layer multiplies a tensor that does not follow the batch (a learned
+        parameter, as DETR's or a Perceiver's queries): the ideal model is run on 1 and on 2 images (once per
+        input shape), and every analog layer's input must change shape with them. A chip pass carries each
+        chip's activations along the batch dimension, so a product of a batch-free tensor has nowhere to put
+        its chips: it would mix them, or fail deep inside the model."""
+        shape = tuple(x.shape[1:])
+        if shape in self._batch_checked:
+            return
+        seen: dict[str, list[list[tuple[int, ...]]]] = {}
+        hooks = [lay.register_forward_hook(
+            lambda m, i, o, n=lay.layer_name: seen[n][-1].append(tuple(i[0].shape)) if i and isinstance(
+                i[0], Tensor) else None) for lay in self.analog_layers()]
+        try:
+            for probe in (x[:1], torch.cat([x[:1], x[:1]])):
+                for lay in self.analog_layers():
+                    seen.setdefault(lay.layer_name, []).append([])
+                self.digital(probe)
+        finally:
+            for h in hooks:
+                h.remove()
+        for name, (one, two) in seen.items():
+            same = [s for s, t in zip(one, two) if s == t]
+            if len(one) == len(two) and same:
+                raise NvcimError(
+                    f"analog layer '{name}' multiplies a tensor that does not depend on the batch (shape "
+                    f"{same[0]} for 1 and for 2 images: a learned parameter, such as DETR's or a Perceiver's "
+                    f"queries). A chip pass carries each chip along the batch dimension, so this product cannot "
+                    f"be given one without mixing chips. Leave it digital: convert(..., filter_fn=lambda m, n: "
+                    f"n != '{name}'), or apply the layer to a batch-shaped tensor (queries expanded to the batch)")
+        self._batch_checked.add(shape)
 
     def plan(self, x: Tensor) -> tuple[int, int]:
         """(chips per block, images per sub-batch): blocks of :meth:`chip_block` chips; sub-batches keep a

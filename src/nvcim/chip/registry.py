@@ -17,6 +17,7 @@ from torch import nn
 
 Converter = Callable[..., nn.Module]  # called as (module, config, qualified name)
 C = TypeVar("C", bound=Converter)
+Matcher = Callable[[nn.Module], bool]
 
 class Unsupported(Exception):
     """Raised by a converter for a module it cannot hold (an option it does not model): ``convert`` leaves
@@ -25,6 +26,8 @@ class Unsupported(Exception):
 
 _CONVERTERS: dict[type[nn.Module], Converter] = {}
 _DIGITAL: dict[type[nn.Module], str] = {}
+_MATCHERS: list[tuple[Matcher, Converter]] = []  # modules recognised by their structure, not their type
+_NOT_MATRIX: dict[type[nn.Module], str] = {}  # kinds whose 2-D+ parameters are not matrix-product weights
 
 
 def register(kind: type[nn.Module]) -> Callable[[C], C]:
@@ -35,6 +38,23 @@ def register(kind: type[nn.Module]) -> Callable[[C], C]:
         _DIGITAL.pop(kind, None)
         return conv
     return deco
+
+
+def register_structural(matches: Matcher) -> Callable[[C], C]:
+    """Class decorator: the decorated analog layer replaces every module for which ``matches(module)`` is
+    true. For module kinds of packages that nvcim does not depend on (GPT-2's ``Conv1D`` in
+    ``transformers``): they are recognised by their attributes, without importing the package. A type
+    registered with :func:`register` wins over a structural match."""
+    def deco(conv: C) -> C:
+        _MATCHERS.append((matches, conv))
+        return conv
+    return deco
+
+
+def not_a_matrix(kind: type[nn.Module], what: str) -> None:
+    """Declare that the parameters of modules of ``kind`` (and its subclasses) are not weights of a matrix
+    product (``what``: a lookup table, a normalisation's scale): the conversion report does not count them."""
+    _NOT_MATRIX[kind] = what
 
 
 def leave_digital(kind: type[nn.Module], reason: str) -> None:
@@ -52,7 +72,10 @@ def _lookup(table: dict, module: nn.Module):  # type: ignore[no-untyped-def]
 
 def converter_for(module: nn.Module) -> Converter | None:
     """The analog layer that replaces ``module``, or None."""
-    return _lookup(_CONVERTERS, module)
+    conv = _lookup(_CONVERTERS, module)
+    if conv is None:
+        conv = next((c for matches, c in _MATCHERS if matches(module)), None)
+    return conv
 
 
 def digital_reason(module: nn.Module) -> str | None:
@@ -60,8 +83,24 @@ def digital_reason(module: nn.Module) -> str | None:
     return _lookup(_DIGITAL, module)
 
 
+def non_matrix_kind(module: nn.Module) -> str | None:
+    """What ``module``'s parameters are when they are not matrix-product weights (``not_a_matrix``), or None.
+    Normalisations of other packages are recognised by name: a class whose name ends in ``Norm`` or
+    ``Norm2d`` (``LlamaRMSNorm``, timm's ``LayerNorm2d``)."""
+    what = _lookup(_NOT_MATRIX, module)
+    if what is None and type(module).__name__.endswith(("Norm", "Norm2d")):
+        what = "a normalisation's scale"
+    return what
+
+
 _NOT_YET = "no analog layer for it yet: it runs digitally"
 leave_digital(nn.Conv3d, _NOT_YET)
 leave_digital(nn.ConvTranspose1d, _NOT_YET)
 leave_digital(nn.ConvTranspose3d, _NOT_YET)
 leave_digital(nn.Bilinear, _NOT_YET)
+
+for _kind in (nn.Embedding, nn.EmbeddingBag):
+    not_a_matrix(_kind, "a lookup table")
+for _kind in (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.RMSNorm, nn.LocalResponseNorm):
+    not_a_matrix(_kind, "a normalisation's scale")
+not_a_matrix(nn.PReLU, "an activation's slopes")

@@ -173,7 +173,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     result.extra.update({"model": info, "dataset": data.name, "chip": config.name})
     title = f"{args.model} on {data.name}, {config.name}: {args.chips} chips"
     out = write_outputs(result, config, args.out, title)
-    print(f"{title}\n  {result.summary()}\n  wrote {out / 'result.json'} and {out / 'accuracy_hist.png'}")
+    print(f"{title}\n  on the chip: {chip_model.report.share_line()}\n  {result.summary()}\n"
+          f"  wrote {out / 'result.json'} and {out / 'accuracy_hist.png'}")
     return 0
 
 
@@ -202,7 +203,8 @@ def cmd_recover(args: argparse.Namespace) -> int:
     config, data, info, test, chip_model = _prepare(args)
     title = f"{args.model} on {data.name}, {config.name}, {args.method}: {args.chips} chips"
     report, out = _recover_and_write(args, methods, config, data, info, test, chip_model, title)
-    print(f"{title}\n  {report.summary()}\n  cost: {report.cost.write_verify_pulses:.0f} write-verify pulses "
+    print(f"{title}\n  on the chip: {chip_model.report.share_line()}\n  {report.summary()}\n"
+          f"  cost: {report.cost.write_verify_pulses:.0f} write-verify pulses "
           f"per chip, {100 * report.cost.sram_fraction:.1f} % SRAM, {report.cost.labelled_samples} labelled and "
           f"{report.cost.calibration_samples} unlabelled inputs, {report.cost.wall_time_s:.1f} s")
     _print_auto(methods, out)
@@ -261,6 +263,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     b, a, c = report.before, report.after, report.cost
     pick = next(t for t in auto.trials if t.chosen)  # type: ignore[attr-defined]
     print(f"{title}\n"
+          f"  on the chip: {chip_model.report.share_line()}\n"
           f"  1. ideal (digital) model   {100 * b.ideal_accuracy:6.2f} %\n"
           f"  2. on the chips            {100 * b.accuracy.mean:6.2f} ± {100 * b.accuracy.std:.2f} % "
           f"(worst 1 %: {100 * b.accuracy.kpp:.2f} %)\n"

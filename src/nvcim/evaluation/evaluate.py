@@ -112,5 +112,8 @@ def evaluate(model: AnalogModel, data: Data, batch_size: int = 500, calibration:
     if seen == 0:
         raise NvcimError("the dataset is empty")
     per_chip = (correct / seen).tolist()
+    extra: dict[str, Any] = {"runtime": model.runtime_record()}
+    if model.report is not None:  # what ran on the chip and what did not
+        extra.update({"analog_share": model.report.analog_share, "conversion": model.report.to_dict()})
     return EvalResult(ideal_correct / seen, AccuracyStats(per_chip, kpp_k), model.chips, seen, model.seed,
-                      time.perf_counter() - start, model.config.to_dict(), {"runtime": model.runtime_record()})
+                      time.perf_counter() - start, model.config.to_dict(), extra)
