@@ -124,6 +124,8 @@ def _count_weights(model: nn.Module, report: ConversionReport) -> None:
         else:
             why = f"a module kind with no analog layer: its {', '.join(params)} is multiplied digitally"
         report.digital.append((name, type(mod).__name__, why))
+    order = {name: i for i, (name, _) in enumerate(model.named_modules())}
+    report.digital.sort(key=lambda d: order.get(d[0], -1))  # in module order
 
 
 def resolve_config(config: ChipConfig | str | Path) -> ChipConfig:
