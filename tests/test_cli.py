@@ -39,6 +39,8 @@ def test_demo_writes_result_and_histogram(tmp_path, capsys):
     assert nvcim.load_config(tmp_path / "chip.toml") == nvcim.preset("rram-mlc-4bit")
     out = capsys.readouterr().out
     assert "ideal" in out and "±" in out and "worst 1 %" in out and "recovered" in out and "Pareto" in out
+    assert "on the chip: 100.0 % of the matrix weights" in out  # what ran on the chip, said
+    assert res["analog_share"] == 1.0 and res["conversion"]["digital"] == []
 
 
 def test_result_json_matches_python_api(tmp_path):
@@ -56,6 +58,9 @@ def test_result_json_matches_python_api(tmp_path):
     rt = res["runtime"]
     assert {"memory_mb", "chip_block", "compile", "cells", "retain_heap", "variance", "draws"} <= set(rt)
     assert rt["variance"] == "auto" and rt["variance_resolved"] in ("float32", "bfloat16")
+    # what ran on the chip: the MLP's three Linear layers, 100 % of its matrix weights
+    assert res["analog_share"] == 1.0 and [k for _, k in res["conversion"]["converted"]] == ["Linear"] * 3
+    assert res["conversion"]["analog_weights"] == sum(p.numel() for p in model.parameters() if p.dim() == 2)
 
 
 def test_set_overrides_and_bad_set_fails_cleanly(tmp_path, capsys):
