@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from ..circuits import attenuation, get_read_noise
 from ..config.schema import ChipConfig
-from ..devices import get_model, round_to_levels
+from ..devices import get_model, has_drift, round_to_levels
 from ..errors import NvcimError
 from ..mapping import Mapped, Mapping
 from . import programming, rng
@@ -175,7 +175,7 @@ class CellArrays(nn.Module):
         bounds = [round(i * n / parts) for i in range(parts + 1)]  # even chunks: 3, 3, 2, 2, not 3, 3, 3, 1
         ids, perm = self.chip_ids.cpu()[chips], self.row_perm.cpu()[chips]
         routed = not bool((perm == torch.arange(self.k)).all())
-        bufs, drifts = {}, programming.has_drift(self.config.device)
+        bufs, drifts = {}, has_drift(self.config.device)
         for name in CELLS:  # float cells in the weights' format (float64 after model.double())
             t, dtype = getattr(self, name), torch.int8 if name.startswith("faults") else self.weight.dtype
             want = (0,) if name.startswith("drift") and not drifts else (n, *targets[name[-3:]][0].shape[1:])
@@ -215,7 +215,7 @@ class CellArrays(nn.Module):
         many sigma).
         ``targets``: :meth:`_targets` of ``m`` if the caller has them; ``out``: per side the CPU tensors that
         evaluation chips are written into (conductances, fault codes, drift factors)."""
-        spec = WriteSpec(self.config.device, self.config.variability, censor, programming.has_drift(self.config.device))
+        spec = WriteSpec(self.config.device, self.config.variability, censor, has_drift(self.config.device))
         targets = targets or self._targets(m)
         g0, codes, factor, gt = {}, {}, {}, {}
         for side, target in (("pos", m.pos), ("neg", m.neg)):
@@ -349,19 +349,29 @@ class CellArrays(nn.Module):
     def effective(self, chips: Tensor | slice | None = None) -> tuple[Tensor, Tensor]:
         """Conductances (S) the array holds at read time (after drift) for ``chips`` (default all). On
         demand, the cells of ``chips`` (an index tensor) are written now, unless they are the resident ones."""
-        sel = slice(None) if chips is None else chips
-        if self.on_demand:
-            if not isinstance(chips, Tensor):
-                raise self.not_stored("reading every chip's conductances")
-            key = tuple(chips.tolist())
-            if key != self._resident:
-                self._write_cells(chips.cpu())
-                self._resident = key
-            sel = slice(None)
+        sel = self._select(chips)
         pos, neg = self.g_pos[sel], self.g_neg[sel]
         if self.drift_pos.numel():
             pos, neg = pos * self.drift_pos[sel], neg * self.drift_neg[sel]
         return pos, neg
+
+    def programmed(self, chips: Tensor | slice | None = None) -> tuple[Tensor, Tensor]:
+        """Conductances (S) of ``chips`` right after programming (t0, before drift), as :meth:`effective`."""
+        sel = self._select(chips)
+        return self.g_pos[sel], self.g_neg[sel]
+
+    def _select(self, chips: Tensor | slice | None) -> Tensor | slice:
+        """The index of ``chips`` into the cell buffers; on demand, their cells are written first unless they
+        are the resident ones."""
+        if not self.on_demand:
+            return slice(None) if chips is None else chips
+        if not isinstance(chips, Tensor):
+            raise self.not_stored("reading every chip's conductances")
+        key = tuple(chips.tolist())
+        if key != self._resident:
+            self._write_cells(chips.cpu())
+            self._resident = key
+        return slice(None)
 
     # ---- the weights the matrix product uses ----------------------------------------------------
     def nominal(self) -> tuple[Tensor, Tensor]:
@@ -374,21 +384,29 @@ class CellArrays(nn.Module):
                              round_to_levels(m.neg, levels)[0][None].to(dev))
         return self._nominal
 
-    def conductances(self, pos: Tensor, neg: Tensor) -> tuple[Tensor, Tensor | None]:
-        """(G+ - G-) as the array sees it, with IR drop, and the read-noise variance weights.
+    def conductances(self, pos: Tensor, neg: Tensor, at_t0: tuple[Tensor, Tensor] | None = None
+                     ) -> tuple[Tensor, Tensor | None]:
+        """(G+ - G-) as the array sees it, with IR drop, and the read-noise variance weights. ``at_t0``: the
+        same cells' conductances when programmed, for read-noise models that depend on them (None: as read).
 
         Reference columns are broadcast to their tile's columns; IR drop is applied to the weight cells
         (the two halves of a differential pair each as their own tile), not to reference columns.
         """
         r = self.config.array.wire_resistance
+        offset = self.config.mapping.scheme == "offset"
         if r:
             pos = pos * self._ir(pos, r)
-        if self.config.mapping.scheme == "offset":
+        if offset:
             neg = self._expand_ref(neg)
         elif r:
             neg = neg * self._ir(neg, r)
         d = self.config.device
-        w2 = get_read_noise(d.read_noise_model).pair_variance(pos, neg, d.read_noise, d.g_max) if d.read_noise else None
+        w2 = None
+        if d.read_noise:
+            pos0, neg0 = at_t0 if at_t0 is not None else (None, None)
+            if offset and neg0 is not None:
+                neg0 = self._expand_ref(neg0)
+            w2 = get_read_noise(d.read_noise_model).pair_variance(pos, neg, d, pos0, neg0)
         return pos - neg, w2
 
     def _expand_ref(self, neg: Tensor) -> Tensor:

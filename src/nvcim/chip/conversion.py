@@ -17,11 +17,11 @@ import torch
 from torch import nn
 
 from ..config import ChipConfig, load_config, preset
+from ..devices import has_drift
 from ..errors import ConfigError, ConversionError
 from .conv2d import AnalogConv2d
 from .layers import AnalogLayer
 from .model import AnalogModel, Runtime
-from .programming import has_drift
 from .registry import Unsupported, converter_for, digital_reason, non_matrix_kind
 from .tail import attach_tails
 
@@ -184,8 +184,9 @@ def convert(
     whose matrix products stay digital, with its share of the matrix weights, and states the analog share.
 
     More than 1 % of the matrix weights left digital by anything but ``filter_fn`` logs a WARNING on the
-    "nvcim" logger (what ``filter_fn`` excluded is logged at INFO, with its share); ``strict=True`` instead raises :class:`~nvcim.errors.ConversionError` naming every module left digital that
-    ``filter_fn`` did not exclude (and leaves the model as it was). All chips are programmed now; chip ``k``
+    "nvcim" logger (what ``filter_fn`` excluded is logged at INFO, with its share); ``strict=True`` instead
+    raises :class:`~nvcim.errors.ConversionError` naming every module left digital that ``filter_fn`` did
+    not exclude (and leaves the model as it was). All chips are programmed now; chip ``k``
     depends only on ``(config, seed, k)``. Returns the wrapper whose forward gives ``(chips, B, ...)``. The
     model is put in eval mode.
     """

@@ -110,7 +110,8 @@ class AnalogLayer(Converters):
         if key not in ctx.cache:
             wv = None
             if isinstance(ctx, ChipPass):  # the programmed chips, with read noise
-                w, w2 = self.conductances(*self.effective(ctx.chips))
+                eff = self.effective(ctx.chips)  # (on demand: writes the block's cells, which programmed reads)
+                w, w2 = self.conductances(*eff, at_t0=self.programmed(ctx.chips))
                 if w2 is not None:
                     wv = self.pack(w2, shared)
                     if ctx.var_dtype is not None:

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from ..config.schema import DeviceConfig, VariabilityConfig
-from ..devices import ProgrammingModel, drift, fault_codes, get_model, round_to_levels
+from ..devices import ProgrammingModel, drift_factor, fault_codes, get_model, round_to_levels
 from ..mapping import Mapped
 from . import rng
 
@@ -35,12 +35,6 @@ class WriteSpec:
     variability: VariabilityConfig
     censor: float = 0.0  # clip the cell and chip draws at this many sigma (0: no clipping)
     has_drift: bool = False
-
-
-def has_drift(device: DeviceConfig) -> bool:
-    """Whether cells drift before they are read (a drift factor per cell is drawn and stored)."""
-    d = device.drift
-    return d.t_read != d.t0 and (d.nu_mean > 0 or d.nu_std > 0)
 
 
 @dataclass
@@ -69,7 +63,7 @@ def cells_from_draws(spec: WriteSpec, model: ProgrammingModel, g_t: Tensor, leve
     g0 = torch.where(stuck, torch.where(sa0, d.g_min, d.g_max), model.sample(g_t, level, z_cell, z_chip))
     if z_nu is None:
         return g0, fault, torch.ones(0, device=g0.device)
-    return g0, fault, torch.where(stuck, 1.0, drift(torch.ones_like(z_nu), z_nu, d))
+    return g0, fault, torch.where(stuck, 1.0, drift_factor(g_t, z_nu, d).expand_as(z_nu))
 
 
 def _keyed(spec: WriteSpec, model: ProgrammingModel, g_t: Tensor, level: Tensor | None, z_chip: Tensor,
@@ -141,14 +135,17 @@ def between_chip_normals(v: VariabilityConfig, seed: int, layer: str, ids: Tenso
 
 
 def drift_compensation(compensate: bool, m: Mapped, at_t0: dict[str, Tensor], now: dict[str, Tensor]) -> Tensor:
-    """Per-chip factor sum|I_ref(t0)| / sum|I_ref(t_read)| for an all-ones reference input (ones when
-    ``compensate`` is off), from per-side conductances (c, S, O', K) at t0 and now."""
+    """Per-chip factor sum|I(t0)| / sum|I(t_read)| over the outputs of the identity reference input (each row
+    driven alone: the sum of |G+ - G-| over the cells), as aihwkit's GlobalDriftCompensation reads it (ones
+    when ``compensate`` is off), from per-side conductances (c, S, O', K) at t0 and now. Why not an all-ones
+    input: its column sums cancel for mixed-sign weights, and where the two cells of a pair drift at
+    different rates (PCM's state-dependent exponent) the ratio of two near-zero sums is off by several x."""
     if not compensate:
         return torch.ones(at_t0["pos"].shape[0])
 
     def ref_current(g: dict[str, Tensor]) -> Tensor:
         diff = g["pos"] - m.expand_neg(g["neg"])
-        return diff.sum(-1).abs().sum(dim=(1, 2))
+        return diff.abs().sum(dim=(1, 2, 3))
 
     return ref_current(at_t0) / ref_current(now).clamp_min(1e-30)
 

@@ -53,14 +53,15 @@ class SimulatedChip:
         pos, neg = self._layers[layer].nominal()
         return pos[0], neg[0]
 
-    def _read_noise(self, layer: AnalogLayer, g: Tensor, tag: str) -> Tensor:
+    def _read_noise(self, layer: AnalogLayer, g: Tensor, tag: str, g0: Tensor | None = None,
+                    t: float | None = None) -> Tensor:
         d = layer.config.device
         if not d.read_noise:
             return g
         self._reads += 1
         z = rng.draw("normal", rng.key(layer.seed, layer.layer_name, tag, self._reads), layer.chip_ids.cpu(),
                      tuple(g.shape[1:]))
-        return get_read_noise(d.read_noise_model).sample(g, z.to(g), d.read_noise, d.g_max)
+        return get_read_noise(d.read_noise_model).sample(g, z.to(g), d, g0, t)
 
     def program(self, calibration: Tensor | None = None, converters: str = "all") -> None:
         self.model.reprogram(calibration, converters)
@@ -83,8 +84,8 @@ class SimulatedChip:
 
     def read(self, layer: str) -> tuple[Tensor, Tensor]:
         lay = self._layers[layer]
-        pos, neg = lay.effective()
-        return self._read_noise(lay, pos, "read-pos"), self._read_noise(lay, neg, "read-neg")
+        (pos, neg), (pos0, neg0) = lay.effective(), lay.programmed()
+        return self._read_noise(lay, pos, "read-pos", pos0), self._read_noise(lay, neg, "read-neg", neg0)
 
     def write_verify(self, layer: str, mask_pos: Tensor, mask_neg: Tensor, tol: float, max_pulses: int,
                      give_up: int = 0) -> Verified:
@@ -107,7 +108,7 @@ class SimulatedChip:
                     continue
                 g = lay.g_pos if side == "pos" else lay.g_neg
                 t = targets[side].unsqueeze(0).to(dev)
-                seen = self._read_noise(lay, g, f"verify-{side}")  # verify at programming time (t0)
+                seen = self._read_noise(lay, g, f"verify-{side}", t=d.drift.t0)  # verify at programming (t0)
                 pending[side] &= (seen - t).abs() > tol_s
                 if give_up:
                     # +1 / -1: the read is at the upper / lower rail, and the target is well away from it

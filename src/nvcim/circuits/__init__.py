@@ -1,7 +1,14 @@
 """Peripheral circuits and array wires: one interface per converter axis (ADC, DAC, read noise) with its
 models, each in its own file, and the IR-drop model of the wires."""
 
-from . import adc_midrise, adc_uniform, dac_uniform, read_noise_additive, read_noise_proportional  # noqa: F401
+from . import (  # noqa: F401  (registration)
+    adc_midrise,
+    adc_uniform,
+    dac_uniform,
+    read_noise_additive,
+    read_noise_pcm,
+    read_noise_proportional,
+)
 from .adc import ADC_MODELS, ADCModel, get_adc
 from .converters import dac, ste_round
 from .dac import DAC_MODELS, DACModel, get_dac

@@ -11,22 +11,30 @@ it in ``circuits/__init__.py``; ``device.read_noise_model`` then selects it.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from typing import TYPE_CHECKING
 
 from torch import Tensor
 
 from .registry import Registry
+
+if TYPE_CHECKING:
+    from ..config.schema import DeviceConfig
 
 
 class ReadNoiseModel(ABC):
     name = ""
 
     @abstractmethod
-    def pair_variance(self, pos: Tensor, neg: Tensor, sigma: float, g_max: float) -> Tensor:
-        """var(G+) + var(G-) of every cell pair (S^2), the same shape as ``pos``/``neg`` (S)."""
+    def pair_variance(self, pos: Tensor, neg: Tensor, device: DeviceConfig, pos0: Tensor | None = None,
+                      neg0: Tensor | None = None, t: float | None = None) -> Tensor:
+        """var(G+) + var(G-) of every cell pair (S^2), the same shape as ``pos``/``neg`` (S, as read: after
+        drift). ``pos0``/``neg0``: the same cells' conductances when programmed (t0; None: as read), ``t``:
+        seconds since programming (None: ``device.drift.t_read``), for models whose noise depends on them."""
 
     @abstractmethod
-    def sample(self, g: Tensor, z: Tensor, sigma: float, g_max: float) -> Tensor:
-        """One noisy read of conductances ``g`` (S) from standard normals ``z``."""
+    def sample(self, g: Tensor, z: Tensor, device: DeviceConfig, g0: Tensor | None = None,
+               t: float | None = None) -> Tensor:
+        """One noisy read of conductances ``g`` (S) from standard normals ``z`` (``g0``, ``t`` as above)."""
 
 
 READ_NOISE_MODELS: Registry[ReadNoiseModel] = Registry("device.read_noise_model")

@@ -4,19 +4,26 @@ g_min where proportional noise vanishes."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import Tensor
 
 from .read_noise import ReadNoiseModel, register
+
+if TYPE_CHECKING:
+    from ..config.schema import DeviceConfig
 
 
 @register
 class AdditiveReadNoise(ReadNoiseModel):
     name = "additive"
 
-    def pair_variance(self, pos: Tensor, neg: Tensor, sigma: float, g_max: float) -> Tensor:
-        s = sigma * g_max
+    def pair_variance(self, pos: Tensor, neg: Tensor, device: DeviceConfig, pos0: Tensor | None = None,
+                      neg0: Tensor | None = None, t: float | None = None) -> Tensor:
+        s = device.read_noise * device.g_max
         return torch.full_like(pos, 2 * s * s)
 
-    def sample(self, g: Tensor, z: Tensor, sigma: float, g_max: float) -> Tensor:
-        return g + (sigma * g_max) * z
+    def sample(self, g: Tensor, z: Tensor, device: DeviceConfig, g0: Tensor | None = None,
+               t: float | None = None) -> Tensor:
+        return g + (device.read_noise * device.g_max) * z

@@ -15,7 +15,7 @@ from ..errors import ConfigError
 from .fields import check, spec
 
 MIN_ON_OFF = 1.001  # smallest g_max / g_min: float32 conductances resolve no narrower window
-PROGRAMMING_MODELS = ("none", "lognormal", "additive", "state-dependent", "measured")
+PROGRAMMING_MODELS = ("none", "lognormal", "additive", "state-dependent", "measured", "pcm")
 
 
 @dataclass(frozen=True)
@@ -25,7 +25,8 @@ class ProgrammingConfig:
     model: str = spec("none", "variation model; 'measured' reads device.programming.table",
                       choices=PROGRAMMING_MODELS)
     sigma: float = spec(0.0, "within-chip (cell-to-cell) spread. lognormal: std of ln G; additive and "
-                        "state-dependent: std as a fraction of g_max", unit="-", lo=0.0, hi=10.0)
+                        "state-dependent: std as a fraction of g_max; pcm: scale of the fitted, state-dependent "
+                        "std (1 = Nandakumar et al.'s fit)", unit="-", lo=0.0, hi=10.0)
     level_sigma: tuple[float, ...] = spec((), "state-dependent: per-level std as a fraction of g_max, "
                                           "lowest level first (empty = sigma x middle_factor rule)",
                                           unit="-", lo=0.0, hi=10.0)
@@ -55,10 +56,13 @@ class FaultConfig:
 
 @dataclass(frozen=True)
 class DriftConfig:
-    """Power-law conductance drift G(t) = G(t0) (t/t0)^-nu, nu ~ N(nu_mean, nu_std) per cell (clipped >= 0)."""
+    """Power-law conductance drift G(t) = G(t0) (t/t0)^-nu with a drift exponent nu per cell, drawn by ``model``:
+    power-law: nu ~ N(nu_mean, nu_std) (clipped >= 0); pcm: IBM's state-dependent fit (nvcim.devices.pcm)."""
 
-    nu_mean: float = spec(0.0, "mean drift exponent", unit="-", lo=0.0, hi=1.0)
-    nu_std: float = spec(0.0, "cell-to-cell std of the drift exponent", unit="-", lo=0.0, hi=1.0)
+    model: str = spec("power-law", "how nu is drawn (nvcim.devices.DRIFT_MODELS): 'power-law' (nu_mean, nu_std "
+                      "for every state) or 'pcm' (mean and std from the target conductance, Joshi et al. 2020)")
+    nu_mean: float = spec(0.0, "power-law: mean drift exponent", unit="-", lo=0.0, hi=1.0)
+    nu_std: float = spec(0.0, "power-law: cell-to-cell std of the drift exponent", unit="-", lo=0.0, hi=1.0)
     t0: float = spec(1.0, "time of the programming reference read", unit="s", lo=0.0, lo_open=True)
     t_read: float = spec(1.0, "time after programming at which inference runs", unit="s", lo=0.0, lo_open=True)
     compensate: bool = spec(False, "global drift compensation: rescale each layer by a factor measured "
@@ -66,6 +70,9 @@ class DriftConfig:
 
     def __post_init__(self) -> None:
         check(self)
+        from ..devices.drift import DRIFT_MODELS
+
+        DRIFT_MODELS.get(self.model)
         if self.t_read < self.t0:
             raise ConfigError("t_read", self.t_read, f"[{self.t0:g}, inf) s (not before t0)")
 
@@ -82,10 +89,11 @@ class DeviceConfig:
                                      unit="S", lo=0.0)
     programming: ProgrammingConfig = field(default_factory=ProgrammingConfig)
     read_noise: float = spec(0.0, "read noise std, drawn fresh at every read (cycle-to-cycle): a fraction of "
-                             "G (read_noise_model 'proportional') or of g_max ('additive')", unit="-",
-                             lo=0.0, hi=1.0)
+                             "G (read_noise_model 'proportional') or of g_max ('additive'); for 'pcm' a scale "
+                             "of the fitted 1/f noise (1 = Joshi et al.)", unit="-", lo=0.0, hi=10.0)
     read_noise_model: str = spec("proportional", "read-noise model (nvcim.circuits.READ_NOISE_MODELS): "
-                                 "'proportional' (std ~ G) or 'additive' (a floor, std ~ g_max)")
+                                 "'proportional' (std ~ G), 'additive' (a floor, std ~ g_max) or 'pcm' (1/f noise "
+                                 "growing with the time since programming, Joshi et al. 2020)")
     faults: FaultConfig = field(default_factory=FaultConfig)
     drift: DriftConfig = field(default_factory=DriftConfig)
 

@@ -1,13 +1,10 @@
-"""Cell effects applied after programming: stuck-at faults and power-law drift."""
+"""Cell effects applied after programming: stuck-at faults (drift: :mod:`.drift`)."""
 
 from __future__ import annotations
-
-import math
 
 import torch
 from torch import Tensor
 
-from .. import arith
 from ..config.schema import DeviceConfig
 
 FAULT_NONE, FAULT_SA0, FAULT_SA1 = 0, 1, 2
@@ -25,14 +22,3 @@ def apply_faults(g: Tensor, codes: Tensor, device: DeviceConfig) -> Tensor:
     """Force stuck cells to their stuck conductance; stuck cells ignore programming and drift."""
     g = g.masked_fill(codes == FAULT_SA0, device.g_min)
     return g.masked_fill(codes == FAULT_SA1, device.g_max)
-
-
-def drift(g: Tensor, z_nu: Tensor, device: DeviceConfig) -> Tensor:
-    """G(t_read) = G(t0) (t_read/t0)^-nu with nu = nu_mean + nu_std z, clipped at 0 (no growth)."""
-    d = device.drift
-    if d.t_read == d.t0 or (d.nu_mean == 0 and d.nu_std == 0):
-        return g
-    nu = (d.nu_mean + d.nu_std * z_nu).clamp_min(0.0)
-    # (t_read/t0)^-nu through arith.exp (the same bits compiled); log t_read - log t0 stays finite where
-    # the ratio itself would overflow (t0 = 1e-320 s)
-    return g * arith.exp(-nu * (math.log(d.t_read) - math.log(d.t0)))

@@ -1,0 +1,189 @@
+"""nvcim against IBM aihwkit 1.2 on the same weights (issue #31): per-chip accuracy mean ± std of each engine,
+and chip-images per second, same run, same machine.
+
+    .venv/bin/python bench/vs_aihwkit.py [--chips 30] [--images 1000] [--epochs 2]
+
+Trains (or loads from nvcim's cache) LeNet-5 on Fashion-MNIST, writes its weights and the test images to
+bench/results/vs_aihwkit_inputs.pt, runs the nvcim cases here, then runs this file again under aihwkit's
+own environment (``--engine aihwkit``, $AIHWKIT_PYTHON, default /tmp/anchors/aihwkit-venv/bin/python, built by
+../shared/tools/setup-aihwkit.sh) on the same file. Not part of CI. Cases:
+
+- additive: programming noise N(0, (0.05 g_max)^2) once per chip, perfect I/O (aihwkit: a noise model of that
+  law; nvcim: the additive device model);
+- pcm-1h, pcm-1d, pcm-1y: IBM's PCM statistical model 1 hour, 1 day, 1 year after programming, global drift
+  compensation, perfect I/O (aihwkit: PCMLikeNoiseModel, GlobalDriftCompensation; nvcim: the pcm preset with
+  ideal converters);
+- pcm-1d-io: the PCM model at 1 day with aihwkit's default inference forward (7-bit inputs, 9-bit outputs,
+  output noise 0.04, noise and bound management) against nvcim's pcm preset (8-bit DAC and ADC with calibrated
+  ranges): not the same circuit model, shown for scale.
+
+Timing: wall time of the chip loop (programming, drift, inference of every image on every chip), excluding
+data loading and training.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+HERE = Path(__file__).resolve().parent
+INPUTS = HERE / "results" / "vs_aihwkit_inputs.pt"
+OUT = HERE / "results" / "vs_aihwkit.json"
+T_C = 20.0
+TIMES = {"pcm-1h": 3600.0, "pcm-1d": 86400.0, "pcm-1y": 3.15576e7, "pcm-1d-io": 86400.0}
+CASES = ["additive", "pcm-1h", "pcm-1d", "pcm-1y", "pcm-1d-io"]
+
+
+def lenet5() -> nn.Module:
+    """nvcim's LeNet-5 for 28x28 inputs (nvcim.experiments.models.lenet5), rebuilt here so that aihwkit's
+    environment needs no nvcim: the state_dict keys are the same."""
+    feats = nn.Sequential(nn.Conv2d(1, 6, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
+                          nn.Conv2d(6, 16, 5), nn.ReLU(), nn.MaxPool2d(2))
+    return nn.Sequential(feats, nn.Flatten(), nn.Linear(400, 120), nn.ReLU(), nn.Linear(120, 84), nn.ReLU(),
+                         nn.Linear(84, 10))
+
+
+def summary(acc: list[float]) -> dict[str, float]:
+    n = len(acc)
+    mean = sum(acc) / n
+    std = math.sqrt(sum((a - mean) ** 2 for a in acc) / (n - 1))
+    return {"mean": mean, "std": std, "sem": std / math.sqrt(n), "chips": n}
+
+
+# ---- nvcim ---------------------------------------------------------------------------------------------
+def nvcim_cases(chips: int, state: dict) -> dict[str, dict]:
+    import nvcim
+    from nvcim.config import override, preset
+
+    x, y = state["x"], state["y"]
+    perfect = {"circuit.dac_bits": 0, "circuit.adc_bits": 0, "array.rows": 512, "array.cols": 512}
+    configs = {
+        "additive": override(preset("ideal"), {"device.g_min": 0.0, "device.g_max": 25e-6, "device.bits_per_cell": 0,
+                                               "device.programming.model": "additive",
+                                               "device.programming.sigma": 0.05, **perfect}),
+        **{c: override(preset("pcm"), {"device.drift.t_read": TIMES[c] + T_C, **perfect})
+           for c in ("pcm-1h", "pcm-1d", "pcm-1y")},
+        "pcm-1d-io": preset("pcm"),
+    }
+    out = {}
+    for case, cfg in configs.items():
+        net = lenet5().eval()
+        net.load_state_dict(state["weights"])
+        start = time.perf_counter()
+        m = nvcim.convert(net, cfg, chips=chips, seed=0)
+        res = nvcim.evaluate(m, (x, y), batch_size=500, calibration=state["calibration"], progress=False)
+        wall = time.perf_counter() - start
+        out[case] = {**summary(res.accuracy.per_chip), "ideal": res.ideal_accuracy, "wall_s": wall,
+                     "chip_images_per_s": chips * len(y) / wall}
+        print(f"nvcim    {case:10s} {100 * out[case]['mean']:6.2f} ± {100 * out[case]['std']:5.2f} %  "
+              f"({chips} chips, {wall:6.1f} s, {out[case]['chip_images_per_s']:9.0f} chip-images/s)", flush=True)
+    return out
+
+
+# ---- aihwkit ---------------------------------------------------------------------------------------------
+def aihwkit_cases(chips: int, state: dict) -> dict[str, dict]:
+    from aihwkit.inference import GlobalDriftCompensation, PCMLikeNoiseModel
+    from aihwkit.inference.noise.base import BaseNoiseModel
+    from aihwkit.nn.conversion import convert_to_analog
+    from aihwkit.simulator.configs import InferenceRPUConfig
+
+    class AdditiveProgramming(BaseNoiseModel):
+        """N(0, (0.05 g_max)^2) once per programming, clipped at 0; no drift, no read noise."""
+
+        def apply_programming_noise_to_conductance(self, g_target):
+            return (g_target + 0.05 * 25.0 * torch.randn_like(g_target)).clamp(min=0.0)
+
+        def generate_drift_coefficients(self, g_target):
+            return torch.zeros_like(g_target)
+
+        def apply_drift_noise_to_conductance(self, g_prog, drift_noise_param, t_inference):
+            return g_prog
+
+    x, y = state["x"], state["y"]
+    out = {}
+    for case in CASES:
+        rpu = InferenceRPUConfig()
+        if case != "pcm-1d-io":
+            rpu.forward.is_perfect = True
+        rpu.mapping.max_input_size = 512
+        rpu.mapping.max_output_size = 512
+        if case == "additive":
+            from aihwkit.inference.converter.conductance import SinglePairConductanceConverter
+
+            rpu.noise_model = AdditiveProgramming(SinglePairConductanceConverter(g_max=25.0))
+            rpu.drift_compensation = None
+        else:
+            rpu.noise_model = PCMLikeNoiseModel(g_max=25.0)
+            rpu.drift_compensation = GlobalDriftCompensation()
+        net = lenet5().eval()
+        net.load_state_dict(state["weights"])
+        model = convert_to_analog(net, rpu).eval()
+        acc = []
+        start = time.perf_counter()
+        with torch.no_grad():
+            for chip in range(chips):
+                torch.manual_seed(1000 + chip)
+                model.program_analog_weights()
+                model.drift_analog_weights(TIMES.get(case, 0.0))
+                correct = sum(int((model(x[i:i + 500]).argmax(-1) == y[i:i + 500]).sum())
+                              for i in range(0, len(y), 500))
+                acc.append(correct / len(y))
+        wall = time.perf_counter() - start
+        out[case] = {**summary(acc), "wall_s": wall, "chip_images_per_s": chips * len(y) / wall}
+        print(f"aihwkit  {case:10s} {100 * out[case]['mean']:6.2f} ± {100 * out[case]['std']:5.2f} %  "
+              f"({chips} chips, {wall:6.1f} s, {out[case]['chip_images_per_s']:9.0f} chip-images/s)", flush=True)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--chips", type=int, default=30)
+    ap.add_argument("--images", type=int, default=1000)
+    ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument("--engine", choices=("both", "nvcim", "aihwkit"), default="both")
+    args = ap.parse_args()
+    if args.engine == "aihwkit":
+        state = torch.load(INPUTS, weights_only=True)
+        OUT.with_suffix(".aihwkit.json").write_text(json.dumps(aihwkit_cases(args.chips, state)))
+        return
+    from nvcim.experiments import load_dataset, trained_model
+
+    data = load_dataset("fashion-mnist")
+    model, _ = trained_model("lenet5", data, epochs=args.epochs, progress=False)
+    state = {"weights": {k: v.detach().clone() for k, v in model.state_dict().items()},
+             "x": data.test[0][:args.images].clone(), "y": data.test[1][:args.images].clone(),
+             "calibration": data.train[0][:256].clone()}
+    INPUTS.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(state, INPUTS)
+    results = {"command": " ".join(sys.argv), "date": time.strftime("%Y-%m-%d"), "threads": torch.get_num_threads(),
+               "chips": args.chips, "images": args.images, "epochs": args.epochs}
+    # alternate the engines case by case would mix two environments in one process; instead each engine runs
+    # all cases once, aihwkit first, then nvcim (the host idle otherwise)
+    if args.engine == "both":
+        py = os.environ.get("AIHWKIT_PYTHON", "/tmp/anchors/aihwkit-venv/bin/python")
+        subprocess.run([py, __file__, "--engine", "aihwkit", "--chips", str(args.chips)], check=True)
+        results["aihwkit"] = json.loads(OUT.with_suffix(".aihwkit.json").read_text())
+    results["nvcim"] = nvcim_cases(args.chips, state)
+    if "aihwkit" in results:
+        print("\ncase        nvcim              aihwkit            apart (combined SE)   nvcim / aihwkit speed")
+        for case in CASES:
+            a, b = results["nvcim"][case], results["aihwkit"][case]
+            z = (a["mean"] - b["mean"]) / math.sqrt(a["sem"] ** 2 + b["sem"] ** 2)
+            print(f"{case:10s}  {100 * a['mean']:6.2f} ± {100 * a['std']:5.2f}    {100 * b['mean']:6.2f} ± "
+                  f"{100 * b['std']:5.2f}    {z:+6.2f}                {a['chip_images_per_s'] / b['chip_images_per_s']:6.1f}x")
+            results.setdefault("apart_se", {})[case] = z
+    OUT.write_text(json.dumps(results, indent=1) + "\n")
+    print(f"wrote {OUT}")
+
+
+if __name__ == "__main__":
+    main()
