@@ -94,12 +94,13 @@ def test_read_noise_models_give_their_documented_spread():
     g = torch.tensor([1e-6, 5e-5, 1e-4]).repeat(20000, 1)
     z = torch.randn(g.shape, generator=torch.Generator().manual_seed(0))
     n = g.shape[0]
+    device = nvcim.override(nvcim.preset("ideal"), {"device.read_noise": 0.02, "device.g_max": 1e-4}).device
     for name, want in (("proportional", 0.02 * g[0]), ("additive", torch.full((3,), 0.02 * 1e-4))):
         model = get_read_noise(name)
-        got = model.sample(g, z, 0.02, 1e-4).std(0)
+        got = model.sample(g, z, device).std(0)
         # the std of a sample std is about std / sqrt(2 n)
         assert torch.allclose(got, want, rtol=5 / (2 * n) ** 0.5), name
-        var = model.pair_variance(g[0], g[0], 0.02, 1e-4)
+        var = model.pair_variance(g[0], g[0], device)
         assert torch.allclose(var, 2 * want**2, rtol=1e-6)
 
 

@@ -90,7 +90,7 @@ class DeviceConfig:
     programming: ProgrammingConfig = field(default_factory=ProgrammingConfig)
     read_noise: float = spec(0.0, "read noise std, drawn fresh at every read (cycle-to-cycle): a fraction of "
                              "G (read_noise_model 'proportional') or of g_max ('additive'); for 'pcm' a scale "
-                             "of the fitted 1/f noise (1 = Joshi et al.)", unit="-", lo=0.0, hi=10.0)
+                             "of the fitted 1/f noise (1 = Joshi et al.)", unit="-", lo=0.0, hi=1.0)
     read_noise_model: str = spec("proportional", "read-noise model (nvcim.circuits.READ_NOISE_MODELS): "
                                  "'proportional' (std ~ G), 'additive' (a floor, std ~ g_max) or 'pcm' (1/f noise "
                                  "growing with the time since programming, Joshi et al. 2020)")
