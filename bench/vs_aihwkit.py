@@ -178,8 +178,9 @@ def main() -> None:
         for case in CASES:
             a, b = results["nvcim"][case], results["aihwkit"][case]
             z = (a["mean"] - b["mean"]) / math.sqrt(a["sem"] ** 2 + b["sem"] ** 2)
+            speed = a["chip_images_per_s"] / b["chip_images_per_s"]
             print(f"{case:10s}  {100 * a['mean']:6.2f} ± {100 * a['std']:5.2f}    {100 * b['mean']:6.2f} ± "
-                  f"{100 * b['std']:5.2f}    {z:+6.2f}                {a['chip_images_per_s'] / b['chip_images_per_s']:6.1f}x")
+                  f"{100 * b['std']:5.2f}    {z:+6.2f}                {speed:6.1f}x")
             results.setdefault("apart_se", {})[case] = z
     OUT.write_text(json.dumps(results, indent=1) + "\n")
     print(f"wrote {OUT}")

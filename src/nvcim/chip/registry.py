@@ -99,8 +99,8 @@ leave_digital(nn.ConvTranspose1d, _NOT_YET)
 leave_digital(nn.ConvTranspose3d, _NOT_YET)
 leave_digital(nn.Bilinear, _NOT_YET)
 
-for _kind in (nn.Embedding, nn.EmbeddingBag):
-    not_a_matrix(_kind, "a lookup table")
-for _kind in (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.RMSNorm, nn.LocalResponseNorm):
-    not_a_matrix(_kind, "a normalisation's scale")
+for _table in (nn.Embedding, nn.EmbeddingBag):
+    not_a_matrix(_table, "a lookup table")
+for _norm in (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.RMSNorm, nn.LocalResponseNorm):
+    not_a_matrix(_norm, "a normalisation's scale")
 not_a_matrix(nn.PReLU, "an activation's slopes")

@@ -33,9 +33,10 @@ class AnalogTransposedLinear(AnalogLinear):
     """Analog ``Conv1D`` (GPT-2): the arrays hold the (out, in) matrix ``weight.T``."""
 
     def __init__(self, digital: nn.Module, config: ChipConfig, name: str) -> None:
-        shell = nn.Linear(digital.weight.shape[0], digital.weight.shape[1], bias=digital.bias is not None,
-                          device="meta")
-        shell.weight, shell.bias = digital.weight, digital.bias  # the module's own Parameters, (in, out) kept
+        weight: nn.Parameter = digital.weight  # type: ignore[assignment]
+        bias: nn.Parameter | None = digital.bias  # type: ignore[assignment]
+        shell = nn.Linear(weight.shape[0], weight.shape[1], bias=bias is not None, device="meta")
+        shell.weight, shell.bias = weight, bias  # type: ignore[assignment]  # the module's own, (in, out) kept
         super().__init__(shell, config, name)
 
     def matrix_shape(self) -> tuple[int, int]:
