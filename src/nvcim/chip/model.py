@@ -13,6 +13,7 @@ import functools
 import json
 import logging
 import shutil
+from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -358,6 +359,9 @@ class AnalogModel(nn.Module):
         if shape in self._batch_checked:
             return
         seen: dict[str, list[list[tuple[int, ...]]]] = {}
+        saved = [(m, m._forward_hooks, m._forward_pre_hooks) for m in self.net.modules()]
+        for m, _, _ in saved:  # the user's hooks (and Chip.infer's captures) do not see the probe passes
+            m._forward_hooks, m._forward_pre_hooks = OrderedDict(), OrderedDict()
         hooks = [lay.register_forward_hook(
             lambda m, i, o, n=lay.layer_name: seen[n][-1].append(tuple(i[0].shape)) if i and isinstance(
                 i[0], Tensor) else None) for lay in self.analog_layers()]
@@ -367,8 +371,8 @@ class AnalogModel(nn.Module):
                     seen.setdefault(lay.layer_name, []).append([])
                 self.digital(probe)
         finally:
-            for h in hooks:
-                h.remove()
+            for m, fwd, pre in saved:
+                m._forward_hooks, m._forward_pre_hooks = fwd, pre
         for name, (one, two) in seen.items():
             same = [s for s, t in zip(one, two) if s == t]
             if len(one) == len(two) and same:
