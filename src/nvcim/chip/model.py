@@ -362,9 +362,9 @@ class AnalogModel(nn.Module):
         saved = [(m, m._forward_hooks, m._forward_pre_hooks) for m in self.net.modules()]
         for m, _, _ in saved:  # the user's hooks (and Chip.infer's captures) do not see the probe passes
             m._forward_hooks, m._forward_pre_hooks = OrderedDict(), OrderedDict()
-        hooks = [lay.register_forward_hook(
-            lambda m, i, o, n=lay.layer_name: seen[n][-1].append(tuple(i[0].shape)) if i and isinstance(
-                i[0], Tensor) else None) for lay in self.analog_layers()]
+        for lay in self.analog_layers():  # gone with the restore of the saved hooks below
+            lay.register_forward_hook(lambda m, i, o, n=lay.layer_name: seen[n][-1].append(tuple(i[0].shape))
+                                      if i and isinstance(i[0], Tensor) else None)
         try:
             for probe in (x[:1], torch.cat([x[:1], x[:1]])):
                 for lay in self.analog_layers():
