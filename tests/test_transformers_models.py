@@ -65,13 +65,18 @@ def _matrix_weights(hf: nn.Module) -> int:
     return sum(p.numel() for p in hf.parameters() if p.dim() >= 2 and id(p) not in tables)
 
 
-@pytest.mark.parametrize("arch", sorted(BUILD))
-def test_every_matrix_weight_of_a_hugging_face_model_is_on_the_chip(arch):
+def _model_and_reference(arch: str):
+    """The model (seeded), three token sequences and its own output on them."""
     torch.manual_seed(0)
     hf = BUILD[arch]().eval()
     ids = torch.randint(1, V, (3, L), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
-        ref = Logits(hf)(ids)
+        return hf, ids, Logits(hf)(ids)
+
+
+@pytest.mark.parametrize("arch", sorted(BUILD))
+def test_every_matrix_weight_of_a_hugging_face_model_is_on_the_chip(arch):
+    hf, ids, ref = _model_and_reference(arch)
     expected = _matrix_weights(hf)
     m = nvcim.convert(Logits(hf), "ideal", chips=2, strict=True)
     rep = m.report
@@ -90,11 +95,7 @@ def test_every_matrix_weight_of_a_hugging_face_model_is_on_the_chip(arch):
 
 @pytest.mark.parametrize("arch", sorted(BUILD))
 def test_noisy_chips_of_a_hugging_face_model_differ_and_reproduce(arch):
-    torch.manual_seed(0)
-    hf = BUILD[arch]().eval()
-    ids = torch.randint(1, V, (3, L), generator=torch.Generator().manual_seed(1))
-    with torch.no_grad():
-        ref = Logits(hf)(ids)
+    hf, ids, ref = _model_and_reference(arch)
     m = nvcim.convert(Logits(hf), NOISY, chips=3, seed=4)
     m.calibrate(ids)
     with torch.no_grad():
