@@ -1,7 +1,8 @@
-"""Datasets: scikit-learn's digits (embedded), MNIST-format IDX folders, and user factories.
+"""Datasets: scikit-learn's digits (embedded), files on disk, and user factories.
 
 Names: ``digits``; ``fashion-mnist`` and ``mnist`` (looked up under $NVCIM_DATA and /usr/share/datasets/);
-a folder path holding IDX files; or ``pkg.module:factory`` returning ((x_train, y_train), (x_test, y_test))
+a folder of IDX files, a CIFAR-10/100 python folder or a class-per-subfolder image tree, an ``.npz``/``.pt``
+file of arrays (:mod:`.disk`); or ``pkg.module:factory`` returning ((x_train, y_train), (x_test, y_test))
 (this runs user code).
 """
 
@@ -15,6 +16,7 @@ import torch
 from torch import Tensor
 
 from ..errors import DatasetError
+from . import disk
 from .idx import load_idx_dir
 
 SEARCH = ("/usr/share/datasets",)
@@ -78,8 +80,26 @@ def load_dataset(name: str) -> Dataset:
         if xtr.dim() != 4:
             raise DatasetError(f"{name!r}: images must be (N, C, H, W), got {tuple(xtr.shape)}")
         return Dataset(name, (xtr.float(), ytr.long()), (xte.float(), yte.long()), int(ytr.max()) + 1)
-    if Path(name).is_dir():
-        train, test = load_idx_dir(name)
-        return Dataset(Path(name).name, train, test, int(train[1].max()) + 1)
-    raise DatasetError(f"unknown dataset '{name}': use digits, fashion-mnist, mnist, a folder of IDX files, "
-                       "or pkg.module:factory")
+    path = Path(name)
+    if path.is_file():
+        return _named(path.stem, disk.load_array_file(path))
+    if path.is_dir():
+        if disk.is_cifar_dir(path):
+            return _named(path.name, disk.load_cifar_dir(path))
+        if disk.is_image_folder(path):
+            return _named(path.name, disk.load_image_folder(path))
+        return _named(path.name, load_idx_dir(name))
+    raise DatasetError(f"unknown dataset '{name}': use digits, fashion-mnist, mnist, a folder (IDX files, a "
+                       "CIFAR python folder, or class-per-subfolder images), an .npz/.pt file, or "
+                       "pkg.module:factory")
+
+
+def _named(name: str, split: disk.Split) -> Dataset:
+    """A Dataset from loaded splits, checking that train and test images have one shape."""
+    (xtr, ytr), (xte, yte) = split
+    if xtr.shape[1:] != xte.shape[1:]:
+        raise DatasetError(f"{name}: train images are {tuple(xtr.shape[1:])} but test images "
+                           f"{tuple(xte.shape[1:])}")
+    if len(ytr) == 0 or len(yte) == 0:
+        raise DatasetError(f"{name}: the train and the test split each need at least one example")
+    return Dataset(name, (xtr, ytr), (xte, yte), int(max(int(ytr.max()), int(yte.max()))) + 1)
