@@ -39,7 +39,7 @@ def test_demo_writes_result_and_histogram(tmp_path, capsys):
     assert nvcim.load_config(tmp_path / "chip.toml") == nvcim.preset("rram-mlc-4bit")
     out = capsys.readouterr().out
     assert "ideal" in out and "±" in out and "worst 1 %" in out and "recovered" in out and "Pareto" in out
-    assert "on the chip: 100.0 % of the matrix weights" in out  # what ran on the chip, said
+    assert "100.0 % of the matrix weights on the chip" in out  # what ran on the chip, said
     assert res["analog_share"] == 1.0 and res["conversion"]["digital"] == []
 
 

@@ -57,9 +57,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--chains", default=DEMO_CHAINS, help="the recovery chains the demo tries (auto.chains)")
     p = sub.add_parser("train", help="train a built-in model and cache it")
     _common(p)
-    p = sub.add_parser("evaluate", help="accuracy distribution of a model over simulated chips")
+    p = sub.add_parser("evaluate", help="accuracy (or another metric's) distribution of a model over simulated "
+                       "chips")
     _common(p)
     _eval_opts(p, 100, "rram-mlc-4bit", "out/evaluate")
+    p.add_argument("--metric", default=None, help="what each chip is scored on: top1, top5, topK, perplexity, "
+                   "token-ce, token-accuracy (language models), mse, psnr (default: the dataset's, top1 for "
+                   "images and perplexity for text)")
     p = sub.add_parser("recover", help="apply recovery methods on every chip and report accuracy and cost")
     _common(p)
     _eval_opts(p, 100, "rram-mlc-4bit", "out/recover")
@@ -167,13 +171,17 @@ def _prepare(args: argparse.Namespace, convert_model: bool = True):  # type: ign
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from .. import evaluate
     from ..evaluation.report import write_outputs
+    from ..evaluation.task_metrics import get_metric
 
+    if args.metric is not None:
+        get_metric(args.metric)  # a bad name is refused before any work
     config, data, info, test, chip_model = _prepare(args)
-    result = evaluate(chip_model, test, batch_size=args.batch_size, progress=not args.quiet)
+    metric = get_metric(args.metric or data.metric)
+    result = evaluate(chip_model, test, batch_size=args.batch_size, progress=not args.quiet, metric=metric)
     result.extra.update({"model": info, "dataset": data.name, "chip": config.name})
     title = f"{args.model} on {data.name}, {config.name}: {args.chips} chips"
     out = write_outputs(result, config, args.out, title)
-    print(f"{title}\n  on the chip: {chip_model.report.share_line()}\n  {result.summary()}\n"
+    print(f"{title}\n  {chip_model.report.share_line()}\n  {result.summary()}\n"
           f"  wrote {out / 'result.json'} and {out / 'accuracy_hist.png'}")
     return 0
 
@@ -203,7 +211,7 @@ def cmd_recover(args: argparse.Namespace) -> int:
     config, data, info, test, chip_model = _prepare(args)
     title = f"{args.model} on {data.name}, {config.name}, {args.method}: {args.chips} chips"
     report, out = _recover_and_write(args, methods, config, data, info, test, chip_model, title)
-    print(f"{title}\n  on the chip: {chip_model.report.share_line()}\n  {report.summary()}\n"
+    print(f"{title}\n  {chip_model.report.share_line()}\n  {report.summary()}\n"
           f"  cost: {report.cost.write_verify_pulses:.0f} write-verify pulses "
           f"per chip, {100 * report.cost.sram_fraction:.1f} % SRAM, {report.cost.labelled_samples} labelled and "
           f"{report.cost.calibration_samples} unlabelled inputs, {report.cost.wall_time_s:.1f} s")
@@ -263,7 +271,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     b, a, c = report.before, report.after, report.cost
     pick = next(t for t in auto.trials if t.chosen)  # type: ignore[attr-defined]
     print(f"{title}\n"
-          f"  on the chip: {chip_model.report.share_line()}\n"
+          f"  {chip_model.report.share_line()}\n"
           f"  1. ideal (digital) model   {100 * b.ideal_accuracy:6.2f} %\n"
           f"  2. on the chips            {100 * b.accuracy.mean:6.2f} ± {100 * b.accuracy.std:.2f} % "
           f"(worst 1 %: {100 * b.accuracy.kpp:.2f} %)\n"
@@ -387,13 +395,15 @@ def cmd_methods(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from ..evaluation.task_metrics import get_metric
     from ..experiments import accuracy, load_dataset, trained_model
 
     data = load_dataset(args.dataset)
     model, info = trained_model(args.model, data, args.epochs, args.seed, progress=not args.quiet,
                                 device=resolve_device(args.device))
-    acc = accuracy(model, *data.test)
-    print(f"{args.model} on {data.name}: test accuracy {100 * acc:.2f} % "
+    metric = get_metric(data.metric)
+    value = accuracy(model, *data.test, metric=data.metric)
+    print(f"{args.model} on {data.name}: test {metric.name} {metric.format(value)} "
           f"({'from cache' if info['cached'] else 'trained'}: {info['cache']})")
     return 0
 

@@ -1,4 +1,4 @@
-"""``evaluate``: accuracy of every chip of an AnalogModel on a labelled dataset, in batched passes."""
+"""``evaluate``: a metric (accuracy by default) of every chip of an AnalogModel on a dataset, in batched passes."""
 
 from __future__ import annotations
 
@@ -16,13 +16,18 @@ from ..chip import rng
 from ..chip.model import AnalogModel
 from ..errors import NvcimError, ShapeError
 from .metrics import AccuracyStats
+from .task_metrics import Metric, get_metric
 
 Data = tuple[Tensor, Tensor] | Iterable[tuple[Tensor, Tensor]]
 
 
 @dataclass
 class EvalResult:
-    """What :func:`evaluate` measured. ``to_dict()`` has the keys of the command line's result.json."""
+    """What :func:`evaluate` measured. ``to_dict()`` has the keys of the command line's result.json.
+
+    ``accuracy`` and ``ideal_accuracy`` hold the values of the metric named in ``metric`` (top-1 accuracy by
+    default; perplexity, MSE, ... for other tasks): the names stay those of classification so that results
+    of every task are read the same way."""
 
     ideal_accuracy: float
     accuracy: AccuracyStats
@@ -32,6 +37,7 @@ class EvalResult:
     wall_time_s: float
     config: dict[str, Any]
     extra: dict[str, Any] = field(default_factory=dict)
+    metric: dict[str, Any] = field(default_factory=lambda: {"name": "top1", "higher_is_better": True, "unit": "%"})
 
     @property
     def chip_images_per_s(self) -> float:
@@ -41,13 +47,21 @@ class EvalResult:
         return {"nvcim_version": __version__, "ideal_accuracy": self.ideal_accuracy,
                 "accuracy": self.accuracy.to_dict(), "chips": self.chips, "images": self.images,
                 "seed": self.seed, "wall_time_s": self.wall_time_s,
-                "chip_images_per_s": self.chip_images_per_s, "config": self.config, **self.extra}
+                "chip_images_per_s": self.chip_images_per_s, "config": self.config, "metric": self.metric,
+                **self.extra}
+
+    def fmt(self, v: float) -> str:
+        """A value of this result's metric as text (percent for fractions)."""
+        unit = self.metric.get("unit", "")
+        return f"{100 * v:.2f} %" if unit == "%" else f"{v:.4g}" + (f" {unit}" if unit else "")
 
     def summary(self) -> str:
-        a = self.accuracy
-        return (f"ideal {100 * self.ideal_accuracy:.2f} %  |  chips ({self.chips}): "
-                f"{100 * a.mean:.2f} ± {100 * a.std:.2f} %, worst {a.kpp_k:g} % {100 * a.kpp:.2f} %, "
-                f"min {100 * a.min:.2f} %  |  {self.wall_time_s:.1f} s")
+        a, name = self.accuracy, self.metric.get("name", "top1")
+        spread = f"{100 * a.std:.2f} %" if self.metric.get("unit") == "%" else f"{a.std:.3g}"
+        best = "max" if not self.metric.get("higher_is_better", True) else "min"
+        return (f"{name}: ideal {self.fmt(self.ideal_accuracy)}  |  chips ({self.chips}): "
+                f"{self.fmt(a.mean)} ± {spread}, worst {a.kpp_k:g} % {self.fmt(a.kpp)}, "
+                f"{best} {self.fmt(a.max if best == 'max' else a.min)}  |  {self.wall_time_s:.1f} s")
 
 
 def _batches(data: Data, batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:
@@ -74,8 +88,9 @@ def _length(data: Data) -> int | None:
 
 
 def evaluate(model: AnalogModel, data: Data, batch_size: int = 500, calibration: Tensor | None = None,
-             kpp_k: float = 1.0, progress: bool = True) -> EvalResult:
-    """Per-chip accuracy of ``model`` on ``data`` ((inputs, labels) tensors, or an iterable of batches).
+             kpp_k: float = 1.0, progress: bool = True, metric: str | Metric | None = None) -> EvalResult:
+    """Per-chip ``metric`` of ``model`` on ``data`` ((inputs, targets) tensors, or an iterable of batches):
+    top-1 accuracy by default; see :mod:`.task_metrics` for perplexity, MSE and the rest.
 
     Converters are calibrated first if needed, on ``calibration`` inputs or else on the first 256 inputs
     of ``data`` (no labels are used). Read noise is keyed by each image's position in ``data``, so the
@@ -90,30 +105,37 @@ def evaluate(model: AnalogModel, data: Data, batch_size: int = 500, calibration:
         if calibration is None:
             calibration = next(_batches(data, 256))[0][:256]
         model.calibrate(calibration)
+    score = get_metric(metric)
     n_total = _length(data)
     read_key = rng.key(model.seed, "evaluate")
-    correct = torch.zeros(model.chips, dtype=torch.float64)
-    ideal_correct, seen = 0, 0
+    total = torch.zeros(model.chips, dtype=torch.float64)
+    ideal_total = torch.zeros(1, dtype=torch.float64)
+    count, seen = 0.0, 0
     bar = tqdm(total=n_total, desc=f"{model.chips} chips", unit="img", disable=not progress, leave=False)
     try:
         with torch.no_grad():
             for xb, yb in _batches(data, batch_size):
                 yb = yb.to(model.device)
                 ids = torch.arange(seen, seen + xb.shape[0])
-                logits = model(xb, image_ids=ids, read_key=read_key)  # (chips, B, classes)
-                if logits.dim() != 3:
-                    raise ShapeError(f"expected classifier outputs (B, classes), got {tuple(logits.shape[1:])}")
-                correct += (logits.argmax(-1) == yb.view(1, -1)).sum(1).double().cpu()
-                ideal_correct += int((model.digital(xb).argmax(-1) == yb).sum())
+                out = model(xb, image_ids=ids, read_key=read_key)  # (chips, B, ...)
+                if not isinstance(out, Tensor):
+                    raise ShapeError(f"metric {score.name} needs the model to return one tensor, got "
+                                     f"{type(out).__name__}: wrap the model to return its main output")
+                sums, n = score.batch(out, yb)
+                total += sums
+                ideal_total += score.batch(model.digital(xb).unsqueeze(0), yb)[0]
+                count += n
                 seen += xb.shape[0]
                 bar.update(xb.shape[0])
     finally:
         bar.close()
     if seen == 0:
         raise NvcimError("the dataset is empty")
-    per_chip = (correct / seen).tolist()
+    per_chip = score.finish(total, count).tolist()
     extra: dict[str, Any] = {"runtime": model.runtime_record()}
     if model.report is not None:  # what ran on the chip and what did not
         extra.update({"analog_share": model.report.analog_share, "conversion": model.report.to_dict()})
-    return EvalResult(ideal_correct / seen, AccuracyStats(per_chip, kpp_k), model.chips, seen, model.seed,
-                      time.perf_counter() - start, model.config.to_dict(), extra)
+    return EvalResult(float(score.finish(ideal_total, count)[0]),
+                      AccuracyStats(per_chip, kpp_k, score.higher_is_better), model.chips, seen, model.seed,
+                      time.perf_counter() - start, model.config.to_dict(), extra,
+                      {"name": score.name, "higher_is_better": score.higher_is_better, "unit": score.unit})

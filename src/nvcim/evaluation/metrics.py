@@ -1,4 +1,4 @@
-"""Accuracy statistics over chips: mean, spread, worst case (KPP) and confidence intervals."""
+"""Statistics of a metric over chips: mean, spread, worst case (KPP) and confidence intervals."""
 
 from __future__ import annotations
 
@@ -44,10 +44,12 @@ def percentile_ci(per_chip: Tensor, k: float, level: float = 0.95) -> tuple[floa
 
 @dataclass
 class AccuracyStats:
-    """Per-chip accuracies (fractions in [0, 1]) and their summary."""
+    """Per-chip values of a metric (accuracies are fractions in [0, 1]) and their summary. ``kpp`` is the
+    worst k %: the k-th percentile when higher is better, the (100 - k)-th when lower is (perplexity, error)."""
 
     per_chip: list[float]
     kpp_k: float = 1.0
+    higher_is_better: bool = True
     mean: float = field(init=False)
     std: float = field(init=False)
     min: float = field(init=False)
@@ -63,13 +65,17 @@ class AccuracyStats:
         self.mean = float(t.mean())
         self.std = float(t.std(unbiased=True)) if n > 1 else 0.0
         self.min, self.max = float(t.min()), float(t.max())
-        self.kpp = kpp(t, self.kpp_k)
         half = 1.96 * self.std / math.sqrt(n)
         self.ci95 = (self.mean - half, self.mean + half)
-        self.kpp_ci95 = percentile_ci(t, self.kpp_k)
+        if self.higher_is_better:
+            self.kpp, self.kpp_ci95 = kpp(t, self.kpp_k), percentile_ci(t, self.kpp_k)
+        else:  # the right tail: the worst k % of -v, negated back
+            lo, hi = percentile_ci(-t, self.kpp_k)
+            self.kpp, self.kpp_ci95 = -kpp(-t, self.kpp_k), (-hi, -lo)
         self.percentiles = {str(k): kpp(t, k) for k in (1, 5, 50)}
 
     def to_dict(self) -> dict[str, Any]:
         return {"mean": self.mean, "std": self.std, "min": self.min, "max": self.max, "kpp": self.kpp,
-                "kpp_k": self.kpp_k, "ci95": list(self.ci95), "kpp_ci95": list(self.kpp_ci95),
+                "kpp_k": self.kpp_k, "higher_is_better": self.higher_is_better, "ci95": list(self.ci95),
+                "kpp_ci95": list(self.kpp_ci95),
                 "percentiles": self.percentiles, "per_chip": self.per_chip}

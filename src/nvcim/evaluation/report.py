@@ -18,15 +18,17 @@ def histogram(result: EvalResult, path: Path, title: str = "") -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    acc = [100 * a for a in result.accuracy.per_chip]
+    pct = result.metric.get("unit") == "%"
+    k = 100.0 if pct else 1.0  # fractions shown as percent
+    acc = [k * a for a in result.accuracy.per_chip]
     fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=120)
     ax.hist(acc, bins=min(40, max(10, len(acc) // 5)), color="#4C72B0", alpha=0.85, label="chips")
-    ax.axvline(100 * result.ideal_accuracy, color="k", ls="--", label=f"ideal {100 * result.ideal_accuracy:.1f} %")
-    ax.axvline(100 * result.accuracy.mean, color="#DD8452", label=f"mean {100 * result.accuracy.mean:.1f} %")
-    k = result.accuracy.kpp_k
-    ax.axvline(100 * result.accuracy.kpp, color="#C44E52", ls=":",
-               label=f"worst {k:g} % {100 * result.accuracy.kpp:.1f} %")
-    ax.set_xlabel("test accuracy per chip (%)")
+    ax.axvline(k * result.ideal_accuracy, color="k", ls="--", label=f"ideal {result.fmt(result.ideal_accuracy)}")
+    ax.axvline(k * result.accuracy.mean, color="#DD8452", label=f"mean {result.fmt(result.accuracy.mean)}")
+    ax.axvline(k * result.accuracy.kpp, color="#C44E52", ls=":",
+               label=f"worst {result.accuracy.kpp_k:g} % {result.fmt(result.accuracy.kpp)}")
+    name, unit = result.metric.get("name", "top1"), "%" if pct else result.metric.get("unit", "")
+    ax.set_xlabel(("test accuracy" if name == "top1" else name) + " per chip" + (f" ({unit})" if unit else ""))
     ax.set_ylabel("number of chips")
     ax.set_title(title or f"{result.chips} simulated chips")
     ax.legend(loc="best", fontsize=8)

@@ -2,7 +2,8 @@
 
 Names: ``digits``; ``fashion-mnist`` and ``mnist`` (looked up under $NVCIM_DATA and /usr/share/datasets/);
 a folder of IDX files, a CIFAR-10/100 python folder or a class-per-subfolder image tree, an ``.npz``/``.pt``
-file of arrays (:mod:`.disk`); or ``pkg.module:factory`` returning ((x_train, y_train), (x_test, y_test))
+file of arrays (:mod:`.disk`); text for language models, ``text:PATH`` or a ``.txt`` file or folder, and
+``pystdlib`` (:mod:`.text`); or ``pkg.module:factory`` returning ((x_train, y_train), (x_test, y_test))
 (this runs user code).
 """
 
@@ -16,7 +17,7 @@ import torch
 from torch import Tensor
 
 from ..errors import DatasetError
-from . import disk
+from . import disk, text
 from .idx import load_idx_dir
 
 SEARCH = ("/usr/share/datasets",)
@@ -24,17 +25,20 @@ SEARCH = ("/usr/share/datasets",)
 
 @dataclass
 class Dataset:
-    """A labelled image classification dataset, inputs (N, C, H, W) float, labels (N,) int64."""
+    """A dataset: image classification (inputs (N, C, H, W) float, labels (N,) int64), or text for language
+    models (tokens (N, L) int64 as inputs and targets, ``classes`` the vocabulary). ``metric`` is the task's
+    default metric (:mod:`nvcim.evaluation.task_metrics`)."""
 
     name: str
     train: tuple[Tensor, Tensor]
     test: tuple[Tensor, Tensor]
     classes: int
+    metric: str = "top1"
 
     @property
-    def in_shape(self) -> tuple[int, int, int]:
-        s = self.train[0].shape[1:]
-        return int(s[0]), int(s[1]), int(s[2])
+    def in_shape(self) -> tuple[int, ...]:
+        """The shape of one input: (C, H, W) for images, (L,) for token windows."""
+        return tuple(int(d) for d in self.train[0].shape[1:])
 
 
 def digits(seed: int = 0) -> Dataset:
@@ -66,6 +70,14 @@ def load_dataset(name: str) -> Dataset:
     """Load a dataset by name, folder or import path (see the module doc)."""
     if name == "digits":
         return digits()
+    if name == "pystdlib":  # text: the Python standard library's sources
+        return Dataset(name, *text.windows(text.stdlib_text()), text.VOCAB, "perplexity")
+    if name.startswith("text:") or (Path(name).suffix == ".txt" and Path(name).is_file()) or (
+            Path(name).is_dir() and any(Path(name).glob("*.txt"))):
+        path = Path(name.removeprefix("text:"))
+        if not path.exists():
+            raise DatasetError(f"text {path}: no such file or folder")
+        return Dataset(path.stem, *text.windows(text.read_text(path)), text.VOCAB, "perplexity")
     if name in ("fashion-mnist", "mnist"):
         train, test = load_idx_dir(find_dir(name))
         return Dataset(name, train, test, 10)

@@ -177,9 +177,40 @@ def vit(in_shape: tuple[int, int, int], classes: int) -> nn.Module:
     return ViT(in_shape, classes)
 
 
-MODELS: dict[str, Callable[[tuple[int, int, int], int], nn.Module]] = {
+class GPT(nn.Module):
+    """A small causal (GPT-style) language model over byte tokens: token and learned position tables,
+    pre-norm transformer blocks with a causal mask, a LayerNorm and a Linear head over the vocabulary.
+    Input (B, L) token ids, L <= context; output (B, L, vocab) next-token logits."""
+
+    def __init__(self, context: int, vocab: int = 256, dim: int = 64, depth: int = 2, heads: int = 4) -> None:
+        super().__init__()
+        self.tok = nn.Embedding(vocab, dim)
+        self.pos = nn.Parameter(0.02 * torch.randn(1, context, dim))
+        self.blocks = nn.ModuleList(nn.TransformerEncoderLayer(dim, heads, 4 * dim, dropout=0.0, activation="gelu",
+                                                               batch_first=True, norm_first=True)
+                                    for _ in range(depth))
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, vocab)
+
+    def forward(self, ids: Tensor) -> Tensor:
+        n = ids.shape[1]
+        if n > self.pos.shape[1]:
+            raise NvcimError(f"GPT: sequences of {n} tokens exceed its context of {self.pos.shape[1]}")
+        mask = torch.triu(torch.full((n, n), float("-inf"), device=ids.device), diagonal=1)
+        z = self.tok(ids) + self.pos[:, :n]
+        for block in self.blocks:
+            z = block(z, src_mask=mask, is_causal=True)
+        return self.head(self.norm(z))
+
+
+def gpt(in_shape: tuple[int, ...], classes: int) -> nn.Module:
+    """Byte-level GPT: context = the sequence length of the data (in_shape[-1]), vocabulary = ``classes``."""
+    return GPT(int(in_shape[-1]), classes)
+
+
+MODELS: dict[str, Callable[..., nn.Module]] = {  # (in_shape, classes) -> model
     "mlp": mlp, "lenet5": lenet5, "vgg": vgg, "resnet": resnet, "resnet18": resnet18, "mobilenetv2": mobilenetv2,
-    "vit": vit}
+    "vit": vit, "gpt": gpt}
 
 
 def load_object(path: str) -> object:
@@ -194,7 +225,7 @@ def load_object(path: str) -> object:
     return obj
 
 
-def build_model(name: str, in_shape: tuple[int, int, int], classes: int) -> nn.Module:
+def build_model(name: str, in_shape: tuple[int, ...], classes: int) -> nn.Module:
     """A built-in model by name, or a user factory ``pkg.module:factory(in_shape, classes)`` (runs user code)."""
     if name in MODELS:
         return MODELS[name](in_shape, classes)

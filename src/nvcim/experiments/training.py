@@ -16,6 +16,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..evaluation.task_metrics import get_metric
 from .datasets import Dataset
 from .models import build_model
 
@@ -29,23 +30,28 @@ def cache_dir() -> Path:
 
 
 @torch.no_grad()
-def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 1000) -> float:
-    """Digital top-1 accuracy (fraction)."""
+def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 1000, metric: str = "top1") -> float:
+    """The digital model's ``metric`` (default top-1 accuracy, a fraction) on (x, y)."""
     model.eval()
     dev = next(model.parameters()).device
-    hits = sum(int((model(x[i:i + batch].to(dev)).argmax(-1).cpu() == y[i:i + batch].cpu()).sum())
-               for i in range(0, len(y), batch))
-    return hits / max(1, len(y))
+    score = get_metric(metric)
+    total, count = 0.0, 0.0
+    for i in range(0, len(y), batch):
+        sums, n = score.batch(model(x[i:i + batch].to(dev)).unsqueeze(0).cpu(), y[i:i + batch].cpu())
+        total, count = total + float(sums[0]), count + n
+    return float(score.finish(torch.tensor([total], dtype=torch.float64), count)[0])
 
 
 def train(model: nn.Module, data: Dataset, epochs: int, seed: int = 0, lr: float = 2e-3, batch: int = 128,
           progress: bool = True) -> nn.Module:
-    """Plain digital training with Adam and cross-entropy, seeded; returns the model in eval mode.
+    """Plain digital training with Adam and the task's loss (cross-entropy for classification and for next
+    tokens), seeded; returns the model in eval mode.
 
     It trains on the device the model is on; batches are moved there one at a time."""
     torch.manual_seed(seed)
     dev = next(model.parameters()).device
     x, y = data.train
+    task_loss = get_metric(data.metric).loss  # cross-entropy for classes and next tokens alike
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, epochs * ((len(y) + batch - 1) // batch)))
     gen = torch.Generator().manual_seed(seed)
@@ -55,7 +61,7 @@ def train(model: nn.Module, data: Dataset, epochs: int, seed: int = 0, lr: float
         perm = torch.randperm(len(y), generator=gen)
         for i in range(0, len(y), batch):
             idx = perm[i:i + batch]
-            loss = nn.functional.cross_entropy(model(x[idx].to(dev)), y[idx].to(dev))
+            loss = task_loss(model(x[idx].to(dev)), y[idx].to(dev))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

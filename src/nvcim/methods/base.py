@@ -22,6 +22,7 @@ from ..chip import AnalogModel, SimulatedChip
 from ..chip.interface import Chip
 from ..errors import NvcimError
 from ..evaluation import EvalResult, evaluate
+from ..evaluation.task_metrics import Metric, TopK, get_metric
 
 
 @dataclass
@@ -197,7 +198,8 @@ class RecoveryReport:
 
 
 def recover(model: AnalogModel, methods: list[Method | str], data: TaskData, test: tuple[Tensor, Tensor],
-            batch_size: int = 500, progress: bool = True, guard: bool = True) -> RecoveryReport:
+            batch_size: int = 500, progress: bool = True, guard: bool = True,
+            metric: str | Metric | None = None) -> RecoveryReport:
     """Evaluate ``model``, apply ``methods`` in order on all its chips, evaluate again.
 
     A part of the training data is held out as check inputs (:meth:`TaskData.with_check`) unless ``data``
@@ -208,10 +210,14 @@ def recover(model: AnalogModel, methods: list[Method | str], data: TaskData, tes
     chain = [get(m) if isinstance(m, str) else m for m in methods]
     if not chain:
         raise NvcimError("no recovery method given")
+    score = get_metric(metric)
+    if not isinstance(score, TopK):
+        raise NvcimError(f"recover scores, trains and guards chips with classification labels; metric "
+                         f"'{score.name}' works with nvcim.evaluate, not yet with recovery methods")
     data = data.with_check()
     if not model.is_calibrated():
         model.calibrate(data.inputs(256))
-    before = evaluate(model, test, batch_size=batch_size, progress=progress)
+    before = evaluate(model, test, batch_size=batch_size, progress=progress, metric=score)
     chip = SimulatedChip(model)
     data = labelled_check(chip, data)
     cost = Cost()
@@ -225,5 +231,5 @@ def recover(model: AnalogModel, methods: list[Method | str], data: TaskData, tes
             c = m.apply(chip, data, progress=progress)
         c.wall_time_s = time.perf_counter() - t0
         cost = cost + c
-    after = evaluate(model, test, batch_size=batch_size, progress=progress)
+    after = evaluate(model, test, batch_size=batch_size, progress=progress, metric=score)
     return RecoveryReport([m.name for m in chain], before, after, cost, reverted)
