@@ -116,3 +116,26 @@ def test_a_language_model_runs_end_to_end_from_the_command_line_and_recover_says
     ids = load_dataset(str(text)).test[0]
     with pytest.raises(NvcimError, match="metric 'perplexity' works with nvcim.evaluate, not yet with recovery"):
         recover(m, ["self-tune"], TaskData((ids, ids), ids), (ids, ids), metric="perplexity", progress=False)
+
+
+def test_a_language_model_sweep_runs_stores_and_reports_its_metric(tmp_path):
+    from nvcim.experiments.report import write_report
+    from nvcim.experiments.runner import run
+    from nvcim.experiments.spec import from_dict
+    from nvcim.experiments.store import Store
+
+    text = tmp_path / "corpus.txt"
+    text.write_text("all work and no play makes jack a dull boy. " * 60)
+    exp = from_dict({"name": "lm", "model": "gpt", "dataset": str(text), "epochs": 40, "chip": "rram-mlc-4bit",
+                     "chips": 3, "methods": ["none"], "set": {"device.faults.sa0": 0.0, "device.faults.sa1": 0.0},
+                     "sweep": {"device.programming.sigma": [0.02, 0.5]}})
+    summary = run(exp, tmp_path / "run", progress=False)
+    assert summary.computed == 2 and not summary.failed
+    rows = Store(tmp_path / "run" / "results.sqlite").rows()
+    assert {r["result"]["metric"]["name"] for r in rows} == {"perplexity"}
+    by_sigma = {r["params"]["device.programming.sigma"]: r["result"]["accuracy"]["mean"] for r in rows}
+    assert by_sigma[0.5] > by_sigma[0.02]  # more variation, higher perplexity
+    page = write_report(tmp_path / "run").read_text()
+    assert "perplexity" in page
+    with pytest.raises(nvcim.ConfigError, match="metric"):
+        from_dict({"name": "x", "metric": "f1"})

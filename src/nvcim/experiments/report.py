@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import html
+import json
 import math
 import re
 import time
@@ -35,11 +36,29 @@ def _kpp(values: list[float], k: float = 1.0) -> float:
     return s[lo] + (s[hi] - s[lo]) * (pos - lo)
 
 
-def _stats(per_chip: list[float]) -> dict[str, float]:
+def _stats(per_chip: list[float], higher_is_better: bool = True) -> dict[str, float]:
+    """Mean, std and the worst 1 % (the low tail, or the high tail of a lower-is-better metric)."""
     n = len(per_chip)
     mean = sum(per_chip) / n
     std = math.sqrt(sum((a - mean) ** 2 for a in per_chip) / max(1, n - 1))
-    return {"mean": mean, "std": std, "kpp": _kpp(per_chip), "min": min(per_chip), "n": n}
+    worst = _kpp(per_chip) if higher_is_better else _kpp(per_chip, 99.0)
+    return {"mean": mean, "std": std, "kpp": worst, "min": min(per_chip), "n": n}
+
+
+TOP1: dict[str, Any] = {"name": "top1", "higher_is_better": True, "unit": "%"}
+
+
+def metric_of(rows: list[dict[str, Any]]) -> tuple[dict[str, Any], float, str]:
+    """The rows' metric (top-1 for rows stored before results named theirs), the factor its values are shown
+    with (100 for fractions) and its axis label. Rows of several metrics are refused: one figure, one scale."""
+    metrics = {json.dumps(r["result"].get("metric", TOP1), sort_keys=True) for r in rows}
+    if len(metrics) > 1:
+        raise NvcimError(f"the run's results hold several metrics ({', '.join(sorted(metrics))}): report them "
+                         "per experiment (nvcim report RUN --experiment NAME)")
+    m: dict[str, Any] = json.loads(metrics.pop()) if metrics else TOP1
+    unit = str(m.get("unit", ""))
+    label = ("test accuracy" if m["name"] == "top1" else str(m["name"])) + (f" ({unit})" if unit else "")
+    return m, (100.0 if m.get("unit") == "%" else 1.0), label
 
 
 def axis_label(path: str) -> str:
@@ -95,6 +114,7 @@ def sweep_figure(rows: list[dict[str, Any]], axis: str, out: Path) -> tuple[Path
         where = ", ".join(_short(a) + "=" + _fmt(r["params"].get(a)) for a in others)
         return f"{r['method']} ({where})"
 
+    metric, k, label = metric_of(rows)
     split = len({series(r, True) for r in rows}) <= MAX_SERIES
     pooled: dict[str, dict[Any, list[float]]] = defaultdict(lambda: defaultdict(list))
     ideal: dict[Any, list[float]] = defaultdict(list)
@@ -110,14 +130,14 @@ def sweep_figure(rows: list[dict[str, Any]], axis: str, out: Path) -> tuple[Path
     for i, (method, by_v) in enumerate(sorted(pooled.items())):
         c = COLORS[i % len(COLORS)]
         vs = [v for v in values if v in by_v]
-        st = [_stats(by_v[v]) for v in vs]
+        st = [_stats(by_v[v], metric["higher_is_better"]) for v in vs]
         x = [pos[v] for v in vs]
-        mean = [100 * s["mean"] for s in st]
+        mean = [k * s["mean"] for s in st]
         ax.plot(x, mean, "-o", color=c, label=f"{method}: mean")
-        ax.fill_between(x, [m - 100 * s["std"] for m, s in zip(mean, st)],
-                        [m + 100 * s["std"] for m, s in zip(mean, st)], color=c, alpha=0.18)
-        ax.plot(x, [100 * s["kpp"] for s in st], ":", marker="v", color=c, label=f"{method}: worst 1 %")
-    ax.plot([pos[v] for v in values], [100 * sum(ideal[v]) / len(ideal[v]) for v in values], "--", color="k",
+        ax.fill_between(x, [m - k * s["std"] for m, s in zip(mean, st)],
+                        [m + k * s["std"] for m, s in zip(mean, st)], color=c, alpha=0.18)
+        ax.plot(x, [k * s["kpp"] for s in st], ":", marker="v", color=c, label=f"{method}: worst 1 %")
+    ax.plot([pos[v] for v in values], [k * sum(ideal[v]) / len(ideal[v]) for v in values], "--", color="k",
             label="ideal (digital)")
     if not numeric:
         ax.set_xticks(xs, [_fmt(v) for v in values])
@@ -128,9 +148,10 @@ def sweep_figure(rows: list[dict[str, Any]], axis: str, out: Path) -> tuple[Path
             ax.set_xticks(values, [_fmt(v) for v in values])
             ax.minorticks_off()
     ax.set_xlabel(axis_label(axis))
-    ax.set_ylabel("test accuracy (%)")
+    ax.set_ylabel(label)
     pooled_note = "" if split or not others else "; pooled over " + ", ".join(_short(a) for a in others)
-    ax.set_title(f"accuracy vs {axis.rsplit('.', 1)[-1]} (band: mean ± 1 std over chips{pooled_note})")
+    what = "accuracy" if metric["name"] == "top1" else metric["name"]
+    ax.set_title(f"{what} vs {axis.rsplit('.', 1)[-1]} (band: mean ± 1 std over chips{pooled_note})")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
     fig.tight_layout()
@@ -140,6 +161,7 @@ def sweep_figure(rows: list[dict[str, Any]], axis: str, out: Path) -> tuple[Path
 def histogram_figure(rows: list[dict[str, Any]], axis: str | None, out: Path) -> tuple[Path, Path]:
     """Per-chip accuracy histograms, one panel per method, one colour per value of ``axis``."""
     plt = _plt()
+    _, k, label = metric_of(rows)
     methods = sorted({r["method"] for r in rows})
     n = len(methods)
     cols = min(3, n)
@@ -150,14 +172,14 @@ def histogram_figure(rows: list[dict[str, Any]], axis: str | None, out: Path) ->
         groups: dict[Any, list[float]] = defaultdict(list)
         for r in rows:
             if r["method"] == method:
-                groups[r["params"].get(axis) if axis else "all"] += [100 * a for a in
+                groups[r["params"].get(axis) if axis else "all"] += [k * a for a in
                                                                      r["result"]["accuracy"]["per_chip"]]
         for j, (v, acc) in enumerate(sorted(groups.items(), key=lambda kv: (isinstance(kv[0], str), kv[0]))):
             ax.hist(acc, bins=min(30, max(8, len(acc) // 5)), histtype="stepfilled", alpha=0.45,
                     color=COLORS[j % len(COLORS)],
                     label=(f"{axis.rsplit('.', 1)[-1]}={_fmt(v)}" if axis else f"{len(acc)} chips"))
         ax.set_title(method, fontsize=9)
-        ax.set_xlabel("test accuracy per chip (%)")
+        ax.set_xlabel(label.replace(" (", " per chip (", 1) if "(" in label else label + " per chip")
         ax.set_ylabel("number of chips")
         ax.legend(fontsize=7)
     for j in range(n, nrows * cols):
@@ -170,13 +192,15 @@ def _table(rows: list[dict[str, Any]], axes: list[str]) -> tuple[list[str], list
     groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
     for r in rows:
         groups[(r["method"], repr(sorted(r["params"].items())))].append(r)
+    metric, k, _ = metric_of(rows)
+    u = " %" if k == 100.0 else ""
     head = ["method"] + [a.rsplit(".", 1)[-1] for a in axes] + [
-        "seeds", "chips", "ideal %", "mean ± std %", "worst 1 %", "recovery ratio", "SRAM %", "WV pulses/chip",
+        "seeds", "chips", f"ideal{u}", f"mean ± std{u}", "worst 1 %", "recovery ratio", "SRAM %", "WV pulses/chip",
         "calib. inputs", "steps", "energy/inf (nJ)", "area (mm²)", "method time (s)"]
     body = []
     for (method, _), rs in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1])):
         per_chip = [a for r in rs for a in r["result"]["accuracy"]["per_chip"]]
-        st = _stats(per_chip)
+        st = _stats(per_chip, metric["higher_is_better"])
         res = [r["result"] for r in rs]
         rr = [x["recovery_ratio"] for x in res if isinstance(x.get("recovery_ratio"), (int, float))]
         rr_ok = [x for x in rr if math.isfinite(x)]
@@ -187,8 +211,8 @@ def _table(rows: list[dict[str, Any]], axes: list[str]) -> tuple[list[str], list
             return sum(vals) / len(vals) if vals else math.nan
 
         body.append([method] + [_fmt(rs[0]["params"].get(a, "")) for a in axes] + [
-            str(len(rs)), str(len(per_chip)), f"{100 * avg([x['ideal_accuracy'] for x in res]):.2f}",
-            f"{100 * st['mean']:.2f} ± {100 * st['std']:.2f}", f"{100 * st['kpp']:.2f}",
+            str(len(rs)), str(len(per_chip)), f"{k * avg([x['ideal_accuracy'] for x in res]):.2f}",
+            f"{k * st['mean']:.2f} ± {k * st['std']:.2f}", f"{k * st['kpp']:.2f}",
             f"{avg(rr_ok):.2f}" if rr_ok else "–", f"{100 * avg([c.get('sram_fraction', 0.0) for c in cost]):.2f}",
             f"{avg([c.get('write_verify_pulses', 0.0) for c in cost]):.0f}",
             f"{avg([c.get('calibration_samples', 0) for c in cost]):.0f}",
@@ -217,9 +241,11 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, experiment:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise NvcimError(f"cannot write the report to {out_dir}: {e.strerror or e}") from None
+    metric, _, label = metric_of(rows)
+    what = "accuracy" if metric["name"] == "top1" else str(metric["name"])
     axes = sorted({a for r in rows for a in r["params"]})
-    figs = [(sweep_figure(rows, a, out_dir)[0], f"accuracy against {a}") for a in axes]
-    figs.append((histogram_figure(rows, axes[0] if axes else None, out_dir)[0], "per-chip accuracy histograms"))
+    figs = [(sweep_figure(rows, a, out_dir)[0], f"{what} against {a}") for a in axes]
+    figs.append((histogram_figure(rows, axes[0] if axes else None, out_dir)[0], f"per-chip {what} histograms"))
     head, body = _table(rows, axes)
     names = sorted({r["experiment"] for r in rows})
     first = rows[0]["result"]
@@ -247,7 +273,9 @@ img{{max-width:100%}}.meta{{color:#666;font-size:13px}}</style></head><body>
 <h1>nvcim report: {esc(', '.join(names))}</h1>
 <p class="meta">model {esc(str(model))} on {esc(str(first.get('dataset', '?')))}; {len(rows)} grid points;
 code {esc(', '.join(versions))}; generated {esc(time.strftime('%Y-%m-%d %H:%M:%S'))}.</p>
-<h2>Accuracy</h2>{''.join(_img(p, alt) for p, alt in figs)}
+<p>Metric: {esc(label)}, {'higher' if metric['higher_is_better'] else 'lower'} is better; the worst 1 % of chips
+is the {'lowest' if metric['higher_is_better'] else 'highest'} 1 %.</p>
+<h2>{esc(what[:1].upper() + what[1:])}</h2>{''.join(_img(p, alt) for p, alt in figs)}
 <h2 id="methods">Method comparison</h2>
 <p>Pooled over seeds; recovery ratio = (after − degraded) / (ideal − degraded); costs per chip.</p>
 {table(head, body)}

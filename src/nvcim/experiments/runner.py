@@ -73,11 +73,13 @@ def compute_point(point: Point, device: str = "cpu", progress: bool = False) -> 
     chain = point.chain()
     if chain:
         methods: list[Method | str] = [get(m, **e.options.get(m, {})) for m in chain]
-        rep = recover(model, methods, TaskData(train, train[0]), test, batch_size=e.batch_size, progress=progress)
+        rep = recover(model, methods, TaskData(train, train[0]), test, batch_size=e.batch_size, progress=progress,
+                      metric=e.metric or data.metric)
         result = rep.to_dict()
         cost = rep.cost
     else:
-        result = evaluate(model, test, batch_size=e.batch_size, progress=progress).to_dict()
+        result = evaluate(model, test, batch_size=e.batch_size, progress=progress,
+                          metric=e.metric or data.metric).to_dict()
         result.update({"methods": [], "recovery_ratio": None, "degraded_accuracy": None})
         cost = Cost()
         result["cost"] = cost.to_dict()

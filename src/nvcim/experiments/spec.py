@@ -38,8 +38,11 @@ from ..errors import ConfigError, NvcimError
 
 _FIELDS = {
     "name": "run name; also the default run folder runs/NAME",
-    "model": "mlp, lenet5, vgg, resnet, resnet18, mobilenetv2, vit, or pkg.module:factory",
-    "dataset": "digits, fashion-mnist, mnist, an IDX folder, or pkg.module:factory",
+    "model": "mlp, lenet5, vgg, resnet, resnet18, mobilenetv2, vit, gpt, or pkg.module:factory",
+    "dataset": "digits, fashion-mnist, mnist, pystdlib, a folder or file (IDX, CIFAR, images, .npz/.pt, text), "
+               "or pkg.module:factory",
+    "metric": "what each chip is scored on: top1, topK, perplexity, token-ce, token-accuracy, mse, psnr "
+              "(default: the dataset's: top1 for images, perplexity for text)",
     "epochs": "digital training epochs (0 = the default: 40 on digits, else 5)",
     "train_seed": "seed of the digital training (shared by every grid point)",
     "chip": "preset name or config file",
@@ -75,6 +78,7 @@ class Experiment:
     batch_size: int = 500
     memory_mb: float = 0.0
     variance: str = "auto"
+    metric: str = ""  # "" = the dataset's default metric
     set: dict[str, Any] = field(default_factory=dict)
     sweep: dict[str, list[Any]] = field(default_factory=dict)
     options: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -130,7 +134,8 @@ class Point:
         return {"model": e.model, "dataset": e.dataset, "epochs": e.epochs, "train_seed": e.train_seed,
                 "chips": e.chips, "limit": e.limit, "seed": self.seed, "method": self.method,
                 "options": {m: e.options.get(m, {}) for m in chain}, "config": self.config.to_dict(),
-                "numerics": {"variance": self.variance(), "draws": DRAWS}}
+                "numerics": {"variance": self.variance(), "draws": DRAWS},
+                **({"metric": e.metric} if e.metric else {})}  # absent by default: older stores' keys hold
 
     def variance(self) -> str:
         """The read-noise variance format this point is computed with: the experiment's, with "auto" resolved
@@ -226,11 +231,22 @@ def _from_dict(d: dict[str, Any], base_dir: str) -> Experiment:
           "memory_mb", memory, "0 (auto) or a number >= 1 (MiB)")
     variance = d.get("variance", "auto")
     _need(variance in ("auto", "float32", "bfloat16"), "variance", variance, "one of auto, float32, bfloat16")
+    metric = d.get("metric", "")
+    _need(isinstance(metric, str), "metric", metric, "a metric name")
+    if metric:
+        from ..evaluation.task_metrics import get_metric
+
+        try:
+            get_metric(metric)
+        except NvcimError:
+            raise ConfigError("metric", metric, "top1, topK, perplexity, token-ce, token-accuracy, mse or psnr") \
+                from None
     exp = Experiment(name=name.strip(), model=d.get("model", "lenet5"), dataset=d.get("dataset", "digits"),
                      epochs=_int(d, "epochs", 0, 0), train_seed=_int(d, "train_seed", 0, 0),
                      chip=d.get("chip", "rram-mlc-4bit"), chips=_int(d, "chips", 1, 100),
                      seeds=tuple(seeds), methods=tuple(methods), limit=_int(d, "limit", 0, 0),
                      batch_size=_int(d, "batch_size", 1, 500), memory_mb=float(memory), variance=variance,
+                     metric=metric,
                      set=dict(sets),
                      sweep={k: list(v) for k, v in sweep.items()}, options={k: dict(v) for k, v in options.items()},
                      base_dir=base_dir)
