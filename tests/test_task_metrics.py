@@ -113,9 +113,32 @@ def test_a_language_model_runs_end_to_end_from_the_command_line_and_recover_says
     assert main(["evaluate", "--model", "gpt", "--dataset", str(text), "--metric", "nope", "--quiet",
                  "--out", str(out)]) == 2
     m = nvcim.convert(_lm(64), "rram-mlc-4bit", chips=2)
-    ids = load_dataset(str(text)).test[0]
-    with pytest.raises(NvcimError, match="metric 'perplexity' works with nvcim.evaluate, not yet with recovery"):
-        recover(m, ["self-tune"], TaskData((ids, ids), ids), (ids, ids), metric="perplexity", progress=False)
+    ids = load_dataset(str(text)).train[0]
+    with pytest.raises(NvcimError, match="auto ranks chains by check accuracy.*metric 'perplexity'"):
+        recover(m, ["auto"], TaskData((ids, ids), ids), (ids, ids), metric="perplexity", progress=False)
+
+
+@pytest.mark.parametrize("chain", ["vat", "kd", "rsa", "self-tune+chip-kd"])
+def test_recovery_methods_train_and_guard_a_language_model_on_its_perplexity(tmp_path, chain):
+    """The training-based methods, rsa, self-tune and chip-kd with the task's loss (next-token cross-entropy),
+    under the guard scoring perplexity: each lowers the mean chip perplexity of a small trained GPT."""
+    from nvcim.experiments import trained_model
+
+    words = "the cat dog sat ran on under a mat log big small red".split()
+    gen = torch.Generator().manual_seed(0)  # a seeded stream of words: the test windows are new sentences
+    text = tmp_path / "corpus.txt"
+    text.write_text(" ".join(words[int(i)] for i in torch.randint(0, len(words), (1500,), generator=gen)))
+    data = load_dataset(str(text))
+    net, _ = trained_model("gpt", data, epochs=30, progress=False)
+    cfg = nvcim.override(nvcim.preset("rram-mlc-4bit"), {"device.read_noise": 0.02})  # faults and variation
+    m = nvcim.convert(net, cfg, chips=4, seed=1)
+    opts = {"vat": {"epochs": 4}, "kd": {"epochs": 4}, "rsa": {"epochs": 4}, "chip-kd": {"steps": 20}}
+    methods = [nvcim.methods.get(p, **opts.get(p, {})) for p in chain.split("+")]
+    train = data.train
+    rep = recover(m, methods, TaskData(train, train[0], metric="perplexity"), data.test, progress=False)
+    assert rep.after.metric["name"] == "perplexity" and rep.before.metric["name"] == "perplexity"
+    assert rep.after.accuracy.mean < rep.before.accuracy.mean, rep.summary()
+    assert 0 < rep.recovery_ratio <= 1.5, rep.summary()
 
 
 def test_a_language_model_sweep_runs_stores_and_reports_its_metric(tmp_path):

@@ -25,7 +25,7 @@ back-propagate through a surrogate built from read-back conductances).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import NamedTuple, Protocol, runtime_checkable
 
 import torch
@@ -107,9 +107,10 @@ class Chip(Protocol):
         """A layer input ``v`` (B, ...) as the rows the arrays multiply, ``(positions, K)``."""
         ...
 
-    def reference_grads(self, x: Tensor, y: Tensor) -> dict[str, Tensor]:
-        """Gradient of the mean cross-entropy of the ideal model on ``(x, y)`` with respect to each analog
-        layer's weight matrix, ``(O, K)`` each."""
+    def reference_grads(self, x: Tensor, y: Tensor, loss: Callable[[Tensor, Tensor], Tensor] | None = None
+                        ) -> dict[str, Tensor]:
+        """Gradient of ``loss(outputs, y)`` (default: the mean cross-entropy) of the ideal model on ``(x, y)``
+        with respect to each analog layer's weight matrix, ``(O, K)`` each."""
         ...
 
     def parameters(self) -> list[Tensor]:

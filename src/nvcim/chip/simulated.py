@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -238,14 +238,16 @@ class SimulatedChip:
     def unfold(self, layer: str, v: Tensor) -> Tensor:
         return self._layers[layer].unfold_input(v.to(self.device))
 
-    def reference_grads(self, x: Tensor, y: Tensor) -> dict[str, Tensor]:
+    def reference_grads(self, x: Tensor, y: Tensor, loss: Callable[[Tensor, Tensor], Tensor] | None = None
+                        ) -> dict[str, Tensor]:
+        task_loss = loss or F.cross_entropy
         layers = list(self._layers.values())
         weights = [lay.weight for lay in layers]
         self.model._set(DigitalPass())
         try:
             with torch.enable_grad(), _modules_run():
-                loss = F.cross_entropy(self.model.net(self.model._check(x)), y.to(self.device))
-                grads = torch.autograd.grad(loss, weights, allow_unused=True)
+                value = task_loss(self.model.net(self.model._check(x)), y.to(self.device))
+                grads = torch.autograd.grad(value, weights, allow_unused=True)
         finally:
             self.model._set(None)
         return {lay.layer_name: lay.as_matrix(torch.zeros_like(lay.weight) if g is None else g.detach())

@@ -43,9 +43,16 @@ class Metric:
         """Per-chip values from the totals of every batch (default: the mean per item)."""
         return total / max(count, 1.0)
 
-    def loss(self, out: Tensor, target: Tensor) -> Tensor:
-        """A differentiable training loss for this task on outputs (B, ...) of one model (training methods)."""
+    def loss(self, out: Tensor, target: Tensor, reduction: str = "mean") -> Tensor:
+        """A differentiable training loss for this task on outputs (B, ...) of one model (training methods):
+        the mean (or ``"sum"``) over examples of the example's loss."""
         raise NvcimError(f"metric '{self.name}' has no training loss: recovery by training needs one")
+
+    def chip_loss(self, out: Tensor, target: Tensor) -> Tensor:
+        """The loss of every chip's outputs (chips, B, ...) summed over chips, averaged over the B examples:
+        each chip's trainable registers get their own gradient (rsa)."""
+        n = out.shape[0]
+        return self.loss(out.flatten(0, 1), target.repeat(n, *([1] * (target.dim() - 1))), "sum") / target.shape[0]
 
     def format(self, v: float) -> str:
         return f"{100 * v:.2f} %" if self.unit == "%" else f"{v:.4g}{(' ' + self.unit) if self.unit else ''}"
@@ -97,8 +104,8 @@ class TopK(Metric):
             hit = (out.topk(min(self.k, out.shape[-1]), dim=-1).indices == target.view(1, -1, 1)).any(-1)
         return hit.sum(1).double().cpu(), float(target.shape[0])
 
-    def loss(self, out: Tensor, target: Tensor) -> Tensor:
-        return F.cross_entropy(out, target)
+    def loss(self, out: Tensor, target: Tensor, reduction: str = "mean") -> Tensor:
+        return F.cross_entropy(out, target, reduction=reduction)
 
 
 def _next_token(out: Tensor, target: Tensor, name: str) -> tuple[Tensor, Tensor]:
@@ -128,8 +135,12 @@ class TokenCE(Metric):
     def batch(self, out: Tensor, target: Tensor) -> tuple[Tensor, float]:
         return _token_ce(out, target, self.name)
 
-    def loss(self, out: Tensor, target: Tensor) -> Tensor:
-        return F.cross_entropy(out[:, :-1].reshape(-1, out.shape[-1]), target[:, 1:].reshape(-1))
+    def loss(self, out: Tensor, target: Tensor, reduction: str = "mean") -> Tensor:
+        """Mean next-token cross-entropy per token (``"sum"``: summed over tokens, divided by the sequence's
+        scored positions, so that it is the sum over sequences of their mean token loss)."""
+        ce = F.cross_entropy(out[:, :-1].reshape(-1, out.shape[-1]), target[:, 1:].reshape(-1), reduction="none")
+        per_sequence = ce.view(target.shape[0], -1).mean(1)
+        return per_sequence.sum() if reduction == "sum" else per_sequence.mean()
 
 
 @register
@@ -152,8 +163,8 @@ class TokenAccuracy(Metric):
         logits, nxt = _next_token(out, target, self.name)
         return (logits.argmax(-1) == nxt.unsqueeze(0)).flatten(1).sum(1).double().cpu(), float(nxt.numel())
 
-    def loss(self, out: Tensor, target: Tensor) -> Tensor:
-        return TokenCE().loss(out, target)
+    def loss(self, out: Tensor, target: Tensor, reduction: str = "mean") -> Tensor:
+        return TokenCE().loss(out, target, reduction)
 
 
 def _squared_error(out: Tensor, target: Tensor, name: str) -> Tensor:
@@ -172,8 +183,9 @@ class MSE(Metric):
     def batch(self, out: Tensor, target: Tensor) -> tuple[Tensor, float]:
         return _squared_error(out, target, self.name).flatten(1).sum(1).cpu(), float(target.numel())
 
-    def loss(self, out: Tensor, target: Tensor) -> Tensor:
-        return F.mse_loss(out, target)
+    def loss(self, out: Tensor, target: Tensor, reduction: str = "mean") -> Tensor:
+        per = ((out - target) ** 2).flatten(1).mean(1)
+        return per.sum() if reduction == "sum" else per.mean()
 
 
 @register
@@ -187,8 +199,8 @@ class PSNR(Metric):
         mse = se.flatten(2).mean(2).clamp_min(1e-20)  # (chips, B)
         return (-10.0 * torch.log10(mse)).sum(1).cpu(), float(target.shape[0])
 
-    def loss(self, out: Tensor, target: Tensor) -> Tensor:
-        return F.mse_loss(out, target)
+    def loss(self, out: Tensor, target: Tensor, reduction: str = "mean") -> Tensor:
+        return MSE().loss(out, target, reduction)
 
 
 class FromCallable(Metric):

@@ -23,6 +23,7 @@ import torch
 
 from ..chip.interface import Chip
 from ..errors import NvcimError
+from ..evaluation.task_metrics import TopK
 from .base import Cost, Method, TaskData, get, register
 from .guard import chip_scores, guarded_apply, labelled_check
 
@@ -120,6 +121,9 @@ class Auto(Method):
         return not (self.max_pulses == 0 and any(b in ("map-correct", "write-verify-10") for b in blocks))
 
     def apply(self, chip: Chip, data: TaskData, progress: bool = False) -> Cost:
+        if not isinstance(data.task, TopK):
+            raise NvcimError(f"auto ranks chains by check accuracy and its tolerance is in accuracy points; with "
+                             f"metric '{data.task.name}' name a chain yourself (e.g. self-tune, rsa, vat)")
         data = labelled_check(chip, data)
         assert data.check is not None
         self.trials, self.search_pulses = [], 0.0

@@ -57,11 +57,19 @@ class TaskData:
     """What a method may use: labelled training data, and unlabelled inputs for on-chip calibration.
 
     ``check``: held-out labelled inputs that no method trains or calibrates on. Training methods stop early
-    on them, and ``recover``'s guard measures every chip on them (:meth:`with_check` makes them)."""
+    on them, and ``recover``'s guard measures every chip on them (:meth:`with_check` makes them). ``metric``:
+    the task (top-1 classification by default; ``perplexity`` for a causal language model, whose targets are
+    its input tokens): methods train with its loss, and the guard and validation score with it."""
 
     train: tuple[Tensor, Tensor]
     unlabelled: Tensor
     check: tuple[Tensor, Tensor] | None = None
+    metric: str | Metric | None = None
+
+    @property
+    def task(self) -> Metric:
+        """The metric instance (``metric`` resolved; top-1 when unset)."""
+        return get_metric(self.metric)
 
     def inputs(self, n: int) -> Tensor:
         return self.unlabelled[:n]
@@ -84,7 +92,8 @@ class TaskData:
         labelled = isinstance(y, Tensor)
         train = (x[keep], y[keep] if labelled else y)
         unlabelled = train[0] if self.unlabelled is x else self.unlabelled
-        return TaskData(train, unlabelled, (x[held], y[held] if labelled else torch.empty(0, dtype=torch.long)))
+        return TaskData(train, unlabelled, (x[held], y[held] if labelled else torch.empty(0, dtype=torch.long)),
+                        self.metric)
 
 
 def read_back(chip: Chip, name: str, reads: int) -> tuple[Tensor, Tensor]:
@@ -111,7 +120,7 @@ def fisher_diagonal(chip: Chip, data: TaskData, batches: int = 32, batch_size: i
     acc: dict[str, Tensor] = {}
     for i in range(0, len(idx), batch_size):
         b = idx[i:i + batch_size]
-        for name, g in chip.reference_grads(x[b], y[b]).items():
+        for name, g in chip.reference_grads(x[b], y[b], data.task.loss).items():
             acc[name] = acc[name] + g**2 if name in acc else g**2
     n = max(1, (len(idx) + batch_size - 1) // batch_size)
     return {k: v / n for k, v in acc.items()}
@@ -176,10 +185,12 @@ class RecoveryReport:
 
     @property
     def recovery_ratio(self) -> float:
-        """(after - degraded) / (ideal - degraded) of the mean accuracy, with the ideal accuracy of the
-        model as it was before recovery (training methods change the model); nan when nothing was lost."""
-        lost = self.before.ideal_accuracy - self.before.accuracy.mean
-        return (self.after.accuracy.mean - self.before.accuracy.mean) / lost if lost > 1e-12 else float("nan")
+        """(after - degraded) / (ideal - degraded) of the mean accuracy (or the task's metric: the signs
+        cancel for a lower-is-better one), with the ideal value of the model as it was before recovery
+        (training methods change the model); nan when nothing was lost."""
+        lost = self.before.ideal_accuracy - self.before.accuracy.mean  # negative for a lower-is-better metric
+        sign = 1.0 if self.before.metric.get("higher_is_better", True) else -1.0
+        return (self.after.accuracy.mean - self.before.accuracy.mean) / lost if sign * lost > 1e-12 else float("nan")
 
     def to_dict(self) -> dict[str, Any]:
         d = self.after.to_dict()
@@ -191,9 +202,10 @@ class RecoveryReport:
 
     def summary(self) -> str:
         back = ", ".join(f"{m} {n}" for m, n in self.reverted if n)
-        return (f"{'+'.join(self.methods)}: {100 * self.before.accuracy.mean:.2f} % -> "
-                f"{100 * self.after.accuracy.mean:.2f} ± {100 * self.after.accuracy.std:.2f} % "
-                f"(ideal {100 * self.before.ideal_accuracy:.2f} %, recovery ratio {self.recovery_ratio:.2f})"
+        a, b = self.after, self.before
+        spread = f"{100 * a.accuracy.std:.2f} %" if a.metric.get("unit") == "%" else f"{a.accuracy.std:.3g}"
+        return (f"{'+'.join(self.methods)}: {b.fmt(b.accuracy.mean)} -> {a.fmt(a.accuracy.mean)} ± {spread} "
+                f"(ideal {b.fmt(b.ideal_accuracy)}, recovery ratio {self.recovery_ratio:.2f})"
                 + (f"; chips put back by the guard: {back}" if back else ""))
 
 
@@ -210,10 +222,9 @@ def recover(model: AnalogModel, methods: list[Method | str], data: TaskData, tes
     chain = [get(m) if isinstance(m, str) else m for m in methods]
     if not chain:
         raise NvcimError("no recovery method given")
-    score = get_metric(metric)
-    if not isinstance(score, TopK):
-        raise NvcimError(f"recover scores, trains and guards chips with classification labels; metric "
-                         f"'{score.name}' works with nvcim.evaluate, not yet with recovery methods")
+    score = get_metric(metric if metric is not None else data.metric)
+    if data.metric is None and not isinstance(score, TopK):
+        data = TaskData(data.train, data.unlabelled, data.check, score)  # the methods train on this task
     data = data.with_check()
     if not model.is_calibrated():
         model.calibrate(data.inputs(256))

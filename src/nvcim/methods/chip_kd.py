@@ -72,9 +72,11 @@ class ChipKD(Method):
                 with torch.no_grad():
                     teacher = chip.reference(xb)
                 logits, outs = chip.infer(xb, capture=names if self.beta else ())
-                kl = F.kl_div(F.log_softmax(logits / t, -1).flatten(0, 1),
-                              F.log_softmax(teacher / t, -1).repeat(chip.n_chips, 1), log_target=True,
-                              reduction="batchmean")
+                student = F.log_softmax(logits / t, -1).flatten(0, 1)  # (chips B, ..., classes or vocab)
+                # per predicted distribution (batchmean for a classifier; per position for a language model)
+                target = F.log_softmax(teacher / t, -1).repeat(chip.n_chips, *([1] * (teacher.dim() - 1)))
+                per = student.numel() // student.shape[-1]
+                kl = F.kl_div(student, target, log_target=True, reduction="sum") / per
                 loss = t * t * kl * chip.n_chips  # per-chip losses summed: independent registers
                 if self.beta:
                     ref = {n: out for n, (_, out) in chip.reference_layer_io(xb).items()}

@@ -3,8 +3,9 @@
 ``recover`` runs every method that changes chips (``Method.changes_chip``: map-correct, self-tune, chip-kd,
 write-verify, rsa) under this guard. Each chip is measured on held-out labelled *check* inputs
 (``TaskData.check``, which no method trains or calibrates on) through :meth:`Chip.infer`, before and after the
-method: its accuracy, ties broken by the mean cross-entropy. A chip that scores lower after is put back to
-its :meth:`Chip.checkpoint`. The report says how many chips were reverted. Restoring cells costs writes on
+method: its accuracy, ties broken by the mean cross-entropy (for another task, ``TaskData.metric``: its value,
+perplexity for a language model). A chip that scores worse after is put back to its
+:meth:`Chip.checkpoint`. The report says how many chips were reverted. Restoring cells costs writes on
 silicon; the simulator restores them exactly, and the cost report counts one pulse per restored cell.
 
 Without labels (``TaskData.train`` holds no labels), the check inputs are labelled by the ideal model (the
@@ -20,12 +21,15 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..chip.interface import Chip
+from ..errors import NvcimError
+from ..evaluation.task_metrics import Metric, TopK
 from .base import Cost, Method, TaskData
 
 
 @dataclass
 class Guarded:
-    """One guarded method: per-chip check accuracy before and after, and which chips were put back."""
+    """One guarded method: per-chip check score (accuracy, or the task's metric) before and after, and which
+    chips were put back."""
 
     before: Tensor  # (N,) accuracy on the check inputs before the method
     after: Tensor  # (N,) after the method (before any revert)
@@ -43,18 +47,30 @@ def labelled_check(chip: Chip, data: TaskData) -> TaskData:
     data = data.with_check()
     assert data.check is not None
     if not len(data.check[1]):
+        if not isinstance(data.task, TopK):
+            raise NvcimError(f"the guard scores chips on labelled check data: metric '{data.task.name}' needs "
+                             "targets in TaskData.train")
         xc = data.check[0]
         with torch.no_grad():
             labels = torch.cat([chip.reference(xc[i:i + 256].to(chip.device)).argmax(-1).cpu()
                                 for i in range(0, len(xc), 256)])
-        data = TaskData(data.train, data.unlabelled, (xc, labels))
+        data = TaskData(data.train, data.unlabelled, (xc, labels), data.metric)
     return data
 
 
 @torch.no_grad()
-def chip_scores(chip: Chip, check: tuple[Tensor, Tensor], batch: int = 256) -> tuple[Tensor, Tensor]:
-    """Per-chip (accuracy, mean cross-entropy) on labelled ``check`` inputs, run on the chips, each (N,)."""
+def chip_scores(chip: Chip, check: tuple[Tensor, Tensor], batch: int = 256, task: Metric | None = None
+                ) -> tuple[Tensor, Tensor]:
+    """Per-chip (accuracy, mean cross-entropy) on labelled ``check`` inputs, run on the chips, each (N,); for
+    another ``task``, (its value, zeros)."""
     x, y = check
+    if task is not None and not isinstance(task, TopK):
+        total, count = torch.zeros(chip.n_chips, dtype=torch.float64), 0.0
+        for i in range(0, len(y), batch):
+            out, _ = chip.infer(x[i:i + batch].to(chip.device))
+            sums, n = task.batch(out, y[i:i + batch].to(out.device))
+            total, count = total + sums, count + n
+        return task.finish(total, count), torch.zeros(chip.n_chips, dtype=torch.float64)
     hits = torch.zeros(chip.n_chips, dtype=torch.float64)
     ce = torch.zeros(chip.n_chips, dtype=torch.float64)
     for i in range(0, len(y), batch):
@@ -69,11 +85,15 @@ def chip_scores(chip: Chip, check: tuple[Tensor, Tensor], batch: int = 256) -> t
 def guarded_apply(method: Method, chip: Chip, data: TaskData, progress: bool = False) -> tuple[Cost, Guarded]:
     """Apply ``method`` to every chip; put back each chip that scores worse on ``data.check`` afterwards."""
     assert data.check is not None, "guarded_apply needs TaskData.check (TaskData.with_check())"
-    acc0, ce0 = chip_scores(chip, data.check)
+    task = data.task
+    acc0, ce0 = chip_scores(chip, data.check, task=task)
     state = chip.checkpoint()
     cost = method.apply(chip, data, progress=progress)
-    acc1, ce1 = chip_scores(chip, data.check)
-    worse = (acc1 < acc0) | ((acc1 == acc0) & (ce1 > ce0))
+    acc1, ce1 = chip_scores(chip, data.check, task=task)
+    if task.higher_is_better:
+        worse = (acc1 < acc0) | ((acc1 == acc0) & (ce1 > ce0))
+    else:
+        worse = acc1 > acc0
     restored = chip.restore(state, worse)
     cost.write_verify_pulses += float(restored.double().mean())
     cost.check_samples = max(cost.check_samples, len(data.check[1]))

@@ -18,7 +18,6 @@ each entry's address (counted in the cost note), as a sparse per-chip table rath
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..chip.interface import Chip
@@ -111,7 +110,7 @@ class RSA(Method):
                     xb, yb = x[idx].to(chip.device), y[idx].to(chip.device)
                     logits, _ = chip.infer(xb)  # (N, B, classes): every chip, on-chip, fresh read noise
                     # one loss per chip, summed: each chip's SRAM weights get their own gradient
-                    loss = F.cross_entropy(logits.flatten(0, 1), yb.repeat(n), reduction="sum") / len(idx)
+                    loss = data.task.chip_loss(logits, yb)
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
                     opt.step()

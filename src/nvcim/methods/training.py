@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 
 from ..chip.interface import Chip
 from ..errors import NvcimError
+from ..evaluation.task_metrics import Metric, TopK
 from .base import Cost, Method, TaskData, register, shuffled_batches
 
 ADC_CHOICES = ("auto", "on", "off")
@@ -70,12 +71,13 @@ class NoiseAwareTraining(Method):
         self.epochs, self.lr, self.batch_size, self.censor, self.seed = epochs, lr, batch_size, censor, seed
         self.adc = adc
         self.patience, self.val_chips = patience, val_chips
-        self.history: list[float] = []  # validation accuracy after each epoch
+        self.history: list[float] = []  # validation accuracy (or the task's metric) after each epoch
+        self._task: Metric = TopK(1)
         self._adc_now = False
 
     def loss(self, logits: Tensor, y: Tensor, idx: Tensor) -> Tensor:
         """The training loss of a batch; ``idx`` are the batch's indices into the training set."""
-        return F.cross_entropy(logits, y)
+        return self._task.loss(logits, y)
 
     def prepare(self, chip: Chip, data: TaskData) -> dict:
         """Extra trainable state (e.g. quantiser steps) keyed by layer name: (Parameter, bits, signed)."""
@@ -86,9 +88,18 @@ class NoiseAwareTraining(Method):
 
     @torch.no_grad()
     def validate(self, chip: Chip, check: tuple[Tensor, Tensor], act_quant: dict) -> float:
-        """Mean accuracy on ``check`` over the fixed validation chips (steps -1, -2, ...: never a training
-        step), in evaluation mode."""
+        """Mean accuracy (or the task's metric) on ``check`` over the fixed validation chips (steps -1, -2, ...:
+        never a training step), in evaluation mode."""
         x, y = check
+        if not isinstance(self._task, TopK):
+            total, count = torch.zeros(self.val_chips, dtype=torch.float64), 0.0
+            for i in range(0, len(y), 256):
+                outs = torch.stack([chip.train_forward(x[i:i + 256].to(chip.device), -1 - j, censor=0.0,
+                                                       act_quant=act_quant, train=False, adc=self._adc_now)
+                                    for j in range(self.val_chips)])
+                sums, n = self._task.batch(outs, y[i:i + 256].to(outs.device))
+                total, count = total + sums, count + n
+            return float(self._task.finish(total, count).mean())
         hits = 0
         for j in range(self.val_chips):
             for i in range(0, len(y), 256):
@@ -101,6 +112,8 @@ class NoiseAwareTraining(Method):
         x, y = data.train
         if not isinstance(y, Tensor):
             raise NvcimError(f"{self.name} needs labelled training data")
+        self._task = data.task
+        sign = 1.0 if self._task.higher_is_better else -1.0  # validation scores compared as "higher is better"
         act_quant = self.prepare(chip, data)  # before a fresh start: KD's teacher is the model as given
         if self.init == "scratch":
             chip.reinitialize(self.seed)
@@ -112,7 +125,7 @@ class NoiseAwareTraining(Method):
         # of 24 recover 0.42 of the loss where batches of 128, 10 steps an epoch, recover 0.26), at most 128
         batch = self.batch_size or min(128, max(16, len(y) // 50))
         check = data.check if data.check is not None and len(data.check[1]) else None
-        steps, since_best, flat, best = 0, 0, 0, -1.0
+        steps, since_best, flat, best, best_epoch = 0, 0, 0, -1.0, -1
         # the best epoch is its parameters and the BatchNorm statistics that went with them: the statistics
         # of later epochs belong to later weights
         state = params + chip.buffers()
@@ -132,9 +145,9 @@ class NoiseAwareTraining(Method):
                 continue
             acc = self.validate(chip, check, act_quant)
             self.history.append(acc)
-            bar.set_postfix(val=f"{100 * acc:.1f}%")
-            if acc > best:
-                best, since_best, flat = acc, 0, 0
+            bar.set_postfix(val=self._task.format(acc))
+            if best_epoch < 0 or sign * acc > sign * best:
+                best, best_epoch, since_best, flat = acc, len(self.history), 0, 0
                 best_state = [t.detach().clone() for t in state]
             else:
                 since_best, flat = since_best + 1, flat + 1
@@ -158,8 +171,8 @@ class NoiseAwareTraining(Method):
         self.finish(chip, act_quant)
         epochs = len(self.history) if check is not None else self.epochs
         start = " from a fresh initialisation" if self.init == "scratch" else ""
-        how = (f"{epochs} epochs (best validated {100 * best:.1f} % after epoch "
-               f"{self.history.index(best) + 1} on {self.val_chips} validation chips)" if check is not None
+        how = (f"{epochs} epochs (best validated {self._task.format(best)} after epoch "
+               f"{best_epoch} on {self.val_chips} validation chips)" if check is not None
                else f"{epochs} epochs (no check inputs: no validation)")
         return Cost(labelled_samples=len(y) + (len(check[1]) if check is not None else 0), finetune_steps=steps,
                     epochs=float(epochs), check_samples=len(check[1]) if check is not None else 0,
@@ -210,9 +223,10 @@ class KD(NoiseAwareTraining):
     def loss(self, logits: Tensor, y: Tensor, idx: Tensor) -> Tensor:
         teacher = self._teacher[idx].to(logits)
         t = self.tau
+        # per predicted distribution: per example for a classifier (batchmean), per position for a language model
         kl = F.kl_div(F.log_softmax(logits / t, -1), F.log_softmax(teacher / t, -1), log_target=True,
-                      reduction="batchmean")
-        return self.alpha * F.cross_entropy(logits, y) + (1 - self.alpha) * t * t * kl
+                      reduction="sum") / (logits.numel() // logits.shape[-1])
+        return self.alpha * self._task.loss(logits, y) + (1 - self.alpha) * t * t * kl
 
 
 @register
