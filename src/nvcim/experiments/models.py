@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 from torch import Tensor, nn
@@ -225,10 +226,65 @@ def load_object(path: str) -> object:
     return obj
 
 
+class MainOutput(nn.Module):
+    """A Hugging Face model returning its main output tensor (``logits``, else ``last_hidden_state``): chip
+    passes and metrics take one tensor."""
+
+    def __init__(self, hf: nn.Module) -> None:
+        super().__init__()
+        self.hf = hf
+
+    def forward(self, ids: Tensor) -> Tensor:
+        out = self.hf(input_ids=ids)
+        return out.logits if hasattr(out, "logits") else out.last_hidden_state
+
+
+def pretrained(name: str) -> bool:
+    """Whether ``name`` brings its own weights (a Hugging Face model directory): nothing to train."""
+    return name.startswith("hf:")
+
+
+def _library_model(name: str, in_shape: tuple[int, ...], classes: int) -> nn.Module:
+    """``hf:DIR`` (a local Hugging Face model directory, config plus weights), ``timm:NAME`` and
+    ``torchvision:NAME`` (architectures built without downloading weights, ``classes`` outputs)."""
+    lib, _, arch = name.partition(":")
+    if lib == "hf":
+        try:
+            import transformers
+        except ImportError:
+            raise NvcimError("hf: models need transformers: pip install 'nvcim[hf]'") from None
+        path = Path(arch)
+        if not (path / "config.json").is_file():
+            raise NvcimError(f"{name!r}: {path} is not a Hugging Face model directory (no config.json)")
+        auto = transformers.AutoModelForCausalLM
+        try:
+            hf = auto.from_pretrained(path, local_files_only=True, trust_remote_code=False)
+        except ValueError:  # not a causal LM: the base model (encoder outputs)
+            hf = transformers.AutoModel.from_pretrained(path, local_files_only=True, trust_remote_code=False)
+        except OSError as e:
+            raise NvcimError(f"{name!r}: cannot load the model directory: {e}") from None
+        return MainOutput(hf.eval())
+    try:
+        module = importlib.import_module(lib)
+    except Exception as e:  # noqa: BLE001 - missing, or installed but broken beside this torch build
+        raise NvcimError(f"{name!r}: {lib} is not importable here ({type(e).__name__}: {e}); pip install {lib} "
+                         "beside a matching torch") from None
+    try:
+        if lib == "timm":
+            return module.create_model(arch, pretrained=False, num_classes=classes, in_chans=in_shape[0])
+        return getattr(module.models, arch)(weights=None, num_classes=classes)
+    except (AttributeError, RuntimeError, TypeError, ValueError) as e:
+        raise NvcimError(f"{name!r}: {lib} cannot build {arch!r}: {e}") from None
+
+
 def build_model(name: str, in_shape: tuple[int, ...], classes: int) -> nn.Module:
-    """A built-in model by name, or a user factory ``pkg.module:factory(in_shape, classes)`` (runs user code)."""
+    """A built-in model by name; ``hf:DIR``, ``timm:NAME`` or ``torchvision:NAME``; or a user factory
+    ``pkg.module:factory(in_shape, classes)``. A factory, and a model directory's code if it has any, run
+    code: use only what you trust (directories with custom code are refused: trust_remote_code=False)."""
     if name in MODELS:
         return MODELS[name](in_shape, classes)
+    if name.split(":", 1)[0] in ("hf", "timm", "torchvision"):
+        return _library_model(name, in_shape, classes)
     if ":" in name:
         factory = load_object(name)
         if not callable(factory):

@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from ..evaluation.task_metrics import get_metric
 from .datasets import Dataset
-from .models import build_model
+from .models import build_model, pretrained
 
 DEFAULT_EPOCHS = {"digits": 40}
 
@@ -75,6 +75,9 @@ def trained_model(name: str, data: Dataset, epochs: int | None = None, seed: int
     """A trained model from the cache, or trained now (on ``device``) and cached. Returns (model, info), the
     model on ``device``. The cache key is dataset, model, epochs and seed: a model trained on a GPU is cached
     like one trained on the CPU (their weights differ in the last bits)."""
+    if pretrained(name):  # a model directory brings its weights: used as they are, never trained or cached
+        return build_model(name, data.in_shape, data.classes).to(device).eval(), {
+            "model": name, "dataset": data.name, "epochs": 0, "seed": seed, "cache": name, "cached": True}
     epochs = epochs if epochs is not None else DEFAULT_EPOCHS.get(data.name, 5)
     torch.manual_seed(seed)  # the initial weights too, not only training, depend on the seed alone
     model = build_model(name, data.in_shape, data.classes)
