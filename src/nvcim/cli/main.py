@@ -67,6 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("recover", help="apply recovery methods on every chip and report accuracy and cost")
     _common(p)
     _eval_opts(p, 100, "rram-mlc-4bit", "out/recover")
+    p.add_argument("--metric", default=None, help="what chips are scored, trained and guarded on (default: the "
+                   "dataset's: top1 for images, perplexity for text); see `nvcim evaluate --help`")
     p.add_argument("--method", required=True, help="NAME[+NAME...] applied in order, e.g. write-verify+self-tune "
                    "(see `nvcim methods`), or auto: try a budgeted set of chains and keep the best for its cost")
     p.add_argument("--check", type=int, default=None, metavar="N",
@@ -208,6 +210,10 @@ def cmd_recover(args: argparse.Namespace) -> int:
     if unknown:
         raise NvcimError(f"--opt names {', '.join(sorted(unknown))}, which is not in --method {args.method}")
     methods = [get(m, **opts.get(m, {})) for m in chain]
+    if args.metric is not None:
+        from ..evaluation.task_metrics import get_metric
+
+        get_metric(args.metric)  # a bad name is refused before any work
     config, data, info, test, chip_model = _prepare(args)
     title = f"{args.model} on {data.name}, {config.name}, {args.method}: {args.chips} chips"
     report, out = _recover_and_write(args, methods, config, data, info, test, chip_model, title)
@@ -216,7 +222,8 @@ def cmd_recover(args: argparse.Namespace) -> int:
           f"per chip, {100 * report.cost.sram_fraction:.1f} % SRAM, {report.cost.labelled_samples} labelled and "
           f"{report.cost.calibration_samples} unlabelled inputs, {report.cost.wall_time_s:.1f} s")
     _print_auto(methods, out)
-    print(f"  wrote {out / 'result.json'}")
+    _story(report, out / "recovery.png", title, args.method)
+    print(f"  wrote {out / 'result.json'} and {out / 'recovery.png'}")
     return 0
 
 
@@ -227,7 +234,7 @@ def _recover_and_write(args, methods, config, data, info, test, chip_model, titl
     from ..methods import TaskData, recover
     from ..methods.auto import Auto, plot
 
-    task = TaskData(data.train, data.train[0])
+    task = TaskData(data.train, data.train[0], metric=getattr(args, "metric", None) or data.metric)
     check = getattr(args, "check", None)
     if check is not None:
         n = len(data.train[1])
@@ -287,22 +294,26 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _story(report, path: Path, title: str, how: str) -> None:  # type: ignore[no-untyped-def]
-    """PNG: per-chip accuracy before and after recovery, with the ideal accuracy."""
+    """PNG: per-chip accuracy (or the task's metric) before and after recovery, with the ideal value."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    b = report.before
+    pct = b.metric.get("unit") == "%"
+    k = 100.0 if pct else 1.0
     fig, ax = plt.subplots(figsize=(7, 4), dpi=120)
-    before = [100 * v for v in report.before.accuracy.per_chip]
-    after = [100 * v for v in report.after.accuracy.per_chip]
-    bins = [i for i in range(0, 101, 2)]
-    ax.hist(before, bins=bins, color="#C44E52", alpha=0.8, label=f"on the chips, {sum(before) / len(before):.1f} %")
+    before = [k * v for v in b.accuracy.per_chip]
+    after = [k * v for v in report.after.accuracy.per_chip]
+    lo, hi = min(before + after + [k * b.ideal_accuracy]), max(before + after + [k * b.ideal_accuracy])
+    bins = [i for i in range(0, 101, 2)] if pct else [lo + (hi - lo) * i / 40 for i in range(41)]
+    ax.hist(before, bins=bins, color="#C44E52", alpha=0.8, label=f"on the chips, {b.fmt(b.accuracy.mean)}")
     ax.hist(after, bins=bins, color="#55A868", alpha=0.8, label=f"recovered ({how}), "
-            f"{sum(after) / len(after):.1f} %")
-    ax.axvline(100 * report.before.ideal_accuracy, color="k", ls="--",
-               label=f"ideal {100 * report.before.ideal_accuracy:.1f} %")
-    ax.set_xlabel("test accuracy per chip (%)")
+            f"{b.fmt(report.after.accuracy.mean)}")
+    ax.axvline(k * b.ideal_accuracy, color="k", ls="--", label=f"ideal {b.fmt(b.ideal_accuracy)}")
+    name, unit = b.metric.get("name", "top1"), "%" if pct else b.metric.get("unit", "")
+    ax.set_xlabel(("test accuracy" if name == "top1" else name) + " per chip" + (f" ({unit})" if unit else ""))
     ax.set_ylabel("chips")
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=8, loc="upper center")
