@@ -149,3 +149,20 @@ def test_evaluate_runs_end_to_end_on_a_cifar_folder(tmp_path):
                  "--chips", "3", "--chip", "rram-mlc-4bit", "--out", str(out), "--quiet"]) == 0
     res = json.loads((out / "result.json").read_text())
     assert res["dataset"] == "cifar" and res["images"] == 20 and len(res["accuracy"]["per_chip"]) == 3
+
+
+def test_recover_and_a_sweep_run_end_to_end_on_a_cifar_folder(tmp_path):
+    from nvcim.experiments.runner import run
+    from nvcim.experiments.spec import from_dict
+
+    _cifar10(tmp_path / "cifar", n_train=(60, 60), n_test=20)
+    out = tmp_path / "rec"
+    assert main(["recover", "--model", "mlp", "--dataset", str(tmp_path / "cifar"), "--epochs", "2",
+                 "--chips", "3", "--method", "self-tune", "--out", str(out), "--quiet"]) == 0
+    res = json.loads((out / "result.json").read_text())
+    assert res["metric"]["name"] == "top1" and res["methods"] == ["self-tune"] and res["images"] == 20
+    assert (out / "recovery.png").read_bytes()[:4] == b"\x89PNG"
+    exp = from_dict({"name": "cifar-sweep", "model": "mlp", "dataset": str(tmp_path / "cifar"), "epochs": 2,
+                     "chips": 3, "methods": ["none"], "sweep": {"device.programming.sigma": [0.05, 0.3]}})
+    summary = run(exp, tmp_path / "run", progress=False)
+    assert summary.computed == 2 and not summary.failed

@@ -162,3 +162,14 @@ def test_a_language_model_sweep_runs_stores_and_reports_its_metric(tmp_path):
     assert "perplexity" in page
     with pytest.raises(nvcim.ConfigError, match="metric"):
         from_dict({"name": "x", "metric": "f1"})
+
+
+def test_nvcim_recover_runs_end_to_end_on_a_language_model(tmp_path):
+    text = tmp_path / "corpus.txt"
+    text.write_text("to be or not to be that is the question " * 60)
+    out = tmp_path / "rec"
+    assert main(["recover", "--model", "gpt", "--dataset", str(text), "--epochs", "3", "--chips", "3",
+                 "--method", "self-tune", "--out", str(out), "--quiet"]) == 0
+    res = json.loads((out / "result.json").read_text())
+    assert res["metric"]["name"] == "perplexity" and res["degraded_accuracy"]["higher_is_better"] is False
+    assert math.isfinite(res["accuracy"]["mean"]) and (out / "recovery.png").is_file()

@@ -387,6 +387,9 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     from ..experiments.analyze import analyze, write
 
     config, data, info, test, chip_model = _prepare(args, convert_model=False)
+    if data.metric != "top1":
+        raise NvcimError(f"analyze attributes the loss in accuracy points of a classifier; dataset {data.name} is "
+                         f"scored on {data.metric}, which it does not handle yet: sweep the effects with nvcim run")
     result = analyze(chip_model, config, test, data.train[0][:256], chips=args.chips, seed=args.seed,
                      batch_size=args.batch_size, progress=not args.quiet)
     out = write(result, args.out, f"{args.model} on {data.name}, {config.name}: impact analysis "
