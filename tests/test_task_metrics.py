@@ -118,9 +118,9 @@ def test_a_language_model_runs_end_to_end_from_the_command_line_and_recover_says
         recover(m, ["auto"], TaskData((ids, ids), ids), (ids, ids), metric="perplexity", progress=False)
 
 
-@pytest.mark.parametrize("chain", ["vat", "kd", "rsa", "self-tune+chip-kd"])
+@pytest.mark.parametrize("chain", ["vat", "qvat", "kd", "rsa", "self-tune+chip-kd"])
 def test_recovery_methods_train_and_guard_a_language_model_on_its_perplexity(tmp_path, chain):
-    """The training-based methods, rsa, self-tune and chip-kd with the task's loss (next-token cross-entropy),
+    """The training-based methods (vat, qvat, kd), rsa, self-tune and chip-kd with the task's loss (next-token cross-entropy),
     under the guard scoring perplexity: each lowers the mean chip perplexity of a small trained GPT."""
     from nvcim.experiments import trained_model
 
@@ -132,7 +132,8 @@ def test_recovery_methods_train_and_guard_a_language_model_on_its_perplexity(tmp
     net, _ = trained_model("gpt", data, epochs=30, progress=False)
     cfg = nvcim.override(nvcim.preset("rram-mlc-4bit"), {"device.read_noise": 0.02})  # faults and variation
     m = nvcim.convert(net, cfg, chips=4, seed=1)
-    opts = {"vat": {"epochs": 4}, "kd": {"epochs": 4}, "rsa": {"epochs": 4}, "chip-kd": {"steps": 20}}
+    opts = {"vat": {"epochs": 4}, "qvat": {"epochs": 4}, "kd": {"epochs": 4}, "rsa": {"epochs": 4},
+            "chip-kd": {"steps": 20}}
     methods = [nvcim.methods.get(p, **opts.get(p, {})) for p in chain.split("+")]
     train = data.train
     rep = recover(m, methods, TaskData(train, train[0], metric="perplexity"), data.test, progress=False)
