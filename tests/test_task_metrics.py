@@ -120,8 +120,8 @@ def test_a_language_model_runs_end_to_end_from_the_command_line_and_recover_says
 
 @pytest.mark.parametrize("chain", ["vat", "qvat", "kd", "rsa", "self-tune+chip-kd"])
 def test_recovery_methods_train_and_guard_a_language_model_on_its_perplexity(tmp_path, chain):
-    """The training-based methods (vat, qvat, kd), rsa, self-tune and chip-kd with the task's loss (next-token cross-entropy),
-    under the guard scoring perplexity: each lowers the mean chip perplexity of a small trained GPT."""
+    """The training-based methods (vat, qvat, kd), rsa, self-tune and chip-kd with the task's loss (next-token
+    cross-entropy), under the guard scoring perplexity: each lowers the mean chip perplexity of a small trained GPT."""
     from nvcim.experiments import trained_model
 
     words = "the cat dog sat ran on under a mat log big small red".split()
