@@ -34,6 +34,7 @@ def test_demo_writes_result_and_histogram(tmp_path, capsys):
     assert res["recovery_ratio"] > 0.8 and acc["mean"] > degraded["mean"] + 0.5
     trials = res["auto_trials"]
     assert len(trials) == 3 and sum(t["chosen"] for t in trials) == 1
+    assert res["auto_check_metric"]["name"] == "top1" and res["metric"]["name"] == "top1"
     for name in ("accuracy_hist.png", "demo.png", "pareto.png"):
         assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
     assert nvcim.load_config(tmp_path / "chip.toml") == nvcim.preset("rram-mlc-4bit")

@@ -251,6 +251,8 @@ def _recover_and_write(args, methods, config, data, info, test, chip_model, titl
     autos = [m for m in methods if isinstance(m, Auto)]
     if autos:
         report.after.extra["auto_trials"] = autos[-1].to_dict()
+        # what the trials' check scores are: auto ranks by top-1 accuracy (and refuses other metrics)
+        report.after.extra["auto_check_metric"] = {"name": "top1", "higher_is_better": True, "unit": "%"}
     out = write_outputs(report.after, config, args.out, title)
     if autos:
         plot(autos[-1].trials, str(out / "pareto.png"), f"{title}: check accuracy against cost")
