@@ -142,20 +142,16 @@ def test_array_files_read_as_written_with_clear_errors(tmp_path, suffix):
         load_dataset(str(f))
 
 
-def test_evaluate_runs_end_to_end_on_a_cifar_folder(tmp_path):
-    _cifar10(tmp_path / "cifar", n_train=(40, 40), n_test=20)
+def test_evaluate_recover_and_a_sweep_run_end_to_end_on_a_cifar_folder(tmp_path):
+    from nvcim.experiments.runner import run
+    from nvcim.experiments.spec import from_dict
+
+    _cifar10(tmp_path / "cifar", n_train=(60, 60), n_test=20)
     out = tmp_path / "out"
     assert main(["evaluate", "--model", "lenet5", "--dataset", str(tmp_path / "cifar"), "--epochs", "1",
                  "--chips", "3", "--chip", "rram-mlc-4bit", "--out", str(out), "--quiet"]) == 0
     res = json.loads((out / "result.json").read_text())
     assert res["dataset"] == "cifar" and res["images"] == 20 and len(res["accuracy"]["per_chip"]) == 3
-
-
-def test_recover_and_a_sweep_run_end_to_end_on_a_cifar_folder(tmp_path):
-    from nvcim.experiments.runner import run
-    from nvcim.experiments.spec import from_dict
-
-    _cifar10(tmp_path / "cifar", n_train=(60, 60), n_test=20)
     out = tmp_path / "rec"
     assert main(["recover", "--model", "mlp", "--dataset", str(tmp_path / "cifar"), "--epochs", "2",
                  "--chips", "3", "--method", "self-tune", "--out", str(out), "--quiet"]) == 0
