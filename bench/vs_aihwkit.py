@@ -13,9 +13,12 @@ own environment (``--engine aihwkit``, $AIHWKIT_PYTHON, default /tmp/anchors/aih
 - pcm-1h, pcm-1d, pcm-1y: IBM's PCM statistical model 1 hour, 1 day, 1 year after programming, global drift
   compensation, perfect I/O (aihwkit: PCMLikeNoiseModel, GlobalDriftCompensation; nvcim: the pcm preset with
   ideal converters);
-- pcm-1d-io: the PCM model at 1 day with aihwkit's default inference forward (7-bit inputs, 9-bit outputs,
-  output noise 0.04, noise and bound management) against nvcim's pcm preset (8-bit DAC and ADC with calibrated
-  ranges): not the same circuit model, shown for scale.
+- additive-io: the additive programming noise with aihwkit's default inference I/O: 7-bit inputs scaled per
+  vector to their max |x| (noise management ABS_MAX), 9-bit outputs bounded at 12, output noise 0.06, iterative
+  bound management, weights scaled per layer to the conductance range (weight_scaling_omega = 1); nvcim: the
+  same settings as circuit options (circuit.input_scaling = 'absmax', out_noise = 0.06 / 12, ...);
+- pcm-1d-io: the PCM model at 1 day with that I/O and global drift compensation (nvcim: the pcm-aihwkit
+  preset). aihwkit reads the compensation's reference through the noisy I/O, nvcim reads the conductances.
 
 Timing: wall time of the chip loop (programming, drift, inference of every image on every chip), excluding
 data loading and training. nvcim runs each case twice in one process and reports the second (warm) run, its
@@ -42,7 +45,8 @@ INPUTS = HERE / "results" / "vs_aihwkit_inputs.pt"
 OUT = HERE / "results" / "vs_aihwkit.json"
 T_C = 20.0
 TIMES = {"pcm-1h": 3600.0, "pcm-1d": 86400.0, "pcm-1y": 3.15576e7, "pcm-1d-io": 86400.0}
-CASES = ["additive", "pcm-1h", "pcm-1d", "pcm-1y", "pcm-1d-io"]
+CASES = ["additive", "pcm-1h", "pcm-1d", "pcm-1y", "additive-io", "pcm-1d-io"]
+IO = ("-io",)
 
 
 def lenet5() -> nn.Module:
@@ -68,16 +72,20 @@ def nvcim_cases(chips: int, state: dict) -> dict[str, dict]:
 
     x, y = state["x"], state["y"]
     perfect = {"circuit.dac_bits": 0, "circuit.adc_bits": 0, "array.rows": 512, "array.cols": 512}
+    additive = {"device.g_min": 0.0, "device.g_max": 25e-6, "device.bits_per_cell": 0,
+                "device.programming.model": "additive", "device.programming.sigma": 0.05}
+    aihwkit_io = {f"circuit.{k}": v for k, v in preset("pcm-aihwkit").circuit.__dict__.items()}
     configs = {
-        "additive": override(preset("ideal"), {"device.g_min": 0.0, "device.g_max": 25e-6, "device.bits_per_cell": 0,
-                                               "device.programming.model": "additive",
-                                               "device.programming.sigma": 0.05, **perfect}),
+        "additive": override(preset("ideal"), {**additive, **perfect}),
         **{c: override(preset("pcm"), {"device.drift.t_read": TIMES[c] + T_C, **perfect})
            for c in ("pcm-1h", "pcm-1d", "pcm-1y")},
-        "pcm-1d-io": preset("pcm"),
+        "additive-io": override(preset("ideal"), {**additive, **aihwkit_io, "array.rows": 512, "array.cols": 512}),
+        "pcm-1d-io": preset("pcm-aihwkit"),
     }
     out = {}
     for case, cfg in configs.items():
+        if case not in CASES:
+            continue
         walls = []
         for _ in range(2):  # cold (the process's first compile of this case's kernels included), then warm
             net = lenet5().eval()
@@ -117,11 +125,13 @@ def aihwkit_cases(chips: int, state: dict) -> dict[str, dict]:
     out = {}
     for case in CASES:
         rpu = InferenceRPUConfig()
-        if case != "pcm-1d-io":
+        if case.endswith(IO):
+            rpu.mapping.weight_scaling_omega = 1.0  # max|W| of each tile on the conductance range, as nvcim maps
+        else:
             rpu.forward.is_perfect = True
         rpu.mapping.max_input_size = 512
         rpu.mapping.max_output_size = 512
-        if case == "additive":
+        if case.startswith("additive"):
             from aihwkit.inference.converter.conductance import SinglePairConductanceConverter
 
             rpu.noise_model = AdditiveProgramming(SinglePairConductanceConverter(g_max=25.0))
@@ -155,7 +165,9 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=1000)
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--engine", choices=("both", "nvcim", "aihwkit"), default="both")
+    ap.add_argument("--cases", nargs="+", choices=CASES, default=CASES, help="a subset of the cases")
     args = ap.parse_args()
+    CASES[:] = args.cases
     if args.engine == "aihwkit":
         state = torch.load(INPUTS, weights_only=True)
         OUT.with_suffix(".aihwkit.json").write_text(json.dumps(aihwkit_cases(args.chips, state)))
@@ -175,7 +187,8 @@ def main() -> None:
     # all cases once, aihwkit first, then nvcim (the host idle otherwise)
     if args.engine == "both":
         py = os.environ.get("AIHWKIT_PYTHON", "/tmp/anchors/aihwkit-venv/bin/python")
-        subprocess.run([py, __file__, "--engine", "aihwkit", "--chips", str(args.chips)], check=True)
+        subprocess.run([py, __file__, "--engine", "aihwkit", "--chips", str(args.chips), "--cases", *CASES],
+                       check=True)
         results["aihwkit"] = json.loads(OUT.with_suffix(".aihwkit.json").read_text())
     results["nvcim"] = nvcim_cases(args.chips, state)
     if "aihwkit" in results:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 
@@ -130,3 +131,27 @@ class ChipPass(Pass):
 
 
 RunContext = DigitalPass | CalibratePass | TrainPass | ChipPass
+
+
+GEMM_ROWS, GEMM_COLS = 8, 16
+
+
+def row_padded(x: Tensor) -> Tensor:
+    """x (batch, M, R) as a contiguous tensor with M zero-padded to a multiple of :data:`GEMM_ROWS`.
+
+    Why: BLAS kernels handle a remainder of rows or columns, a narrow matrix and a strided operand with other
+    code, which sums in another order. An image's output then differed in its last bits with the number of
+    images in the call and its place among them (MKL's AVX-512 sgemm: odd rows of a 10-column product), and
+    an ADC code could flip where a value sat on a code boundary. With whole row and column blocks
+    (:func:`col_padded`) in one layout, an image's and a chip's products do not depend on their neighbours
+    (tested with MKL in tests/test_reproducibility.py and tests/test_managed_io.py; another BLAS or a GPU
+    may differ in the last bit).
+    """
+    pad = -x.shape[1] % GEMM_ROWS
+    return F.pad(x, (0, 0, 0, pad)) if pad else x.contiguous()
+
+
+def col_padded(w: Tensor) -> Tensor:
+    """Packed weights (batch, R, N) contiguous, N zero-padded to a multiple of :data:`GEMM_COLS`."""
+    pad = -w.shape[-1] % GEMM_COLS
+    return F.pad(w, (0, pad)) if pad else w.contiguous()

@@ -50,15 +50,26 @@ class Converters(CellArrays):
         self.dac_signed, self.dac_fs = (signed | self.dac_signed, torch.maximum(fs, self.dac_fs)) if again else (
             signed, fs)
 
+    def _input_full_scale(self) -> Tensor:
+        """The input that drives a row fully: the DAC range, or 1 where managed reads normalise each input
+        vector (:mod:`.managed_io`) or no range is calibrated."""
+        if self.config.circuit.managed_io or not bool(self.dac_fs > 0):
+            return torch.ones((), device=self.dac_fs.device)
+        return self.dac_fs
+
     def _signal_full_scale(self) -> Tensor:
         d = self.config.device
-        xfs = self.dac_fs if bool(self.dac_fs > 0) else torch.ones(())
-        return xfs * self.rows_per_tile() * (d.g_max - d.g_min)
+        return self._input_full_scale() * self.rows_per_tile() * (d.g_max - d.g_min)
 
     def _calibrate_output(self, y: Tensor, again: bool = False) -> None:
         cc = self.config.circuit
         if cc.adc_range:
             self.adc_fs = (cc.adc_range * self._signal_full_scale()).to(self.dac_fs).reshape(())
+            return
+        if cc.adc_range_cells:
+            d = self.config.device
+            self.adc_fs = (cc.adc_range_cells * (d.g_max - d.g_min) * self._input_full_scale()).to(
+                self.dac_fs).reshape(())
             return
         a = y.detach().abs()  # (B, L, 1, T, S, O)
         if cc.adc_per_column:
@@ -72,7 +83,7 @@ class Converters(CellArrays):
 
     def needs_calibration(self) -> bool:
         cc = self.config.circuit
-        return bool(cc.adc_bits or cc.dac_bits or cc.adc_offset_sigma)
+        return bool(cc.adc_bits or cc.dac_bits or cc.adc_offset_sigma or cc.out_noise)
 
     def is_calibrated(self) -> bool:
         return bool(self.dac_fs > 0) or not self.needs_calibration()

@@ -16,7 +16,7 @@ from ..circuits import get_adc, ste_round
 from ..config.schema import ChipConfig
 from ..errors import NvcimError, ShapeError
 from ..mapping import get_mapping
-from . import rng
+from . import managed_io, rng
 from .cells import CELLS
 from .context import (
     CalibratePass,
@@ -157,6 +157,8 @@ class AnalogLayer(Converters):
             ctx.reads[id(self)] = ctx.reads.get(id(self), 0) + 1
             if ctx.inputs or not self.is_calibrated():
                 self._calibrate_input(x, again)
+        if self.config.circuit.managed_io:
+            return self._managed_forward(x, shared, c, ctx, again)
         x = self.pad_input(x)
         compiled = isinstance(ctx, ChipPass) and ctx.compiled
         xp = self.prepare(self.apply_dac(x, compiled), shared, c)
@@ -181,6 +183,22 @@ class AnalogLayer(Converters):
             if extra is not None:
                 out = out + extra
         return self.finish(out, x, shared)
+
+    def _managed_forward(self, x: Tensor, shared: bool, c: int, ctx: ChipPass | CalibratePass, again: bool
+                         ) -> Tensor:
+        """A read with per-input-vector I/O management (:mod:`.managed_io`), for the same layout."""
+        k = self._epilogue_operands(ctx, c, x)
+        out, signals = managed_io.read(self, x, shared, c, ctx, k)
+        if signals is not None:
+            self._calibrate_output(signals, again)
+        if k.extra is not None:
+            out = out + k.extra.view(1, 1, c, -1)
+        if isinstance(ctx, ChipPass):
+            x_dig = x if self.config.circuit.input_scaling == "absmax" else self.apply_dac(x)
+            extra = self.sram_output(self.prepare(self.pad_input(x_dig), shared, c), ctx, shared, c)
+            if extra is not None:
+                out = out + extra
+        return self.finish(out, self.pad_input(x), shared)
 
     def _fused_tail(self, ctx: ChipPass | CalibratePass, k: EpilogueOperands, x: Tensor
                     ) -> TailSpec | None:

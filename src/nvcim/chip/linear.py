@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from ..config.schema import ChipConfig
 from ..errors import ShapeError
-from .context import CalibratePass, ChipPass, Prepared
+from .context import CalibratePass, ChipPass, Prepared, col_padded, row_padded
 from .layers import AnalogLayer
 from .registry import register
 
@@ -61,8 +61,8 @@ class AnalogLinear(AnalogLayer):
         c, s, o = w.shape[:3]
         wt = self._to_tile_rows(w)  # (c, S, O, T, R)
         if shared:
-            return _col_padded(wt.permute(3, 4, 0, 1, 2).reshape(t, r, c * s * o))
-        return _col_padded(wt.permute(0, 3, 4, 1, 2).reshape(c * t, r, s * o))
+            return col_padded(wt.permute(3, 4, 0, 1, 2).reshape(t, r, c * s * o))
+        return col_padded(wt.permute(0, 3, 4, 1, 2).reshape(c * t, r, s * o))
 
     def prepare(self, x: Tensor, shared: bool, c: int) -> Prepared:
         t, r = self.row_tiles, self.rows_per_tile()
@@ -73,7 +73,7 @@ class AnalogLinear(AnalogLayer):
             xt = xt.reshape(n * n_l, t, r).transpose(0, 1)  # (T, B*L, R)
         else:
             xt = xt.reshape(n, c, n_l, t, r).permute(1, 3, 0, 2, 4).reshape(c * t, n * n_l, r)
-        return Prepared(_row_padded(xt), n, n_l)
+        return Prepared(row_padded(xt), n, n_l)
 
     def mvm(self, p: Prepared, packed: Tensor, shared: bool, c: int, s: int = 0) -> Tensor:
         t, s, o = self.row_tiles, s or self.n_slices, self.out_features
@@ -86,26 +86,3 @@ class AnalogLinear(AnalogLayer):
     def finish(self, y: Tensor, x: Tensor, shared: bool) -> Tensor:
         n, _, c, o = y.shape
         return y.transpose(1, 2).reshape(n * c, *x.shape[1:-1], o)
-
-
-GEMM_ROWS, GEMM_COLS = 8, 16
-
-
-def _row_padded(x: Tensor) -> Tensor:
-    """x (batch, M, R) as a contiguous tensor with M zero-padded to a multiple of :data:`GEMM_ROWS`.
-
-    Why: BLAS kernels handle a remainder of rows or columns, a narrow matrix and a strided operand with other
-    code, which sums in another order. An image's output then differed in its last bits with the number of
-    images in the call and its place among them (MKL's AVX-512 sgemm: odd rows of a 10-column product), and
-    an ADC code could flip where a value sat on a code boundary. With whole row and column blocks
-    (:func:`_col_padded`) in one layout, an image's and a chip's products do not depend on their neighbours
-    (tested with MKL in tests/test_reproducibility.py; another BLAS or a GPU may differ in the last bit).
-    """
-    pad = -x.shape[1] % GEMM_ROWS
-    return F.pad(x, (0, 0, 0, pad)) if pad else x.contiguous()
-
-
-def _col_padded(w: Tensor) -> Tensor:
-    """Packed weights (batch, R, N) contiguous, N zero-padded to a multiple of :data:`GEMM_COLS`."""
-    pad = -w.shape[-1] % GEMM_COLS
-    return F.pad(w, (0, pad)) if pad else w.contiguous()

@@ -3,7 +3,9 @@ models, each in its own file, and the IR-drop model of the wires."""
 
 from . import (  # noqa: F401  (registration)
     adc_midrise,
+    adc_symmetric,
     adc_uniform,
+    dac_symmetric,
     dac_uniform,
     read_noise_additive,
     read_noise_pcm,

@@ -26,6 +26,12 @@ class ADCModel(ABC):
         """The LSB for a full-scale range ``full_scale`` (signal units): full_scale / 2^(bits-1)."""
         return full_scale / 2 ** (bits - 1)
 
+    def saturated(self, y: Tensor, delta: Tensor, lo: int, hi: int) -> Tensor:
+        """Where signal ``y`` lies beyond the code range (a mid-tread converter: its code would round past
+        ``hi`` or ``lo``); bound management reads those input vectors again."""
+        v = y / delta
+        return (v >= hi + 0.5) | (v <= lo - 0.5)
+
     @abstractmethod
     def quantize(self, y: Tensor, delta: Tensor, lo: int, hi: int) -> Tensor:
         """The reconstructed signal of ``y`` for LSB ``delta`` and codes ``[lo, hi]`` (broadcasting). When

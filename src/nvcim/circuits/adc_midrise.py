@@ -21,5 +21,9 @@ def _ste_floor(v: Tensor) -> Tensor:
 class MidriseADC(ADCModel):
     name = "midrise"
 
+    def saturated(self, y: Tensor, delta: Tensor, lo: int, hi: int) -> Tensor:
+        v = y / delta
+        return (v >= hi + 1) | (v < lo)
+
     def quantize(self, y: Tensor, delta: Tensor, lo: int, hi: int) -> Tensor:
         return (torch.clamp(_ste_floor(y / delta), lo, hi) + 0.5) * delta

@@ -173,12 +173,14 @@ class CircuitConfig:
     """Converters: DAC on the rows, ADC on every tile column."""
 
     dac_bits: int = spec(0, "input DAC resolution; 0 = ideal", unit="bit", lo=1, hi=16, zero_ok=True)
-    dac_model: str = spec("uniform", "DAC model (nvcim.circuits.DAC_MODELS)")
+    dac_model: str = spec("uniform", "DAC model (nvcim.circuits.DAC_MODELS): 'uniform' (signed codes for "
+                          "signed inputs, 2^b levels for non-negative ones) or 'symmetric' (always signed: aihwkit's)")
     dac_range: float = spec(0.0, "input full scale in activation units; 0 = calibrate on data",
                             unit="activation", lo=1e-6, hi=1e6, zero_ok=True)
     adc_bits: int = spec(0, "column ADC resolution; 0 = ideal", unit="bit", lo=1, hi=16, zero_ok=True)
-    adc_model: str = spec("uniform", "ADC model (nvcim.circuits.ADC_MODELS): 'uniform' (mid-tread, rounds) or "
-                          "'midrise' (floors, reconstructs bin centres)")
+    adc_model: str = spec("uniform", "ADC model (nvcim.circuits.ADC_MODELS): 'uniform' (mid-tread, rounds), "
+                          "'midrise' (floors, reconstructs bin centres) or 'symmetric' (mid-tread, +-(2^(b-1)-1) "
+                          "codes: aihwkit's)")
     adc_range: float = spec(0.0, "ADC full scale as a fraction of the largest possible tile column "
                             "signal (rows x (g_max-g_min) x input full scale); 0 = calibrate on data",
                             unit="-", lo=1e-6, hi=1.0, zero_ok=True)
@@ -189,6 +191,20 @@ class CircuitConfig:
                                  unit="-", lo=0.0, hi=1.0)
     adc_offset_sigma: float = spec(0.0, "ADC offset std per column and chip, as a fraction of the ADC range",
                                    unit="-", lo=0.0, hi=1.0)
+    adc_range_cells: float = spec(0.0, "ADC full scale as the signal of this many fully-on cells at full-scale "
+                                  "input, (g_max-g_min) x input full scale x adc_range_cells, the same for every "
+                                  "layer (aihwkit's out_bound with weights scaled to the conductance range: 12); "
+                                  "0 = adc_range or calibration", unit="cells", lo=1e-3, hi=1e6, zero_ok=True)
+    input_scaling: str = spec("calibrated", "DAC full scale: 'calibrated' (one per layer, from data or dac_range) "
+                              "or 'absmax' (per input vector and row tile: the vector's max |x|, undone digitally "
+                              "after the ADC; aihwkit's noise management ABS_MAX)", choices=("calibrated", "absmax"))
+    out_noise: float = spec(0.0, "additive Gaussian noise on every column output of every read, before the ADC: "
+                            "std as a fraction of the ADC full scale (aihwkit's out_noise / out_bound, "
+                            "0.06 / 12 = 0.005 by default)", unit="ADC full scale", lo=0.0, hi=1.0)
+    bound_management: bool = spec(False, "when an output of a tile saturates the ADC, read that input vector "
+                                  "again with the inputs halved (the output doubled digitally), until nothing "
+                                  "saturates or two bits of input resolution remain (aihwkit's ITERATIVE bound "
+                                  "management; needs adc_bits)")
 
     def __post_init__(self) -> None:
         check(self)
@@ -196,6 +212,16 @@ class CircuitConfig:
 
         ADC_MODELS.get(self.adc_model)
         DAC_MODELS.get(self.dac_model)
+        if self.adc_range and self.adc_range_cells:
+            raise ConfigError("adc_range_cells", self.adc_range_cells, "0 when adc_range is set (one ADC range)")
+        if self.bound_management and not self.adc_bits:
+            raise ConfigError("bound_management", self.bound_management,
+                              "false when adc_bits = 0 (an ideal ADC never saturates)")
+
+    @property
+    def managed_io(self) -> bool:
+        """Whether reads take the per-input-vector path (:mod:`nvcim.chip.managed_io`)."""
+        return self.input_scaling != "calibrated" or bool(self.out_noise) or self.bound_management
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,189 @@
+"""Reads with per-input-vector I/O management, as aihwkit's analog tiles do them (Rasch et al., Nat. Commun.
+14, 5282, 2023; rpucuda's ``forwardVector``): dynamic input scaling ("noise management"), additive output
+noise and iterative bound management. The layer's circuit config selects this path
+(:attr:`~nvcim.config.schema.CircuitConfig.managed_io`); the default path (:mod:`.kernel`) does none of it.
+
+For each input vector x of a row tile (one image, one output position, one group of a convolution):
+
+1. scale: alpha = max|x| over the tile's rows (``input_scaling = 'absmax'``), or the layer's calibrated DAC
+   full scale (``'calibrated'``), times f = 1, 2, 4, ... (bound management's rounds);
+2. DAC: x / (alpha f) quantised at full scale 1;
+3. the product with the chip's conductances, plus read noise (the device's model) and output noise
+   N(0, (out_noise x ADC full scale)^2), both drawn fresh for every read and round;
+4. ADC (gain and offset errors, the converter model); with bound management, when any output of the tile
+   (a row tile x column tile array) saturates, the vector is read again at 2 f, until nothing saturates or
+   the inputs keep two bits of resolution (f > (2^dac_bits - 2) / 8; aihwkit's ``max_bm_res`` = 0.25), or
+   f > 1000 with an ideal DAC;
+5. the digital periphery multiplies the ADC output by alpha f, adds the row tiles and slices, and applies the
+   column scale, registers and bias.
+
+Signals are in conductance x normalised-input units, so the ADC range (``adc_range_cells``, ``adc_range``
+or calibration) is relative to a full-scale input of 1. The draws depend on (chip, image, element, round)
+only, so results do not depend on batch or chunk size. This path runs eager, one product per round: it is
+slower than the fused default path.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor
+
+from ..circuits import get_adc, get_dac
+from . import rng
+from .context import CalibratePass, ChipPass, EpilogueOperands, col_padded, row_padded
+from .kernel import _shift_add
+
+if TYPE_CHECKING:
+    from .layers import AnalogLayer
+
+
+def max_rounds(dac_bits: int) -> int:
+    """Reads of one vector at most under bound management: f doubles from 1 until f exceeds
+    (2^b - 2) / 8 (two bits of input resolution left), or 1000 with an ideal DAC (aihwkit's max_bm_factor)."""
+    limit = min(1000.0, (2**dac_bits - 2) / 8) if dac_bits else 1000.0
+    return max(1, math.floor(math.log2(max(limit, 1.0))) + 2) if limit >= 1 else 1
+
+
+def tile_rows(layer: AnalogLayer, x: Tensor, shared: bool, c: int) -> Tensor:
+    """The layer's input ``x`` as the rows each tile multiplies: (B, c' , L, g, T, R) with c' = 1 for an
+    input shared by all chips, else c."""
+    rows = layer.unfold_input(x)  # (N L g, K), N = B or B c
+    n = x.shape[0]
+    cp = 1 if shared else c
+    g = int(getattr(layer, "groups", 1))
+    t = layer._to_tile_rows(rows)  # (N L g, T, R)
+    return t.view(n // cp, cp, -1, g, *t.shape[-2:])
+
+
+def read(layer: AnalogLayer, x: Tensor, shared: bool, c: int, ctx: ChipPass | CalibratePass,
+         ops: EpilogueOperands) -> tuple[Tensor, Tensor | None]:
+    """One managed read of input ``x`` on this pass's chips: the layer output (B, L, c, O) before the
+    per-chip additive registers, and in a calibration pass the noise-free tile signals (B, L, 1, T, S, O)
+    of the first round (what the ADC range is calibrated on)."""
+    cc = layer.config.circuit
+    rows = tile_rows(layer, x, shared, c)
+    b, cp, n_l, g, t, _ = rows.shape
+    if cc.input_scaling == "absmax":
+        alpha = rows.abs().amax(-1, keepdim=True)  # (B, c', L, g, T, 1)
+    else:
+        fs = layer.dac_fs if bool(layer.dac_fs > 0) else torch.ones((), device=rows.device)
+        alpha = fs.to(rows).expand(b, cp, n_l, g, t, 1)
+    w, wv = _weights(layer, ctx)  # (c, S, g, og, T, R)
+    og = w.shape[3]
+    calibrating = isinstance(ctx, CalibratePass)
+    adc = get_adc(cc.adc_model)
+    keys = _noise_keys(layer, ctx) if isinstance(ctx, ChipPass) else None
+    sigma_out = cc.out_noise * layer._adc_range_for_offset().to(rows) if cc.out_noise and not calibrating else None
+    rounds = max_rounds(cc.dac_bits) if cc.bound_management and not calibrating else 1
+    safe = torch.where(alpha > 0, alpha, torch.ones_like(alpha))
+    out = done = first = None
+    for j in range(rounds):
+        f = float(2**j)
+        xn = rows / (safe * f)
+        if cc.dac_bits:
+            xn = get_dac(cc.dac_model).quantize(xn, torch.ones((), device=xn.device), cc.dac_bits,
+                                                bool(layer.dac_signed))
+        y = _product(xn, w, shared)  # (B, L, c, T, S, O)
+        if first is None:
+            first = y
+        if wv is not None and keys is not None:
+            y = y + torch.sqrt(_product(xn * xn, wv, shared).clamp_min(0.0)) * _normals(keys, j, "read", y.shape)
+        if sigma_out is not None:
+            y = y + sigma_out * _normals(keys, j, "out", y.shape)
+        if ops.gain is not None and ops.offset is not None:
+            y = y * ops.gain + ops.offset
+        q = adc.quantize(y, ops.delta, ops.lo, ops.hi) if ops.delta is not None else y
+        q = q * _per_output(alpha * f, og)  # back to input units: the digital periphery
+        if rounds == 1:
+            out = q
+            break
+        assert ops.delta is not None
+        take = ~_per_array(adc.saturated(y, ops.delta, ops.lo, ops.hi), layer.config.array.cols)
+        if j == rounds - 1:
+            take = torch.ones_like(take)
+        if done is not None:
+            take = take & ~done
+        out = q if out is None else torch.where(take, q, out)
+        done = take if done is None else done | take
+        if bool(done.all()):
+            break
+    assert out is not None
+    y = _shift_add(out, ops.slice_w) * ops.scale + ops.bias  # (B, L, c, O)
+    return y, first if calibrating else None
+
+
+def _weights(layer: AnalogLayer, ctx: ChipPass | CalibratePass) -> tuple[Tensor, Tensor | None]:
+    """Conductance differences and read-noise variances of this pass's chips, (c, S, g, og, T, R) each,
+    once per chip block."""
+    key = (id(layer), "managed")
+    if key not in ctx.cache:
+        if isinstance(ctx, ChipPass):
+            w, wv = layer.conductances(*layer.effective(ctx.chips), at_t0=layer.programmed(ctx.chips))
+        else:
+            w, wv = layer.conductances(*layer.nominal())
+        g = int(getattr(layer, "groups", 1))
+
+        def tiles(v: Tensor) -> Tensor:
+            v = layer._to_tile_rows(v)  # (c, S, O, T, R)
+            return v.view(v.shape[0], v.shape[1], g, -1, *v.shape[-2:])
+
+        ctx.cache[key] = (tiles(w), None if wv is None else tiles(wv))
+    return ctx.cache[key]
+
+
+def _product(xn: Tensor, w: Tensor, shared: bool) -> Tensor:
+    """Tile outputs (B, L, c, T, S, O) of rows (B, c', L, g, T, R) and weights (c, S, g, og, T, R): one
+    batched product per array, its rows and columns padded to whole GEMM blocks so that an image's outputs
+    do not depend on the other images in the call (see :func:`~nvcim.chip.context.row_padded`)."""
+    b, cp, n_l, g, t, r = xn.shape
+    c, s, _, og = w.shape[:4]
+    if shared:
+        xm = xn[:, 0].permute(2, 3, 0, 1, 4).reshape(g * t, b * n_l, r)
+        wm = w.permute(2, 4, 5, 0, 1, 3).reshape(g * t, r, c * s * og)
+    else:
+        xm = xn.permute(1, 3, 4, 0, 2, 5).reshape(c * g * t, b * n_l, r)
+        wm = w.permute(0, 2, 4, 5, 1, 3).reshape(c * g * t, r, s * og)
+    y = torch.bmm(row_padded(xm), col_padded(wm))[:, : b * n_l, : wm.shape[-1]]
+    if shared:
+        y = y.view(g, t, b, n_l, c, s, og).permute(2, 3, 4, 1, 5, 0, 6)
+    else:
+        y = y.view(c, g, t, b, n_l, s, og).permute(3, 4, 0, 2, 5, 1, 6)
+    return y.reshape(b, n_l, c, t, s, g * og)
+
+
+def _per_output(v: Tensor, og: int) -> Tensor:
+    """A per-vector factor (B, c', L, g, T, 1) laid out against the tile outputs (B, L, c'', T, 1, O)."""
+    b, cp, n_l, g, t, _ = v.shape
+    v = v.permute(0, 2, 1, 4, 3, 5).reshape(b, n_l, cp, t, 1, g, 1).expand(-1, -1, -1, -1, -1, -1, og)
+    return v.reshape(b, n_l, cp, t, 1, g * og)
+
+
+def _per_array(sat: Tensor, cols: int) -> Tensor:
+    """Saturation (B, L, c, T, S, O) -> whether any output of the same array (row tile x column tile, all
+    slices) saturated, broadcast back to (B, L, c, T, 1, O)."""
+    o = sat.shape[-1]
+    n_ct = -(-o // cols)
+    s = sat.any(dim=4)
+    s = torch.nn.functional.pad(s, (0, n_ct * cols - o)).view(*s.shape[:-1], n_ct, cols).any(-1)
+    return s.repeat_interleave(cols, dim=-1)[..., :o].unsqueeze(4)
+
+
+def _noise_keys(layer: AnalogLayer, ctx: ChipPass) -> Tensor:
+    """(B, c) keys of this read (chip and image, as the default path's read noise)."""
+    ck, ik = layer._read_keys(ctx)
+    return rng.read_keys(ck, ik)
+
+
+def _normals(keys: Tensor | None, j: int, purpose: str, shape: torch.Size) -> Tensor:
+    """Standard normals of shape (B, L, c, T, S, O) for round ``j`` and ``purpose``, from (B, c) keys and
+    the element's index."""
+    assert keys is not None
+    b, n_l, c = shape[:3]
+    inner = math.prod(shape[3:])
+    base = rng.mix(keys ^ rng._s32(rng.key("managed", purpose, j)))  # (B, c)
+    idx = torch.arange(n_l * inner, dtype=torch.int32, device=keys.device).view(n_l, 1, inner) * rng._GOLD
+    k = base.view(b, 1, c, 1) + idx.view(1, n_l, 1, inner)
+    return rng.normal_pair(k)[0].view(shape)
