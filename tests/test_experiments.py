@@ -11,6 +11,7 @@ from contextlib import closing
 from pathlib import Path
 
 import pytest
+import torch
 
 from nvcim.cli import main
 from nvcim.errors import ConfigError, NvcimError
@@ -73,6 +74,10 @@ def test_grid_is_the_full_product_with_stable_keys():
     ({"sweep": {"device.programming.sgima": [0.1]}}, "device.programming.sgima", "Did you mean"),
     ({"options": {"rsa": {"fraction": 0.05}}}, "options.rsa", "a method named in 'methods'"),
     ({"chipss": 3}, "chipss", "Did you mean 'chips'"),
+    ({"hwa": {"chip": "pcm", "epochs": 0}}, "hwa.epochs", ">= 1"),
+    ({"hwa": {"chip": "pcm", "set": {"device.programming.sigma": -1.0}}}, "hwa: device.programming.sigma",
+     "[0.0, 10.0]"),
+    ({"hwa": {"chips": "pcm"}}, "hwa.chips", "one of chip, epochs, set"),
 ])
 def test_bad_experiment_names_the_field(change, field, allowed):
     with pytest.raises(ConfigError) as e:
@@ -86,6 +91,34 @@ def test_example_experiments_are_valid():
     for f in files:
         exp = load_experiment(f)
         assert exp.points(), f
+
+
+def test_hardware_aware_model_is_trained_once_with_noise_and_shared_by_every_point(tmp_path):
+    """``hwa``: every point starts from one model fine-tuned with noise injection on the hwa chip (cached),
+    which differs from the plainly trained one; the hwa settings are part of each point's identity."""
+    from nvcim.experiments.runner import _hwa_trained, _trained
+
+    base = {"name": "hwa", "model": "mlp", "dataset": "digits", "chip": "rram-mlc-4bit", "chips": 4,
+            "limit": 100, "sweep": {"device.programming.sigma": [0.1, 0.2]}}
+    plain, hwa = from_dict(base), from_dict(dict(base, hwa={"chip": "rram-mlc-4bit", "epochs": 1}))
+    assert all("hwa" not in p.identity() for p in plain.points())  # older stores keep their keys
+    assert hwa.points()[0].identity()["hwa"]["epochs"] == 1
+    assert {p.key for p in plain.points()}.isdisjoint({p.key for p in hwa.points()})
+    summary = run(hwa, tmp_path / "run", progress=False, log=lambda _: None)
+    assert summary.computed == 2 and not summary.failed
+    key = json.dumps(hwa.hwa_identity(), sort_keys=True)
+    net, info = _hwa_trained("mlp", "digits", 0, 0, key)
+    assert Path(info["hwa"]["cache"]).is_file()
+    ref, _ = _trained("mlp", "digits", 0, 0)
+    moved = [float((a - b).abs().max()) for a, b in zip(net.state_dict().values(), ref.state_dict().values())]
+    assert max(moved) > 1e-4  # noise-injection training changed the weights
+    _hwa_trained.cache_clear()
+    again, info2 = _hwa_trained("mlp", "digits", 0, 0, key)
+    assert info2["hwa"]["cached"] and all(torch.equal(a, b) for a, b in zip(net.state_dict().values(),
+                                                                            again.state_dict().values()))
+    with Store(tmp_path / "run") as st:
+        rows = st.rows()
+    assert all(r["result"]["model"]["hwa_epochs"] == 1 for r in rows)
 
 
 def test_run_stores_every_point_and_resumes_without_recomputing(tmp_path):

@@ -321,6 +321,24 @@ _KERNELS: dict[str, Callable[..., Tensor]] = {
 _compile_failed = False
 
 
+def register_kernel(name: str, fn: Callable[..., Any]) -> None:
+    """Add a loop that :func:`eager_kernel` and :func:`compiled_kernel` serve by ``name`` (trailing
+    arguments ``static``); used by other per-read paths (:mod:`.managed_io`)."""
+    _KERNELS[name] = fn
+
+
+def run_kernel(name: str, static: tuple, compiled: bool, *args: Any) -> Any:
+    """Loop ``name`` on ``args``, compiled when asked and possible (else eager, with a warning once)."""
+    global _compile_failed
+    if compiled and not _compile_failed:
+        try:
+            return compiled_kernel(name, static)(*args)
+        except Exception as e:  # no C++ compiler, unsupported backend: stay correct, just slower
+            _compile_failed = True
+            warnings.warn(f"torch.compile failed ({type(e).__name__}); using the eager kernel", stacklevel=2)
+    return eager_kernel(name, static)(*args)
+
+
 def eager_kernel(name: str, static: tuple) -> Callable[..., Tensor]:
     """Loop ``name`` with its trailing arguments ``static`` bound."""
     fn = _KERNELS[name]

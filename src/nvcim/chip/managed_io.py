@@ -34,7 +34,7 @@ from torch import Tensor
 from ..circuits import get_adc, get_dac
 from . import rng
 from .context import CalibratePass, ChipPass, EpilogueOperands, col_padded, row_padded
-from .kernel import _shift_add
+from .kernel import _shift_add, dac_kernel, register_kernel, run_kernel
 
 if TYPE_CHECKING:
     from .layers import AnalogLayer
@@ -62,7 +62,11 @@ def read(layer: AnalogLayer, x: Tensor, shared: bool, c: int, ctx: ChipPass | Ca
          ops: EpilogueOperands) -> tuple[Tensor, Tensor | None]:
     """One managed read of input ``x`` on this pass's chips: the layer output (B, L, c, O) before the
     per-chip additive registers, and in a calibration pass the noise-free tile signals (B, L, 1, T, S, O)
-    of the first round (what the ADC range is calibrated on)."""
+    of the first round (what the ADC range is calibrated on).
+
+    Bound management's later rounds read only the positions (image, output position) that some chip or
+    tile still has pending, gathered; a draw's key is that of its (image, position, element), so the result
+    is the same as reading everything again."""
     cc = layer.config.circuit
     rows = tile_rows(layer, x, shared, c)
     b, cp, n_l, g, t, _ = rows.shape
@@ -71,48 +75,85 @@ def read(layer: AnalogLayer, x: Tensor, shared: bool, c: int, ctx: ChipPass | Ca
     else:
         fs = layer.dac_fs if bool(layer.dac_fs > 0) else torch.ones((), device=rows.device)
         alpha = fs.to(rows).expand(b, cp, n_l, g, t, 1)
+    alpha = torch.where(alpha > 0, alpha, torch.ones_like(alpha))  # an all-zero vector reads as zero anyway
     w, wv = _weights(layer, ctx)  # (c, S, g, og, T, R)
-    og = w.shape[3]
+    s, og = w.shape[1], w.shape[3]
+    o = g * og
+    inner = t * s * o
     calibrating = isinstance(ctx, CalibratePass)
-    adc = get_adc(cc.adc_model)
-    keys = _noise_keys(layer, ctx) if isinstance(ctx, ChipPass) else None
-    sigma_out = cc.out_noise * layer._adc_range_for_offset().to(rows) if cc.out_noise and not calibrating else None
+    compiled = isinstance(ctx, ChipPass) and ctx.compiled and not torch.is_grad_enabled()
+    keys = _noise_keys(layer, ctx) if isinstance(ctx, ChipPass) else None  # (B, c)
+    sigma2 = None
+    if cc.out_noise and not calibrating:
+        sigma2 = (cc.out_noise * layer._adc_range_for_offset().to(rows)) ** 2  # (T, S, O)
     rounds = max_rounds(cc.dac_bits) if cc.bound_management and not calibrating else 1
-    safe = torch.where(alpha > 0, alpha, torch.ones_like(alpha))
-    out = done = first = None
-    for j in range(rounds):
+    eoff = _element_offsets(inner, rows.device)
+
+    def one_round(j: int, r: Tensor, a: Tensor, bkeys: Tensor | None, loff: Tensor) -> tuple[Tensor, Tensor,
+                                                                                              Tensor]:
         f = float(2**j)
-        xn = rows / (safe * f)
-        if cc.dac_bits:
-            xn = get_dac(cc.dac_model).quantize(xn, torch.ones((), device=xn.device), cc.dac_bits,
-                                                bool(layer.dac_signed))
-        y = _product(xn, w, shared)  # (B, L, c, T, S, O)
-        if first is None:
-            first = y
-        if wv is not None and keys is not None:
-            y = y + torch.sqrt(_product(xn * xn, wv, shared).clamp_min(0.0)) * _normals(keys, j, "read", y.shape)
-        if sigma_out is not None:
-            y = y + sigma_out * _normals(keys, j, "out", y.shape)
-        if ops.gain is not None and ops.offset is not None:
-            y = y * ops.gain + ops.offset
-        q = adc.quantize(y, ops.delta, ops.lo, ops.hi) if ops.delta is not None else y
-        q = q * _per_output(alpha * f, og)  # back to input units: the digital periphery
-        if rounds == 1:
-            out = q
-            break
-        assert ops.delta is not None
-        take = ~_per_array(adc.saturated(y, ops.delta, ops.lo, ops.hi), layer.config.array.cols)
-        if j == rounds - 1:
-            take = torch.ones_like(take)
-        if done is not None:
-            take = take & ~done
-        out = q if out is None else torch.where(take, q, out)
-        done = take if done is None else done | take
-        if bool(done.all()):
-            break
-    assert out is not None
+        xn = _dac(layer, r / (a * f), compiled)
+        y = _product(xn, w, shared)  # (N, L, c, T, S, O)
+        var = None
+        if keys is not None and (wv is not None or sigma2 is not None):
+            var = _product(xn * xn, wv, shared) if wv is not None else torch.zeros_like(y)
+            if sigma2 is not None:  # independent Gaussians add: one draw of the summed variance
+                var = var + sigma2
+        rk = None if bkeys is None or var is None else rng.mix(bkeys ^ rng._s32(rng.key("managed", j)))
+        q, sat = run_kernel("managed", (cc.adc_model,), compiled, y, var, rk, loff, eoff, ops.gain, ops.offset,
+                            ops.delta, ops.lo, ops.hi, _per_output(a * f, og))
+        return q, sat, y
+
+    out, sat, first = one_round(0, rows, alpha, keys, _index(n_l, inner, rows.device).view(1, n_l))
+    if rounds > 1:
+        pending = _per_array(sat, layer.config.array.cols)  # (B, L, c, T, 1, O): saturated, read again
+        for j in range(1, rounds):
+            where = pending.flatten(2).any(-1).nonzero()  # (P, 2) pending (image, position)
+            if not where.numel():
+                break
+            bi, li = where[:, 0], where[:, 1]
+            sub_keys = None if keys is None else keys[bi]
+            q, sat, _ = one_round(j, rows[bi, :, li].unsqueeze(2), alpha[bi, :, li].unsqueeze(2), sub_keys,
+                                  (li.to(torch.int32) * rng._s32(inner * rng._GOLD)).view(-1, 1))
+            pend = pending[bi, li].unsqueeze(1)  # (P, 1, c, T, 1, O)
+            take = pend if j == rounds - 1 else pend & ~_per_array(sat, layer.config.array.cols)
+            out[bi, li] = torch.where(take, q, out[bi, li].unsqueeze(1)).squeeze(1)
+            pending[bi, li] = (pend & ~take).squeeze(1)
     y = _shift_add(out, ops.slice_w) * ops.scale + ops.bias  # (B, L, c, O)
     return y, first if calibrating else None
+
+
+def _dac(layer: AnalogLayer, xn: Tensor, compiled: bool) -> Tensor:
+    """The DAC on normalised inputs (full scale 1)."""
+    cc = layer.config.circuit
+    if not cc.dac_bits:
+        return xn
+    one = torch.ones((), device=xn.device, dtype=xn.dtype)
+    if compiled:
+        return dac_kernel(cc.dac_model, cc.dac_bits, bool(layer.dac_signed))(xn, one)
+    return get_dac(cc.dac_model).quantize(xn, one, cc.dac_bits, bool(layer.dac_signed))
+
+
+def managed_kernel(y: Tensor, var: Tensor | None, keys: Tensor | None, loff: Tensor, eoff: Tensor,
+                   gain: Tensor | None, offset: Tensor | None, delta: Tensor | None, lo: int, hi: int,
+                   back: Tensor, adc: str) -> tuple[Tensor, Tensor]:
+    """The per-element part of a round, one loop when compiled: noise of variance ``var`` (N, L, c, T, S, O)
+    drawn from keys ``keys`` (N, c) + ``loff`` (N or 1, L) + ``eoff`` (T S O,), ADC errors and the ADC,
+    and the factor ``back`` (alpha f) that undoes the input scaling. Returns that output and where the ADC
+    saturated."""
+    if var is not None and keys is not None:
+        n, n_l, c = y.shape[:3]
+        k = keys.view(n, 1, c, 1) + loff.view(loff.shape[0], n_l, 1, 1) + eoff.view(1, 1, 1, -1)
+        y = y + torch.sqrt(var.clamp_min(0.0)) * rng.normal_pair(k)[0].view(y.shape)
+    if gain is not None and offset is not None:
+        y = y * gain + offset
+    if delta is None:
+        return y * back, torch.zeros((), dtype=torch.bool, device=y.device).expand(y.shape)
+    model = get_adc(adc)
+    return model.quantize(y, delta, lo, hi) * back, model.saturated(y, delta, lo, hi)
+
+
+register_kernel("managed", managed_kernel)
 
 
 def _weights(layer: AnalogLayer, ctx: ChipPass | CalibratePass) -> tuple[Tensor, Tensor | None]:
@@ -162,10 +203,12 @@ def _per_output(v: Tensor, og: int) -> Tensor:
 
 
 def _per_array(sat: Tensor, cols: int) -> Tensor:
-    """Saturation (B, L, c, T, S, O) -> whether any output of the same array (row tile x column tile, all
-    slices) saturated, broadcast back to (B, L, c, T, 1, O)."""
+    """Saturation (N, L, c, T, S, O) -> whether any output of the same array (row tile x column tile, all
+    slices) saturated: (N, L, c, T, 1, 1) for one column tile, else broadcast back to (N, L, c, T, 1, O)."""
     o = sat.shape[-1]
     n_ct = -(-o // cols)
+    if n_ct == 1:
+        return sat.flatten(-2).any(-1)[..., None, None]
     s = sat.any(dim=4)
     s = torch.nn.functional.pad(s, (0, n_ct * cols - o)).view(*s.shape[:-1], n_ct, cols).any(-1)
     return s.repeat_interleave(cols, dim=-1)[..., :o].unsqueeze(4)
@@ -177,13 +220,10 @@ def _noise_keys(layer: AnalogLayer, ctx: ChipPass) -> Tensor:
     return rng.read_keys(ck, ik)
 
 
-def _normals(keys: Tensor | None, j: int, purpose: str, shape: torch.Size) -> Tensor:
-    """Standard normals of shape (B, L, c, T, S, O) for round ``j`` and ``purpose``, from (B, c) keys and
-    the element's index."""
-    assert keys is not None
-    b, n_l, c = shape[:3]
-    inner = math.prod(shape[3:])
-    base = rng.mix(keys ^ rng._s32(rng.key("managed", purpose, j)))  # (B, c)
-    idx = torch.arange(n_l * inner, dtype=torch.int32, device=keys.device).view(n_l, 1, inner) * rng._GOLD
-    k = base.view(b, 1, c, 1) + idx.view(1, n_l, 1, inner)
-    return rng.normal_pair(k)[0].view(shape)
+def _index(n: int, step: int, device: torch.device) -> Tensor:
+    """(n,) int32 key offsets i * step * golden (wrapping)."""
+    return torch.arange(n, dtype=torch.int32, device=device) * rng._s32(step * rng._GOLD)
+
+
+def _element_offsets(n: int, device: torch.device) -> Tensor:
+    return _index(n, 1, device)

@@ -8,9 +8,13 @@ chain, seed): that is what lets the local and the Ray executors give identical r
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
+import os
 import functools
 import subprocess
 import time
+import warnings
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,6 +56,46 @@ def _trained(model: str, dataset: str, epochs: int, seed: int, progress: bool = 
     return trained_model(model, _dataset(dataset), epochs or None, seed, progress=progress)
 
 
+@functools.lru_cache(maxsize=4)
+def _hwa_trained(model: str, dataset: str, epochs: int, seed: int, hwa: str, progress: bool = False
+                 ):  # type: ignore[no-untyped-def]
+    """The trained model fine-tuned with noise injection (the vat method, ``hwa``: the JSON of
+    :meth:`Experiment.hwa_identity`) on one chip of that config, from the model cache or trained now and
+    cached. Returns (model, info)."""
+    from ..chip import convert
+    from ..chip.simulated import SimulatedChip
+    from ..config import ChipConfig
+    from ..methods import TaskData, get
+    from .training import cache_dir
+
+    spec = json.loads(hwa)
+    base, info = _trained(model, dataset, epochs, seed)
+    net = copy.deepcopy(base)
+    digest = hashlib.sha256(json.dumps([info.get("cache"), spec], sort_keys=True).encode()).hexdigest()[:16]
+    path = cache_dir() / "models" / f"{Path(str(info.get('cache', model))).stem}-hwa-{digest}.pt"
+    info = {**info, "hwa": {"epochs": spec["epochs"], "cache": str(path)}}
+    if path.is_file():
+        try:
+            net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+            return net.eval(), {**info, "hwa": {**info["hwa"], "cached": True}}
+        except Exception as e:  # unreadable or stale: train again rather than fail
+            warnings.warn(f"ignoring unreadable cached model {path}: {e}", stacklevel=2)
+    data = _dataset(dataset)
+    work = copy.deepcopy(base)
+    chips = convert(work, ChipConfig.from_dict(spec["config"]), chips=1, seed=seed)
+    chips.calibrate(data.train[0][:256])
+    get("vat", epochs=spec["epochs"], patience=0).apply(SimulatedChip(chips), TaskData(data.train, data.train[0],
+                                                                                       metric=data.metric),
+                                                        progress=progress)
+    own = net.state_dict()
+    net.load_state_dict({k: v for k, v in work.state_dict().items() if k in own})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    torch.save({k: v.detach().cpu() for k, v in net.state_dict().items()}, tmp)
+    os.replace(tmp, path)
+    return net.eval(), {**info, "hwa": {**info["hwa"], "cached": False}}
+
+
 def compute_point(point: Point, device: str = "cpu", progress: bool = False) -> dict[str, Any]:
     """Evaluate (and recover, if the point has methods) one grid point; returns its result dict.
     ``progress`` shows the inner bars (chips x images, method steps) under the run's bar."""
@@ -62,7 +106,11 @@ def compute_point(point: Point, device: str = "cpu", progress: bool = False) -> 
 
     e = point.experiment
     data = _dataset(e.dataset)
-    net, info = _trained(e.model, e.dataset, e.epochs, e.train_seed)
+    if e.hwa:
+        net, info = _hwa_trained(e.model, e.dataset, e.epochs, e.train_seed,
+                                 json.dumps(e.hwa_identity(), sort_keys=True), progress)
+    else:
+        net, info = _trained(e.model, e.dataset, e.epochs, e.train_seed)
     net = copy.deepcopy(net).to(device)  # convert() swaps layers in place; methods may retrain
     test = data.test if not e.limit else (data.test[0][:e.limit], data.test[1][:e.limit])
     test = (test[0].to(device), test[1].to(device))
@@ -84,7 +132,8 @@ def compute_point(point: Point, device: str = "cpu", progress: bool = False) -> 
         cost = Cost()
         result["cost"] = cost.to_dict()
     result["hardware"] = hardware_cost(model, test[0][:1], cost.write_verify_pulses).to_dict()
-    result["model"] = {"name": e.model, "epochs": info.get("epochs"), "train_seed": e.train_seed}
+    result["model"] = {"name": e.model, "epochs": info.get("epochs"), "train_seed": e.train_seed,
+                       **({"hwa_epochs": info["hwa"]["epochs"]} if "hwa" in info else {})}
     result["dataset"] = data.name
     result["params"] = point.params
     result.pop("wall_time_s", None)  # timing lives in the store's own column: results stay comparable

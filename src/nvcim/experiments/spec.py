@@ -58,6 +58,9 @@ _FIELDS = {
     "set": "fixed config overrides {dotted.path: value}",
     "sweep": "sweep axes {dotted.path: [values]}",
     "options": "method options {method: {option: value}}",
+    "hwa": "hardware-aware training before the grid: {chip = preset or config file, epochs = vat epochs (3), set = "
+           "{dotted.path = value}}; the trained model is fine-tuned once with noise injection (the vat method) on "
+           "chips of that config, cached, and every grid point starts from it",
 }
 
 
@@ -82,6 +85,7 @@ class Experiment:
     set: dict[str, Any] = field(default_factory=dict)
     sweep: dict[str, list[Any]] = field(default_factory=dict)
     options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    hwa: dict[str, Any] = field(default_factory=dict)  # {} = plain training; else chip, epochs, set
     base_dir: str = "."  # where relative chip config paths are resolved (the experiment file's folder)
 
     def to_dict(self) -> dict[str, Any]:
@@ -97,6 +101,23 @@ class Experiment:
             chip = str(Path(self.base_dir, chip))
         cfg = resolve_config(chip)
         return override(cfg, self.set) if self.set else cfg
+
+    def hwa_config(self) -> ChipConfig | None:
+        """The chip config that hardware-aware training draws its noise from, or None without ``hwa``."""
+        if not self.hwa:
+            return None
+        from ..chip import resolve_config
+
+        chip = self.hwa["chip"]
+        if Path(self.base_dir, chip).is_file():
+            chip = str(Path(self.base_dir, chip))
+        cfg = resolve_config(chip)
+        return override(cfg, self.hwa["set"]) if self.hwa.get("set") else cfg
+
+    def hwa_identity(self) -> dict[str, Any]:
+        """What determines the hardware-aware model ({} without ``hwa``)."""
+        cfg = self.hwa_config()
+        return {} if cfg is None else {"config": cfg.to_dict(), "epochs": int(self.hwa.get("epochs", 3))}
 
     def points(self) -> list[Point]:
         """The full grid: every combination of sweep values x method chain x seed, in a stable order."""
@@ -135,7 +156,8 @@ class Point:
                 "chips": e.chips, "limit": e.limit, "seed": self.seed, "method": self.method,
                 "options": {m: e.options.get(m, {}) for m in chain}, "config": self.config.to_dict(),
                 "numerics": {"variance": self.variance(), "draws": DRAWS},
-                **({"metric": e.metric} if e.metric else {})}  # absent by default: older stores' keys hold
+                **({"metric": e.metric} if e.metric else {}),  # absent by default: older stores' keys hold
+                **({"hwa": e.hwa_identity()} if e.hwa else {})}
 
     def variance(self) -> str:
         """The read-noise variance format this point is computed with: the experiment's, with "auto" resolved
@@ -241,6 +263,16 @@ def _from_dict(d: dict[str, Any], base_dir: str) -> Experiment:
         except NvcimError:
             raise ConfigError("metric", metric, "top1, topK, perplexity, token-ce, token-accuracy, mse or psnr") \
                 from None
+    hwa = d.get("hwa", {})
+    _need(isinstance(hwa, dict), "hwa", hwa, "a table {chip = ..., epochs = ..., set = {...}}")
+    if hwa:
+        for k in hwa:
+            _need(k in ("chip", "epochs", "set"), f"hwa.{k}", hwa[k], "one of chip, epochs, set")
+        _need(isinstance(hwa.get("chip"), str) and bool(str(hwa.get("chip", "")).strip()), "hwa.chip",
+              hwa.get("chip"), "a preset name or config file")
+        ep = hwa.get("epochs", 3)
+        _need(isinstance(ep, int) and not isinstance(ep, bool) and ep >= 1, "hwa.epochs", ep, "an integer >= 1")
+        _need(isinstance(hwa.get("set", {}), dict), "hwa.set", hwa.get("set"), "a table {dotted.path = value}")
     exp = Experiment(name=name.strip(), model=d.get("model", "lenet5"), dataset=d.get("dataset", "digits"),
                      epochs=_int(d, "epochs", 0, 0), train_seed=_int(d, "train_seed", 0, 0),
                      chip=d.get("chip", "rram-mlc-4bit"), chips=_int(d, "chips", 1, 100),
@@ -249,11 +281,15 @@ def _from_dict(d: dict[str, Any], base_dir: str) -> Experiment:
                      metric=metric,
                      set=dict(sets),
                      sweep={k: list(v) for k, v in sweep.items()}, options={k: dict(v) for k, v in options.items()},
-                     base_dir=base_dir)
+                     hwa=dict(hwa), base_dir=base_dir)
     for m, opts in exp.options.items():  # options are checked by building the method once
         from ..methods import get
 
         get(m, **opts)
+    try:
+        exp.hwa_config()
+    except ConfigError as e:
+        raise ConfigError(f"hwa: {e.path}", e.value, e.allowed, e.hint) from None
     exp.points()  # validates the chip, the fixed overrides and every swept value now, not mid-run
     return exp
 
