@@ -8,10 +8,10 @@ chain, seed): that is what lets the local and the Ray executors give identical r
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import json
 import os
-import functools
 import subprocess
 import time
 import warnings
