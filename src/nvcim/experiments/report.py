@@ -85,6 +85,17 @@ def _fmt(v: Any) -> str:
     return f"{v:g}" if isinstance(v, float) else str(v)
 
 
+def _tick(v: Any, axis: str) -> str:
+    """A short x tick label: times (``device.drift.*`` in seconds) in the largest fitting unit, other numbers
+    with three significant digits."""
+    if axis.startswith("device.drift.t") and isinstance(v, (int, float)):
+        for unit, sec in (("y", 31557600.0), ("d", 86400.0), ("h", 3600.0), ("min", 60.0)):
+            if v >= 2 * sec or (unit != "min" and v >= sec * 0.99):
+                return f"{v / sec:.3g} {unit}"
+        return f"{v:.3g} s"
+    return f"{v:.3g}" if isinstance(v, float) else str(v)
+
+
 def _plt() -> Any:
     import matplotlib
 
@@ -145,7 +156,7 @@ def sweep_figure(rows: list[dict[str, Any]], axis: str, out: Path) -> tuple[Path
         if all(v > 0 for v in values) and max(values) / min(values) > 100:
             ax.set_xscale("log")  # e.g. drift time from minutes to months
         if len(values) <= 12:
-            ax.set_xticks(values, [_fmt(v) for v in values])
+            ax.set_xticks(values, [_tick(v, axis) for v in values])
             ax.minorticks_off()
     ax.set_xlabel(axis_label(axis))
     ax.set_ylabel(label)
