@@ -2,10 +2,11 @@
 compiling, batching or the call pattern never change a result."""
 
 import logging
+import sys
 
 import pytest
 import torch
-from helpers import lenet
+from helpers import lenet, linear
 
 import nvcim
 from nvcim.chip import Runtime, rng
@@ -89,12 +90,95 @@ def test_auto_compile_policy_by_call_and_by_total_with_one_log_line(monkeypatch)
     logging.getLogger("nvcim").addHandler(handler)
     try:
         m(_x(4))  # 4 images: small, 4 in all
-        m(_x(12))  # a large call
+        m(_x(12))  # a large call: recorded (the fake pass calls no kernel, so nothing is left to compile)
+        assert m._warmup is not None and m._warmup.ready
         m(_x(4))  # small again, 20 in all
         m(_x(6))  # small, 26 in all: past the total
         m.analog_layers()[0].sram_w = torch.zeros(10, 6, 25, requires_grad=True)
         m(_x(12))  # a gradient is being taken: eager
     finally:
         logging.getLogger("nvcim").removeHandler(handler)
+    # the recorded pass takes a compiled pass's decisions (its kernels run eager): compiled=True
     assert decided == [False, True, False, True, False]
     assert sum("compiling the chip kernels" in msg for msg in said) == 1
+
+
+def test_the_recorded_pass_notes_exactly_the_kernels_a_compiled_pass_calls(monkeypatch):
+    """The background compile (nvcim.chip.warmup) compiles what the first large pass noted; that must be
+    every kernel, with the layouts, that a compiled pass then asks for. Checked without compiling: the
+    compiled kernels are replaced by eager ones that note their calls."""
+    from nvcim.chip import converters, kernel, warmup
+
+    asked: list = []
+
+    def fake_compiled(name, static):
+        run = kernel.eager_kernel(name, static)
+        return lambda *a: (asked.append((name, static, tuple(warmup._meta(v) for v in a))), run(*a))[1]
+
+    def fake_dac(model, bits, signed):
+        q = nvcim.circuits.get_dac(model).quantize
+        return lambda x, fs: (asked.append(("dac", (model, bits, signed), (warmup._meta(x), warmup._meta(fs)))),
+                              q(x, fs, bits, signed))[1]
+
+    x = _x(12)
+    for cfg in (MLC, SLICED):
+        m = nvcim.convert(lenet(), cfg, chips=4, seed=1, runtime=Runtime(chip_block=2))
+        m.calibrate(x)
+        with torch.no_grad(), warmup.recording() as noted:
+            recorded = m._chip_pass(x, None, 3, compiled=True)
+        monkeypatch.setattr(kernel, "_compiled_kernel", fake_compiled)
+        monkeypatch.setattr(converters, "dac_kernel", fake_dac)
+        asked.clear()
+        with torch.no_grad():
+            compiled = m._chip_pass(x, None, 3, compiled=True)
+        monkeypatch.undo()
+        assert noted and {str(r) for r in noted} == {str(a) for a in asked}
+        names = {r[0] for r in noted}
+        assert "dac" in names and any(n.endswith("_tail") for n in names)  # the compiled pass's fused tails
+        assert torch.equal(recorded, compiled)
+
+
+def test_a_background_compile_switches_passes_to_compiled_with_the_same_numbers(monkeypatch):
+    """Runtime.compile="auto": the first large pass runs eager and starts the compiling child; passes stay
+    eager until it is done, then run compiled, and every pass gives the same numbers."""
+
+    monkeypatch.setattr(model_mod, "can_compile", lambda device: True)
+    # one Linear layer: two kernels to compile (the DAC and the flat epilogue), so the test stays short
+    m = nvcim.convert(linear(64, 8), MLC, chips=2, seed=1, runtime=Runtime(chip_block=2))
+    x = torch.rand(8, 64, generator=torch.Generator().manual_seed(0))
+    m.calibrate(x)
+    monkeypatch.setattr(model_mod, "COMPILE_CALL_ELEMENTS", 0.0)
+    with torch.no_grad():
+        first = m(x, read_key=3)  # recorded
+        w = m._warmup
+        assert w is not None and w.records and w.proc is not None
+        assert w.proc.wait(timeout=900) == 0, w.proc.stderr.read() if w.proc.stderr else ""
+        assert w.ready and m._compile_now(x) == "on"
+        again = m(x, read_key=3)  # compiled
+    assert torch.equal(first, again)
+    # a model with the same layers in this process: nothing left to compile, no child
+    m2 = nvcim.convert(linear(64, 8), MLC, chips=2, seed=1, runtime=Runtime(chip_block=2))
+    m2.calibrate(x)
+    with torch.no_grad():
+        m2(x, read_key=3)
+    assert m2._warmup is not None and m2._warmup.proc is None and m2._warmup.ready
+
+
+def test_a_failed_background_compile_leaves_passes_eager_and_says_so(monkeypatch, caplog):
+    from nvcim.chip import warmup
+
+    monkeypatch.setattr(model_mod, "can_compile", lambda device: True)
+    monkeypatch.setattr(warmup, "CHILD", [sys.executable, "-c", "import sys; sys.exit('no compiler here')"])
+    monkeypatch.setattr(warmup, "_compiled", set())
+    m = nvcim.convert(lenet(), override(MLC, {"device.read_noise": 0.01}), chips=2, seed=1)
+    x = _x(8)
+    m.calibrate(x)
+    monkeypatch.setattr(model_mod, "COMPILE_CALL_ELEMENTS", 0.0)
+    with torch.no_grad():
+        first = m(x, read_key=3)
+        m._warmup.proc.wait(timeout=60)
+        with caplog.at_level(logging.WARNING, logger="nvcim"):
+            assert m._compile_now(x) == "off" and m._warmup.failed
+            again = m(x, read_key=3)
+    assert torch.equal(first, again)
+    assert any("no compiler here" in r.getMessage() for r in caplog.records)

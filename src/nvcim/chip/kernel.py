@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from ..circuits import get_adc, get_dac
-from . import rng
+from . import rng, warmup
 from .context import EpilogueOperands, ReadNoiseOperands
 from .tail import apply_tail
 
@@ -340,13 +340,28 @@ def run_kernel(name: str, static: tuple, compiled: bool, *args: Any) -> Any:
 
 
 def eager_kernel(name: str, static: tuple) -> Callable[..., Tensor]:
-    """Loop ``name`` with its trailing arguments ``static`` bound."""
+    """Loop ``name`` with its trailing arguments ``static`` bound (each call noted for a background
+    compile, :mod:`.warmup`, while one is being recorded)."""
     fn = _KERNELS[name]
-    return (lambda *a: fn(*a, *static)) if static else fn
+
+    def run(*a: Any) -> Any:
+        warmup.note(name, static, a)
+        return fn(*a, *static)
+
+    return run
+
+
+def compiled_kernel(name: str, static: tuple) -> Callable[..., Tensor]:
+    """Loop ``name`` compiled (:func:`_compiled_kernel`); while a pass is recorded for a background compile
+    (:mod:`.warmup`), the eager loop instead, its call noted: the recorded pass takes every decision a
+    compiled pass takes (fused tails, the compiled DAC) and so notes the kernels that pass will call."""
+    if warmup.recording_now():
+        return eager_kernel(name, static)
+    return _compiled_kernel(name, static)
 
 
 @functools.lru_cache(maxsize=128)
-def compiled_kernel(name: str, static: tuple) -> Callable[..., Tensor]:
+def _compiled_kernel(name: str, static: tuple) -> Callable[..., Tensor]:
     """Loop ``name`` under ``torch.compile``, one compiled function per ``static`` (the tail's ops and the
     output geometry), closed over and compiled with automatic dynamic shapes, so that only what does change
     (the sub-batch size) becomes symbolic: under ``dynamic=True`` the geometry would be symbolic too, and
@@ -359,7 +374,7 @@ def compiled_kernel(name: str, static: tuple) -> Callable[..., Tensor]:
 
     # a loop whose only static operand is the ADC model stays shape-polymorphic (the sub-batch and the
     # geometry vary with every layer); the tails specialise on their geometry (see above)
-    return torch.compile(_own_code(bound, f"{name}_{compiled_kernel.cache_info().currsize}"),
+    return torch.compile(_own_code(bound, f"{name}_{_compiled_kernel.cache_info().currsize}"),
                          dynamic=True if len(static) == 1 else None)
 
 
@@ -383,6 +398,9 @@ def dac_kernel(model: str, bits: int, signed: bool) -> Callable[[Tensor, Tensor]
 
     def run(x: Tensor, full_scale: Tensor) -> Tensor:
         global _compile_failed
+        if warmup.recording_now():
+            warmup.note("dac", (model, bits, signed), (x, full_scale))
+            return bound(x, full_scale)
         if not _compile_failed:
             try:
                 return fn(x, full_scale)

@@ -26,7 +26,7 @@ from torch.utils._pytree import tree_flatten, tree_unflatten
 from ..config import ChipConfig
 from ..config.fields import check, spec
 from ..errors import NvcimError, ShapeError
-from . import rng
+from . import rng, warmup
 from .context import CalibratePass, ChipPass, DigitalPass, RunContext
 from .heap import retain_heap
 from .layers import AnalogLayer
@@ -40,6 +40,7 @@ log = logging.getLogger("nvcim")
 # and 2e9 in all is where a loop of small calls has (docs/user-guide.md, "When nvcim compiles").
 COMPILE_CALL_ELEMENTS = 5e8
 COMPILE_TOTAL_ELEMENTS = 2e9
+COMPILE_DRAWS = 1e9  # cell draws of one programming above which "auto" compiles the draws
 
 # Runtime.chip_block and memory_mb = 0 (auto). A CPU gains nothing from larger blocks (measured on LeNet-5,
 # docs/benchmarks.md); a GPU pays a launch per kernel, layer, chip block and sub-batch, so there blocks and
@@ -141,6 +142,7 @@ class AnalogModel(nn.Module):
         self._reads = 0
         self._elements_run = 0.0  # activation elements of every chip pass so far (Runtime.compile="auto")
         self._announced = False
+        self._warmup: warmup.Warmup | None = None  # the background compile of this model's kernels
         self.report: Any = None  # the ConversionReport of convert()
         self._bytes_per_chip_image: dict[tuple[int, ...], float] = {}
         self._auto: tuple[Runtime, int, float] | None = None  # (for, chips per block, activation bytes)
@@ -214,8 +216,14 @@ class AnalogModel(nn.Module):
         ``on_demand``: make the cells for each pass's chip block instead of storing them (None: as before)."""
         if self.device.type == "cpu" and self.runtime.retain_heap:
             retain_heap()  # the write temporaries are reused from the heap, not faulted in per chunk
-        for layer in self.analog_layers():
-            layer.compile_draws = self.runtime.compile != "off"  # compiled draws: same bits, faster
+        layers = self.analog_layers()
+        draws = 2 * sum(lay.weight.numel() for lay in layers) * len(chip_ids)
+        # compiled draws: the same bits, faster, but their first compile costs tens of seconds with a cold
+        # inductor cache (LeNet-5 on 50 chips: 36 s of a 0.2 s conversion); "auto" compiles them only where
+        # eager writing would take longer than that (about 2.5e7 draws/s eager on 2 cores)
+        compiled = self.runtime.compile == "on" or (self.runtime.compile == "auto" and draws >= COMPILE_DRAWS)
+        for layer in layers:
+            layer.compile_draws = compiled
             layer.program(self.seed, chip_ids, on_demand=layer.on_demand if on_demand is None else on_demand)
 
     @property
@@ -275,30 +283,42 @@ class AnalogModel(nn.Module):
                              "model.calibrate(x) with representative inputs first (nvcim.evaluate does it)")
         grad = torch.is_grad_enabled() and (x.requires_grad or self._registers_need_grad())
         with torch.set_grad_enabled(grad):
-            return self._chip_pass(x, image_ids, read_key, compiled=not grad and self._compile_now(x))
+            how = "off" if grad else self._compile_now(x)
+            if how != "record":
+                with warmup.sharing_cores(self._warmup):
+                    return self._chip_pass(x, image_ids, read_key, compiled=how == "on")
+            with warmup.recording() as calls:  # a compiled pass's decisions, its kernels run eager and noted
+                out = self._chip_pass(x, image_ids, read_key, compiled=True)
+            self._warmup = warmup.Warmup(calls).start()
+            return out
 
     def _registers_need_grad(self) -> bool:
         return any(t.requires_grad for lay in self.analog_layers()
                    for t in (lay.tune_gain, lay.tune_offset, lay.sram_w))
 
-    def _compile_now(self, x: Tensor) -> bool:
-        """Runtime.compile for this pass: "on"/"off", or for "auto" once the work repays compiling. Compiled and
-        eager passes give the same numbers (tested), so the choice, and hence the call pattern, changes speed
-        only."""
+    def _compile_now(self, x: Tensor) -> str:
+        """Runtime.compile for this pass: "on" or "off" (compiled or eager), or "record": eager, recording its
+        kernels for a background compile. "on"/"off" are forced; "auto" compiles once the work repays it and
+        the kernels are ready: the first pass that would repay it runs eager while its kernels compile in a
+        child process (:mod:`.warmup`), so the first result does not wait for inductor, and passes switch
+        to the compiled kernels when they are ready. Compiled and eager passes give the same numbers
+        (tested), so the choice, and hence the call pattern, changes speed only."""
         mode = self.runtime.compile
         if mode != "auto":
-            return mode == "on"
+            return mode
         elements = self.bytes_per_chip_image(x) / 6.0 * self.chips * x.shape[0]
         self._elements_run += elements
         if not can_compile(self.device) or (elements < COMPILE_CALL_ELEMENTS
                                             and self._elements_run < COMPILE_TOTAL_ELEMENTS):
-            return False
-        if not self._announced:
-            self._announced = True
-            log.info("compiling the chip kernels of this model with torch.compile (once per process and layer "
-                     "shape; a minute or two on a small CPU, seconds when cached); Runtime(compile='off') skips "
-                     "it")
-        return True
+            return "off"
+        if self._warmup is None:
+            if not self._announced:
+                self._announced = True
+                log.info("compiling the chip kernels of this model with torch.compile in the background (once "
+                         "per process and layer shape; a minute or two on a small CPU, seconds when cached); "
+                         "chip passes run eager until it is done; Runtime(compile='off') skips it")
+            return "record"
+        return "on" if self._warmup.ready else "off"
 
     def _chip_pass(self, x: Tensor, image_ids: Tensor | None, read_key: int | None, compiled: bool) -> Any:
         b = x.shape[0]
