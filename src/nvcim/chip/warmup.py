@@ -166,7 +166,8 @@ def _compile(records: list[list[Any]]) -> None:
     """Compile each noted kernel once, on zero tensors of its layout (in the child process)."""
     from . import kernel
 
-    torch.set_num_threads(1)  # the parent's passes keep the cores; compiling is mostly one thread anyway
+    # no torch.set_num_threads here: inductor generates its CPU loops for the thread count it compiles under,
+    # and a kernel compiled for one thread is not the parent's (it compiled again: 193 s, LeNet-5)
     kernel.epilogue(True)  # dynamo's recompile limit, as a compiled pass sets it
     with torch.no_grad():
         for name, static, metas in records:
