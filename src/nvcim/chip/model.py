@@ -68,10 +68,11 @@ class Runtime:
                            unit="chips", lo=1, hi=4096, zero_ok=True)
     compile: str = spec("auto", "fuse the analog epilogue with torch.compile: on, off, or auto (compile once "
                         "this model's chip passes are large enough to repay the one-off compile: one call of at "
-                        "least 5e8 activation elements, or 2e9 in all; needs a C++ compiler or a GPU). Programming "
-                        "writes of 2^16 cells or more compile unless this is off (about 20x faster on a CPU). "
-                        "Compiled and eager passes and writes give the same numbers to the bit, so this only "
-                        "changes speed",
+                        "least 5e8 activation elements, or 2e9 in all; that first call runs eager while a child "
+                        "process compiles its kernels, and passes switch when it is done; needs a C++ compiler or "
+                        "a GPU). Programming draws compile when this is on, or under auto above 1e9 draws (about "
+                        "20x faster on a CPU once compiled). Compiled and eager passes and writes give the same "
+                        "numbers to the bit, so this only changes speed",
                         choices=("auto", "on", "off"))
     cells: str = spec("auto", "where programmed cells live: stored (every chip's conductances, fault codes and "
                       "drift factors in memory, 5-9 bytes per cell and chip; needed by methods that read or "
