@@ -23,7 +23,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check src tests bench
 
 typecheck: $(STAMP)
-	$(BIN)/mypy src/nvcim/config src/nvcim/chip src/nvcim/devices src/nvcim/mapping src/nvcim/circuits src/nvcim/evaluation src/nvcim/methods src/nvcim/experiments src/nvcim/arith.py
+	$(BIN)/mypy src/nvcim/config src/nvcim/chip src/nvcim/devices src/nvcim/mapping src/nvcim/circuits src/nvcim/evaluation src/nvcim/methods src/nvcim/experiments src/nvcim/arith.py src/nvcim/registry.py
 
 # Bounded reliability runs (docs/reliability.md): FUZZ_SECONDS, STRESS_KILLS, STRESS_ROUNDS, STRESS_RUNNERS.
 fuzz: $(STAMP)

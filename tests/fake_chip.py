@@ -19,11 +19,30 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from nvcim.chip import Verified
-from nvcim.config import ChipConfig
+from nvcim.config import ChipConfig, DeviceConfig
+from nvcim.mapping import Differential, Mapping
 
 
 def _ste_round(x: Tensor) -> Tensor:
     return x + (torch.round(x) - x).detach()
+
+
+class _AdditiveCells:
+    """The fake chip's datasheet: continuous conductances, a write spread of sigma x g_max everywhere."""
+
+    between_chip_gain = False
+
+    def __init__(self, device: DeviceConfig) -> None:
+        self.device = device
+
+    def levels(self) -> Tensor | None:
+        return None
+
+    def round(self, target: Tensor) -> Tensor:
+        return target
+
+    def write_spread(self, target: Tensor) -> Tensor:
+        return torch.full_like(target, self.device.programming.sigma * self.device.g_max)
 
 
 class FakeChip:
@@ -65,8 +84,11 @@ class FakeChip:
     def layer_names(self) -> list[str]:
         return list(self.linears)
 
-    def scheme(self, layer: str) -> str:
-        return "differential"
+    def mapping(self, layer: str) -> Mapping:
+        return Differential(self._config)  # it answers the scheme's questions; the fake maps by itself
+
+    def device_model(self) -> _AdditiveCells:
+        return _AdditiveCells(self._config.device)
 
     def row_tiles(self, layer: str) -> Tensor:
         return torch.arange(self.linears[layer].weight.shape[1]) // self._config.array.rows

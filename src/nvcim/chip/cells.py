@@ -393,27 +393,21 @@ class CellArrays(nn.Module):
         (the two halves of a differential pair each as their own tile), not to reference columns.
         """
         r = self.config.array.wire_resistance
-        offset = self.config.mapping.scheme == "offset"
+        reference = self.mapping.reference
         if r:
             pos = pos * self._ir(pos, r)
-        if offset:
-            neg = self._expand_ref(neg)
+        if reference:
+            neg = self.mapping.expand_neg(neg, self.out_features)
         elif r:
             neg = neg * self._ir(neg, r)
         d = self.config.device
         w2 = None
         if d.read_noise:
             pos0, neg0 = at_t0 if at_t0 is not None else (None, None)
-            if offset and neg0 is not None:
-                neg0 = self._expand_ref(neg0)
+            if neg0 is not None:
+                neg0 = self.mapping.expand_neg(neg0, self.out_features)
             w2 = get_read_noise(d.read_noise_model).pair_variance(pos, neg, d, pos0, neg0)
         return pos - neg, w2
-
-    def _expand_ref(self, neg: Tensor) -> Tensor:
-        """Reference-column cells broadcast to the columns of their tile (``Mapped.expand_neg`` for state
-        tensors with a leading chip dimension)."""
-        tile = torch.arange(self.out_features, device=neg.device) // self.config.array.cols
-        return neg.index_select(-2, tile)
 
     def _ir(self, g: Tensor, r: float) -> Tensor:
         """IR-drop attenuation of every cell, tile by tile (rows = K, columns = outputs)."""

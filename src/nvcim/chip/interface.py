@@ -31,7 +31,8 @@ from typing import NamedTuple, Protocol, runtime_checkable
 import torch
 from torch import Tensor
 
-from ..config import ChipConfig
+from ..config import ChipConfig, DeviceConfig
+from ..mapping import Mapping
 
 
 class Verified(NamedTuple):
@@ -42,6 +43,33 @@ class Verified(NamedTuple):
     failed_neg: Tensor
     stuck_pos: Tensor  # (N, S, O', K) the failed cells given up as stuck (their reads stayed at a rail)
     stuck_neg: Tensor
+
+
+class DeviceModel(Protocol):
+    """The datasheet model of the chip's cells (:class:`nvcim.devices.ProgrammingModel` for the simulator)."""
+
+    @property
+    def device(self) -> DeviceConfig:
+        """The device's datasheet values (conductance range, levels, noise)."""
+        ...
+
+    @property
+    def between_chip_gain(self) -> bool:
+        """True: the between-chip term scales cells (a write gain that a re-write lands with again); False:
+        it adds an offset (which a differential pair cancels)."""
+        ...
+
+    def levels(self) -> Tensor | None:
+        """Programmable level conductances (S), ascending; None for a continuous device."""
+        ...
+
+    def round(self, target: Tensor) -> Tensor:
+        """``target`` (S) rounded to the nearest programmable level."""
+        ...
+
+    def write_spread(self, target: Tensor) -> Tensor:
+        """Std (S) of one write to ``target`` (S), the within-chip part that a re-write re-rolls."""
+        ...
 
 
 @runtime_checkable
@@ -66,8 +94,13 @@ class Chip(Protocol):
         """The analog layers, in forward order."""
         ...
 
-    def scheme(self, layer: str) -> str:
-        """'differential' or 'offset'."""
+    def mapping(self, layer: str) -> Mapping:
+        """The layer's weight-to-conductance mapping, which answers the scheme's questions (``reference``:
+        whether the negative side is a shared reference column rather than a partner per weight)."""
+        ...
+
+    def device_model(self) -> DeviceModel:
+        """The cells' datasheet model: levels, write spread, the kind of between-chip variation."""
         ...
 
     def row_tiles(self, layer: str) -> Tensor:

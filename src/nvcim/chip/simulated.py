@@ -12,7 +12,9 @@ from torch import Tensor, nn
 
 from ..circuits import get_read_noise
 from ..config import ChipConfig
+from ..devices import ProgrammingModel, get_model
 from ..errors import NvcimError
+from ..mapping import Mapping
 from . import rng
 from .context import DigitalPass, TrainPass
 from .interface import Verified
@@ -69,17 +71,20 @@ class SimulatedChip:
     def decode(self, layer: str, pos: Tensor, neg: Tensor) -> Tensor:
         lay = self._layers[layer]
         neg = neg.to(pos)
-        return lay.decode(pos - (lay._expand_ref(neg) if lay.config.mapping.scheme == "offset" else neg))
+        return lay.decode(pos - lay.mapping.expand_neg(neg, lay.out_features))
 
-    def scheme(self, layer: str) -> str:
-        return self._layers[layer].config.mapping.scheme
+    def mapping(self, layer: str) -> Mapping:
+        return self._layers[layer].mapping
+
+    def device_model(self) -> ProgrammingModel:
+        return get_model(self.config.device, self.config.variability)
 
     def ir_attenuation(self, layer: str, pos: Tensor, neg: Tensor) -> tuple[Tensor, Tensor]:
         lay = self._layers[layer]
         r = lay.config.array.wire_resistance
         if not r:
             return torch.ones_like(pos), torch.ones_like(neg)
-        a_neg = lay._ir(neg, r) if lay.config.mapping.scheme == "differential" else torch.ones_like(neg)
+        a_neg = torch.ones_like(neg) if lay.mapping.reference else lay._ir(neg, r)  # no drop on references
         return lay._ir(pos, r), a_neg
 
     def read(self, layer: str) -> tuple[Tensor, Tensor]:

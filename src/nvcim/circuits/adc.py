@@ -12,7 +12,7 @@ from abc import ABC, abstractmethod
 
 from torch import Tensor
 
-from .registry import Registry
+from ..registry import Registry
 
 
 class ADCModel(ABC):
@@ -43,4 +43,4 @@ register = ADC_MODELS.register
 
 
 def get_adc(name: str) -> ADCModel:
-    return ADC_MODELS.get(name)
+    return ADC_MODELS.instance(name)

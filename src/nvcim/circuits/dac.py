@@ -11,7 +11,7 @@ from abc import ABC, abstractmethod
 
 from torch import Tensor
 
-from .registry import Registry
+from ..registry import Registry
 
 
 class DACModel(ABC):
@@ -28,4 +28,4 @@ register = DAC_MODELS.register
 
 
 def get_dac(name: str) -> DACModel:
-    return DAC_MODELS.get(name)
+    return DAC_MODELS.instance(name)

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from torch import Tensor
 
-from .registry import Registry
+from ..registry import Registry
 
 if TYPE_CHECKING:
     from ..config.schema import DeviceConfig
@@ -42,4 +42,4 @@ register = READ_NOISE_MODELS.register
 
 
 def get_read_noise(name: str) -> ReadNoiseModel:
-    return READ_NOISE_MODELS.get(name)
+    return READ_NOISE_MODELS.instance(name)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Iterable
 from typing import Any
 
 from ..errors import ConfigError
@@ -20,13 +21,15 @@ def spec(
     lo: float | None = None,
     hi: float | None = None,
     lo_open: bool = False,
-    choices: tuple[str, ...] | None = None,
+    choices: Iterable[str] | None = None,
     zero_ok: bool = False,
 ) -> Any:
     """Declare a config field.
 
     ``lo``/``hi`` bound numbers (and every element of a tuple); ``lo_open`` makes ``lo`` exclusive;
     ``zero_ok`` also admits exactly 0 (used for "0 = off / auto") when 0 is outside ``[lo, hi]``.
+    ``choices``: the allowed strings, a tuple or a :class:`~nvcim.registry.Registered` list of a registry's
+    names (read when a value is checked).
     """
     meta = dict(doc=doc, unit=unit, lo=lo, hi=hi, lo_open=lo_open, choices=choices, zero_ok=zero_ok)
     if isinstance(default, (list, tuple)):
@@ -37,7 +40,7 @@ def spec(
 def allowed_text(meta: dict[str, Any]) -> str:
     """Human-readable allowed range for a field, e.g. ``(0, inf) S``."""
     if meta.get("choices"):
-        return "one of " + ", ".join(repr(c) for c in meta["choices"])
+        return "one of " + ", ".join(repr(c) for c in meta["choices"])  # a registry's: read now
     lo, hi = meta.get("lo"), meta.get("hi")
     left = "(" if meta.get("lo_open") or lo is None else "["
     txt = f"{left}{'-inf' if lo is None else lo}, {'inf' if hi is None else hi}]"

@@ -12,10 +12,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import ConfigError
+from ..registry import Registered
 from .fields import check, spec
 
 MIN_ON_OFF = 1.001  # smallest g_max / g_min: float32 conductances resolve no narrower window
-PROGRAMMING_MODELS = ("none", "lognormal", "additive", "state-dependent", "measured", "pcm")
+# the choices of these fields are the names in their registries (a model added in one file is allowed)
+PROGRAMMING_MODELS = Registered("nvcim.devices", "PROGRAMMING_MODELS")
+DRIFT_MODELS = Registered("nvcim.devices", "DRIFT_MODELS")
+READ_NOISE_MODELS = Registered("nvcim.circuits", "READ_NOISE_MODELS")
+ADC_MODELS = Registered("nvcim.circuits", "ADC_MODELS")
+DAC_MODELS = Registered("nvcim.circuits", "DAC_MODELS")
+MAPPINGS = Registered("nvcim.mapping", "MAPPINGS")
 
 
 @dataclass(frozen=True)
@@ -60,7 +67,8 @@ class DriftConfig:
     power-law: nu ~ N(nu_mean, nu_std) (clipped >= 0); pcm: IBM's state-dependent fit (nvcim.devices.pcm)."""
 
     model: str = spec("power-law", "how nu is drawn (nvcim.devices.DRIFT_MODELS): 'power-law' (nu_mean, nu_std "
-                      "for every state) or 'pcm' (mean and std from the target conductance, Joshi et al. 2020)")
+                      "for every state) or 'pcm' (mean and std from the target conductance, Joshi et al. 2020)",
+                      choices=DRIFT_MODELS)
     nu_mean: float = spec(0.0, "power-law: mean drift exponent", unit="-", lo=0.0, hi=1.0)
     nu_std: float = spec(0.0, "power-law: cell-to-cell std of the drift exponent", unit="-", lo=0.0, hi=1.0)
     t0: float = spec(1.0, "time of the programming reference read", unit="s", lo=0.0, lo_open=True)
@@ -70,9 +78,6 @@ class DriftConfig:
 
     def __post_init__(self) -> None:
         check(self)
-        from ..devices.drift import DRIFT_MODELS
-
-        DRIFT_MODELS.get(self.model)
         if self.t_read < self.t0:
             raise ConfigError("t_read", self.t_read, f"[{self.t0:g}, inf) s (not before t0)")
 
@@ -93,15 +98,13 @@ class DeviceConfig:
                              "of the fitted 1/f noise (1 = Joshi et al.)", unit="-", lo=0.0, hi=1.0)
     read_noise_model: str = spec("proportional", "read-noise model (nvcim.circuits.READ_NOISE_MODELS): "
                                  "'proportional' (std ~ G), 'additive' (a floor, std ~ g_max) or 'pcm' (1/f noise "
-                                 "growing with the time since programming, Joshi et al. 2020)")
+                                 "growing with the time since programming, Joshi et al. 2020)",
+                                 choices=READ_NOISE_MODELS)
     faults: FaultConfig = field(default_factory=FaultConfig)
     drift: DriftConfig = field(default_factory=DriftConfig)
 
     def __post_init__(self) -> None:
         check(self)
-        from ..circuits import READ_NOISE_MODELS
-
-        READ_NOISE_MODELS.get(self.read_noise_model)
         if self.g_min * MIN_ON_OFF > self.g_max:  # float32 cannot resolve a narrower conductance window
             raise ConfigError("g_min", self.g_min, f"[0, {self.g_max / MIN_ON_OFF:g}] S, below g_max by an "
                               f"on/off ratio of at least {MIN_ON_OFF:g}")
@@ -137,7 +140,7 @@ class MappingConfig:
     """How signed weights become conductances."""
 
     scheme: str = spec("differential", "differential: w ~ G+ - G-; offset: w ~ G - G_ref (reference column)",
-                       choices=("differential", "offset"))
+                       choices=MAPPINGS)
     weight_bits: int = spec(0, "bit slicing: signed weight bits spread over cells of bits_per_cell bits; "
                             "0 = one cell per weight", unit="bit", lo=2, hi=16, zero_ok=True)
     scaling: str = spec("layer", "max|W| per layer or per output column maps onto the conductance range",
@@ -174,13 +177,14 @@ class CircuitConfig:
 
     dac_bits: int = spec(0, "input DAC resolution; 0 = ideal", unit="bit", lo=1, hi=16, zero_ok=True)
     dac_model: str = spec("uniform", "DAC model (nvcim.circuits.DAC_MODELS): 'uniform' (signed codes for "
-                          "signed inputs, 2^b levels for non-negative ones) or 'symmetric' (always signed: aihwkit's)")
+                          "signed inputs, 2^b levels for non-negative ones) or 'symmetric' (always signed: aihwkit's)",
+                          choices=DAC_MODELS)
     dac_range: float = spec(0.0, "input full scale in activation units; 0 = calibrate on data",
                             unit="activation", lo=1e-6, hi=1e6, zero_ok=True)
     adc_bits: int = spec(0, "column ADC resolution; 0 = ideal", unit="bit", lo=1, hi=16, zero_ok=True)
     adc_model: str = spec("uniform", "ADC model (nvcim.circuits.ADC_MODELS): 'uniform' (mid-tread, rounds), "
                           "'midrise' (floors, reconstructs bin centres) or 'symmetric' (mid-tread, +-(2^(b-1)-1) "
-                          "codes: aihwkit's)")
+                          "codes: aihwkit's)", choices=ADC_MODELS)
     adc_range: float = spec(0.0, "ADC full scale as a fraction of the largest possible tile column "
                             "signal (rows x (g_max-g_min) x input full scale); 0 = calibrate on data",
                             unit="-", lo=1e-6, hi=1.0, zero_ok=True)
@@ -208,10 +212,6 @@ class CircuitConfig:
 
     def __post_init__(self) -> None:
         check(self)
-        from ..circuits import ADC_MODELS, DAC_MODELS  # the registries: a model added in one file is allowed
-
-        ADC_MODELS.get(self.adc_model)
-        DAC_MODELS.get(self.dac_model)
         if self.adc_range and self.adc_range_cells:
             raise ConfigError("adc_range_cells", self.adc_range_cells, "0 when adc_range is set (one ADC range)")
         if self.bound_management and not self.adc_bits:
@@ -282,8 +282,10 @@ class ChipConfig:
             if d.levels or d.bits_per_cell == 0:
                 raise ConfigError("mapping.weight_bits", m.weight_bits, "0 when the device has explicit or "
                                   "continuous levels (bit slicing needs 2^bits_per_cell uniform levels)")
-            if m.scheme != "differential":
-                raise ConfigError("mapping.weight_bits", m.weight_bits, "0 with the offset scheme "
+            from ..mapping import MAPPINGS  # the mapping classes import this module: looked up when needed
+
+            if not MAPPINGS.get(m.scheme).bit_slicing:
+                raise ConfigError("mapping.weight_bits", m.weight_bits, f"0 with the {m.scheme} scheme "
                                   "(bit slicing is implemented for differential pairs)")
         if d.programming.model == "state-dependent" and d.programming.level_sigma:
             if len(d.programming.level_sigma) != d.n_levels:

@@ -21,18 +21,23 @@ import torch
 from torch import Tensor
 
 from ..config.schema import DeviceConfig, VariabilityConfig
-from ..errors import ConfigError
-
-_REGISTRY: dict[str, type[ProgrammingModel]] = {}
+from ..registry import Registry
 
 
 class ProgrammingModel:
     """Base class of programming-variation models. Subclasses set ``name`` and implement ``sample``."""
 
     name: ClassVar[str] = ""
+    # whether the between-chip term multiplies every cell it covers (a write gain that a re-write lands with
+    # again) rather than adding an offset (which a differential pair cancels)
+    between_chip_gain: ClassVar[bool] = False
 
     def __init__(self, device: DeviceConfig, variability: VariabilityConfig) -> None:
         self.device, self.variability = device, variability
+
+    def round(self, target: Tensor) -> Tensor:
+        """``target`` (S) rounded to the nearest programmable level (as it is for a continuous device)."""
+        return round_to_levels(target, self.levels())[0]
 
     def levels(self) -> Tensor | None:
         """Programmable level conductances (S), ascending; None for a continuous device."""
@@ -67,18 +72,13 @@ class ProgrammingModel:
         return sd[lo] * (1 - frac) + sd[lo + 1] * frac
 
 
-def register(cls: type[ProgrammingModel]) -> type[ProgrammingModel]:
-    """Class decorator that makes a model available by its ``name`` in ``device.programming.model``."""
-    _REGISTRY[cls.name] = cls
-    return cls
+PROGRAMMING_MODELS: Registry[ProgrammingModel] = Registry("device.programming.model")
+register = PROGRAMMING_MODELS.register  # class decorator: the model by its ``name`` in device.programming.model
 
 
 def get_model(device: DeviceConfig, variability: VariabilityConfig) -> ProgrammingModel:
     """Instantiate the programming model that ``device.programming.model`` names."""
-    name = device.programming.model
-    if name not in _REGISTRY:
-        raise ConfigError("device.programming.model", name, "one of " + ", ".join(sorted(_REGISTRY)))
-    return _REGISTRY[name](device, variability)
+    return PROGRAMMING_MODELS.create(device.programming.model, device, variability)
 
 
 @functools.lru_cache(maxsize=64)

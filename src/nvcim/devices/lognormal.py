@@ -19,6 +19,7 @@ G_CEILING = 10.0
 @register
 class Lognormal(ProgrammingModel):
     name = "lognormal"
+    between_chip_gain = True
 
     def sample(self, target: Tensor, level: Tensor | None, z_cell: Tensor, z_chip: Tensor) -> Tensor:
         s_w, s_b = self.device.programming.sigma, self.variability.between_sigma

@@ -90,7 +90,7 @@ def _layer_cost(layer: AnalogLayer, positions: int) -> LayerCost:
     cfg = layer.config
     cc, a = cfg.cost, cfg.array
     n, k, s, t = layer.out_features, layer.k, layer.n_slices, layer.row_tiles
-    cols = 2 * s * n if cfg.mapping.scheme == "differential" else n + math.ceil(n / a.cols)
+    cols = layer.mapping.array_columns(n, s)
     arrays_per_row_tile = math.ceil(cols / a.cols)
     arrays = t * arrays_per_row_tile
     cells = k * cols

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..errors import NvcimError, ShapeError
+from ..registry import Registry
 
 
 class Metric:
@@ -58,12 +59,8 @@ class Metric:
         return f"{100 * v:.2f} %" if self.unit == "%" else f"{v:.4g}{(' ' + self.unit) if self.unit else ''}"
 
 
-_REGISTRY: dict[str, type[Metric]] = {}
-
-
-def register(cls: type[Metric]) -> type[Metric]:
-    _REGISTRY[cls.name] = cls
-    return cls
+METRICS: Registry[Metric] = Registry("metric")
+register = METRICS.register  # class decorator: the metric by its ``name``
 
 
 def get_metric(metric: str | Metric | None) -> Metric:
@@ -76,13 +73,13 @@ def get_metric(metric: str | Metric | None) -> Metric:
         raise NvcimError(f"metric = {metric!r} is invalid: allowed a name ({', '.join(names())}) or a Metric")
     if (m := re.fullmatch(r"top(\d+)", metric)) and int(m.group(1)) >= 1:
         return TopK(int(m.group(1)))
-    if metric not in _REGISTRY:
+    if metric not in METRICS:
         raise NvcimError(f"metric = {metric!r} is invalid: allowed {', '.join(names())} (topK for any K >= 1)")
-    return _REGISTRY[metric]()
+    return METRICS.create(metric)
 
 
 def names() -> list[str]:
-    return ["top1", "top5", *sorted(_REGISTRY)]
+    return ["top1", "top5", *METRICS.names()]
 
 
 class TopK(Metric):

@@ -11,11 +11,13 @@ column, one per column tile (shape ``(S, n_col_tiles, K)``), expanded by :meth:`
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import Tensor
 
 from ..config.schema import ChipConfig
+from ..registry import Registry
 
 
 @dataclass
@@ -31,18 +33,41 @@ class Mapped:
 
     def expand_neg(self, neg: Tensor) -> Tensor:
         """Reference-column cells broadcast to every output column of their tile (``(..., S, out, K)``)."""
-        if not self.reference:
-            return neg
-        out = self.pos.shape[1]
-        tile = torch.arange(out, device=neg.device) // self.cols_per_tile
-        return neg.index_select(-2, tile)
+        return expand_reference(neg, self.pos.shape[1], self.cols_per_tile) if self.reference else neg
+
+
+def expand_reference(neg: Tensor, out_features: int, cols: int) -> Tensor:
+    """One reference column per column tile of ``cols`` columns, ``(..., n_col_tiles, K)``, broadcast to the
+    ``out_features`` columns it serves, ``(..., out_features, K)``."""
+    tile = torch.arange(out_features, device=neg.device) // cols
+    return neg.index_select(-2, tile)
 
 
 class Mapping:
-    """Interface of weight-to-conductance mappings."""
+    """Interface of weight-to-conductance mappings: one class per scheme, which answers every question
+    whose answer depends on the scheme (callers never compare scheme names).
+
+    ``reference`` is False when every weight has its own negative cell (a differential partner, of the
+    positive cell's shape, in an array column of its own, with its own IR drop) and True when the negative
+    side is one reference column per column tile, shared by the tile's columns."""
+
+    name: ClassVar[str] = ""
+    reference: ClassVar[bool] = False
+    bit_slicing: ClassVar[bool] = False  # whether it spreads a weight over slices (mapping.weight_bits)
 
     def __init__(self, config: ChipConfig) -> None:
         self.config = config
+
+    def expand_neg(self, neg: Tensor, out_features: int) -> Tensor:
+        """Negative-side cells ``(..., S, O' , K)`` as the ``out_features`` columns see them
+        ``(..., S, out_features, K)``: partners as they are, a reference column broadcast over its tile."""
+        return expand_reference(neg, out_features, self.config.array.cols) if self.reference else neg
+
+    def array_columns(self, out_features: int, slices: int) -> int:
+        """Physical array columns that ``out_features`` outputs of ``slices`` bit slices occupy in one row
+        tile (cells per logical row)."""
+        raise NotImplementedError
+
 
     def weight_max(self, w: Tensor) -> Tensor:
         """The weight that the full conductance range stands for, per layer (shape (1, 1)) or per output
@@ -63,3 +88,6 @@ class Mapping:
 
     def map(self, w: Tensor) -> Mapped:
         raise NotImplementedError
+
+
+MAPPINGS: Registry[Mapping] = Registry("mapping.scheme")

@@ -17,10 +17,17 @@ import math
 import torch
 from torch import Tensor
 
-from .base import Mapped, Mapping
+from .base import MAPPINGS, Mapped, Mapping
 
 
+@MAPPINGS.register
 class Differential(Mapping):
+    name = "differential"
+    bit_slicing = True
+
+    def array_columns(self, out_features: int, slices: int) -> int:
+        return 2 * slices * out_features  # a G+ and a G- column per output and slice
+
     def map(self, w: Tensor) -> Mapped:
         d, mcfg = self.config.device, self.config.mapping
         span = d.g_max - d.g_min

@@ -14,10 +14,17 @@ import torch
 from torch import Tensor
 
 from ..devices.base import get_model, round_to_levels
-from .base import Mapped, Mapping
+from .base import MAPPINGS, Mapped, Mapping
 
 
+@MAPPINGS.register
 class Offset(Mapping):
+    name = "offset"
+    reference = True
+
+    def array_columns(self, out_features: int, slices: int) -> int:
+        return out_features + math.ceil(out_features / self.config.array.cols)  # plus a reference per tile
+
     def g_ref(self) -> float:
         d = self.config.device
         levels = get_model(d, self.config.variability).levels()

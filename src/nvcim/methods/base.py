@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -23,6 +23,7 @@ from ..chip.interface import Chip
 from ..errors import NvcimError
 from ..evaluation import EvalResult, evaluate
 from ..evaluation.task_metrics import Metric, TopK, get_metric
+from ..registry import Registry
 
 
 @dataclass
@@ -146,28 +147,19 @@ class Method(ABC):
         """Recover in place on every chip of ``chip``."""
 
 
-_REGISTRY: dict[str, Callable[..., Method]] = {}
-
-
-def register(cls: type[Method]) -> type[Method]:
-    _REGISTRY[cls.name] = cls
-    return cls
+METHODS: Registry[Method] = Registry("method")
+register = METHODS.register  # class decorator: the method by its ``name``
 
 
 def names() -> list[str]:
-    return sorted(_REGISTRY)
+    return METHODS.names()
 
 
 def get(name: str, **options: Any) -> Method:
     """A method by name with its options, e.g. ``get("write-verify", fraction=0.1)``."""
-    if name not in _REGISTRY:
-        import difflib
-
-        near = difflib.get_close_matches(name, names(), n=1)
-        raise NvcimError(f"unknown method '{name}'." + (f" Did you mean '{near[0]}'?" if near else "")
-                         + f" Known methods: {', '.join(names())}")
+    cls = METHODS.get(name)
     try:
-        return _REGISTRY[name](**options)
+        return cls(**options)
     except TypeError as e:
         raise NvcimError(f"method '{name}': bad option ({e})") from None
 

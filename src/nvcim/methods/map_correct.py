@@ -50,8 +50,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..chip.interface import Chip
-from ..devices import ProgrammingModel, get_model, round_to_levels
+from ..chip.interface import Chip, DeviceModel
 from ..errors import NvcimError
 from .base import Cost, Method, TaskData, decode_factors, read_back, register
 
@@ -87,7 +86,7 @@ def mean_inputs(chip: Chip, x: Tensor) -> dict[str, tuple[Tensor, Tensor]]:
 
 
 def array_gain(chip: Chip, name: str, pos: Tensor, neg: Tensor, pos_t: Tensor, neg_t: Tensor,
-               device: ProgrammingModel) -> Tensor:
+               device: DeviceModel) -> Tensor:
     """Per-chip write gain of each array (row tile x column tile) of a differential layer, as a map of the
     cells' shape (N, S, O, K): the median of read / target over the cells targeted in the upper three
     quarters of the range and read off the rails (stuck cells are outliers the median ignores). A lognormal
@@ -95,7 +94,7 @@ def array_gain(chip: Chip, name: str, pos: Tensor, neg: Tensor, pos_t: Tensor, n
     with it again, so re-write targets are divided by it. Ones where the gain is not significant (3 standard
     errors), and for other device models, whose between-chip term is an offset the differential pair cancels."""
     ones = torch.ones_like(pos)
-    if device.name != "lognormal" or chip.scheme(name) != "differential":
+    if not device.between_chip_gain or chip.mapping(name).reference:
         return ones
     d = device.device
     span = d.g_max - d.g_min
@@ -156,7 +155,7 @@ class MapCorrect(Method):
     def _read(self, chip: Chip, name: str) -> tuple[Tensor, Tensor]:
         return read_back(chip, name, self.reads)
 
-    def _plan_predistort(self, chip: Chip, name: str, device: ProgrammingModel
+    def _plan_predistort(self, chip: Chip, name: str, device: DeviceModel
                          ) -> tuple[Tensor, Tensor, float] | None:
         """Pre-distorted targets (pos, neg) and headroom h, or None where the first-order IR-drop model is
         not trusted for this layer (then no step of map-correct touches the layer)."""
@@ -181,7 +180,7 @@ class MapCorrect(Method):
             return None
         return new_pos, new_neg, h
 
-    def _predistort(self, chip: Chip, name: str, span: float, device: ProgrammingModel) -> Tensor:
+    def _predistort(self, chip: Chip, name: str, span: float, device: DeviceModel) -> Tensor:
         """Write IR-drop pre-distorted targets G' = g_min + h (G / a(G') - g_min) where they differ enough
         from G. The headroom h <= 1 keeps the boosted cells within g_max; the digital column gain takes
         1/h, so the layer's output is unchanged."""
@@ -197,7 +196,7 @@ class MapCorrect(Method):
         pulses = torch.zeros(n, dtype=torch.long)
         for side, new, old in (("pos", new_pos, pos_t), ("neg", new_neg, neg_t)):
             mask = ((new - old).abs() > self.ir_tol * span).unsqueeze(0).expand(n, *new.shape)
-            if side == "neg" and chip.scheme(name) != "differential":
+            if side == "neg" and chip.mapping(name).reference:
                 continue  # reference columns are not attenuated
             pulses += chip.write(name, side, mask, new.unsqueeze(0).expand(n, *new.shape))
         return pulses
@@ -217,7 +216,7 @@ class MapCorrect(Method):
             out.append(g < mid - quarter if level > mid else g > mid + quarter)
         return out[0], out[1]
 
-    def _remap(self, chip: Chip, name: str, importance: Tensor, device: ProgrammingModel) -> Tensor:
+    def _remap(self, chip: Chip, name: str, importance: Tensor, device: DeviceModel) -> Tensor:
         """Find stuck cells with two test patterns, move logical rows onto the physical rows (same tile)
         where their stuck cells do the least harm, then program every cell. Returns pulses per chip."""
         d = device.device
@@ -269,7 +268,7 @@ class MapCorrect(Method):
             pulses += chip.write(name, side, torch.ones_like(full, dtype=torch.bool), full)
         return pulses
 
-    def _retarget(self, chip: Chip, name: str, span: float, device: ProgrammingModel) -> Tensor:
+    def _retarget(self, chip: Chip, name: str, span: float, device: DeviceModel) -> Tensor:
         """Keep one cell of a pair that misses its target and re-target its partner so that the effective
         difference a+ G+ - a- G- (IR drop included) hits the target. The cell kept is one that looks stuck
         (read at a rail, far from where it should be), else the one whose partner's write is predicted to
@@ -290,7 +289,7 @@ class MapCorrect(Method):
             else:
                 want = (a_neg * neg + d_t) / a_pos.clamp_min(0.05)
             req = (want / r).clamp(d.g_min, d.g_max)
-            landed = r * round_to_levels(req.cpu(), device.levels())[0].to(req)
+            landed = r * device.round(req.cpu()).to(req)
             after = ((a_pos * pos - a_neg * landed) if keep_pos else (a_pos * landed - a_neg * neg)) - d_t
             return req, after.abs(), r * device.write_spread(landed.cpu() / r.cpu()).to(req)
 
@@ -322,14 +321,14 @@ class MapCorrect(Method):
         d = cfg.device
         span = d.g_max - d.g_min
         pulses = torch.zeros(chip.n_chips)
-        device = get_model(cfg.device, cfg.variability)
+        device = chip.device_model()
         self._targets, self.skipped, self._headroom = {}, [], {}
         use_ir = self.ir and cfg.array.wire_resistance > 0
         self.moved = 0.0
         if self.remap:
             means = mean_inputs(chip, data.inputs(self.samples))
             for name in chip.layer_names():
-                if chip.scheme(name) == "differential":
+                if not chip.mapping(name).reference:
                     pulses += self._remap(chip, name, means[name][1].cpu(), device).double()
         if cfg.array.wire_resistance > 0:
             # where the drop is beyond the first-order model, the read-back cannot be turned into effective
@@ -342,7 +341,7 @@ class MapCorrect(Method):
                 pulses += self._predistort(chip, name, span, device).double()
         if self.partner:
             for name in names:
-                if chip.scheme(name) == "differential":
+                if not chip.mapping(name).reference:
                     pulses += self._retarget(chip, name, span, device).double()
         x = data.inputs(self.samples)
         if self.column:

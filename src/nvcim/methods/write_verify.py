@@ -35,7 +35,6 @@ import torch
 from torch import Tensor
 
 from ..chip.interface import Chip
-from ..devices import get_model
 from ..errors import NvcimError
 from .base import Cost, Method, TaskData, decode_factors, fisher_diagonal, register
 
@@ -100,7 +99,7 @@ class WriteVerify(Method):
     def cell_masks(self, chip: Chip, data: TaskData) -> dict[str, tuple[Tensor, Tensor]]:
         """(pos, neg) cell masks (S, O, K) of the global top ``fraction`` of cells by expected loss."""
         for name in chip.layer_names():
-            if chip.scheme(name) != "differential":
+            if chip.mapping(name).reference:
                 raise NvcimError(f"write-verify.cells = true needs the differential mapping ({name} "
                                  "uses reference columns)")
         fisher = fisher_diagonal(chip, data)
@@ -169,7 +168,7 @@ class WriteVerify(Method):
 def _neg_mask(chip: Chip, name: str, wmask: Tensor, shape: torch.Size, n: int) -> Tensor:
     """Differential partners follow their weight; reference columns are verified whole when any weight of
     their tile is chosen (they set every column's zero)."""
-    if chip.scheme(name) == "differential":
+    if not chip.mapping(name).reference:
         return wmask.unsqueeze(0).expand(shape).unsqueeze(0).expand(n, *shape)
     cols = chip.config.array.cols
     tiles = torch.stack([wmask[t * cols:(t + 1) * cols].any(0) for t in range(shape[1])])
@@ -186,10 +185,10 @@ def expected_sq_error(chip: Chip, name: str) -> Tensor:
 def cell_sq_errors(chip: Chip, name: str) -> tuple[Tensor, Tensor]:
     """Each cell's expected squared contribution to its weight's error, (S, O, K) for the pos and the neg
     cells (zeros for shared reference columns, which are verified whole)."""
-    spread = get_model(chip.config.device, chip.config.variability).write_spread
+    spread = chip.device_model().write_spread
     pos_t, neg_t = (t.cpu() for t in chip.targets(name))  # (S, O', K)
     f2 = decode_factors(chip, name).unsqueeze(-1) ** 2  # (S, O, 1)
     pos = f2 * spread(pos_t) ** 2
-    if chip.scheme(name) == "differential":
+    if not chip.mapping(name).reference:
         return pos, f2 * spread(neg_t) ** 2
     return pos, torch.zeros_like(pos)
