@@ -53,7 +53,7 @@ def main() -> None:
         tb = time.perf_counter()
         chips = torch.arange(c0, min(c0 + args.chip_block, args.chips))
         for lay in layers:
-            lay.effective(chips)  # writes this block's cells, as a chip pass does when it reaches the block
+            lay.crossbar.effective(chips)  # writes this block's cells, as a chip pass does when it reaches the block
         blocks.append(time.perf_counter() - tb)
         if len(blocks) in (1, 10) or c0 + args.chip_block >= args.chips:
             print(f"{c0 + len(chips)} chips written, {time.perf_counter() - t0:.1f} s", flush=True)
@@ -62,7 +62,7 @@ def main() -> None:
     out = {
         "machine": f"{platform.machine()} {platform.processor() or ''}".strip(), "threads": torch.get_num_threads(),
         "torch": torch.__version__, "chip": args.chip, "chips": args.chips, "chip_block": args.chip_block,
-        "cells_per_chip": sum(lay.mapped().pos.numel() + lay.mapped().neg.numel() for lay in layers),
+        "cells_per_chip": sum(lay.crossbar.mapped().pos.numel() + lay.crossbar.mapped().neg.numel() for lay in layers),
         "convert_s": t_convert, "program_all_blocks_s": t_program, "total_s": t_convert + t_program,
         "first_block_s": blocks[0], "median_block_s": sorted(blocks)[len(blocks) // 2],
         "stored_state_would_be_gib": args.chips * per / 2**30, "block_state_gib": args.chip_block * per / 2**30,

@@ -39,15 +39,15 @@ def main() -> None:
     chips = nvcim.convert(model, nvcim.override(SETTINGS[args.setting], over), chips=args.chips, seed=0)
     chips.calibrate(task.inputs(256))
     layers = chips.analog_layers()
-    trained = [(lay.dac_fs.clone(), lay.adc_fs.clone()) for lay in layers]
+    trained = [(lay.converters.dac_fs.clone(), lay.converters.adc_fs.clone()) for lay in layers]
     get("vat", epochs=args.epochs, patience=0, adc=args.adc).apply(SimulatedChip(chips), task)
     for how in ("keep", "adc", "all"):
         for lay, (dac, adc) in zip(layers, trained):  # the ranges the training chips read through
-            lay.dac_fs.copy_(dac)
-            lay.adc_fs = adc.clone()
+            lay.converters.dac_fs.copy_(dac)
+            lay.converters.adc_fs = adc.clone()
         chips.reprogram(None if how == "keep" else task.inputs(256), "all" if how == "all" else "adc")
         acc = nvcim.evaluate(chips, test, progress=False).accuracy
-        dacs = ", ".join(f"{float(d):.3g}->{float(lay.dac_fs):.3g}" for lay, (d, _) in zip(layers, trained))
+        dacs = ", ".join(f"{float(d):.3g}->{float(lay.converters.dac_fs):.3g}" for lay, (d, _) in zip(layers, trained))
         print(f"{args.setting} @{args.deploy}, vat adc={args.adc}, {args.epochs} epochs, ranges {how:4s}: "
               f"{100 * acc.mean:.2f} ± {100 * acc.std:.2f} %  (DAC full scales {dacs})", flush=True)
 

@@ -66,7 +66,7 @@ def main() -> int:
 
     def texts():  # type: ignore[no-untyped-def]
         @settings(max_examples=500, **SETTINGS)
-        @given(st.one_of(st.text(max_size=400), st.binary(max_size=400).map(lambda b: b.decode("latin-1"))),
+        @given(st.one_of(st.text(max_size=400), st.binary(max_size=400).map(lambda b: b.crossbar.decode("latin-1"))),
                st.sampled_from(["toml", "yaml", "json"]))
         def prop(text, fmt):  # type: ignore[no-untyped-def]
             check_text_property(text, fmt)

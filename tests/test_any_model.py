@@ -286,7 +286,7 @@ def test_depthwise_read_noise_has_the_analytic_spread_of_its_own_group():
     x = torch.rand(1, 3, 4, 4).expand(n, 3, 4, 4).contiguous()
     with torch.no_grad():
         y = model(x)[0].double()
-    m = model.analog_layers()[0].mapped()
+    m = model.analog_layers()[0].crossbar.mapped()
     w2 = (m.scale.double().view(-1, 1) ** 2) * (sr**2) * (m.pos[0].double() ** 2 + m.neg[0].double() ** 2)
     sd = F.conv2d(x[:1].double() ** 2, w2.view(3, 1, 3, 3), padding=1, groups=3)[0].sqrt()
     assert ((y.std(0) - sd).abs() < 5 * sd / math.sqrt(2 * (n - 1))).all()
@@ -322,7 +322,7 @@ def test_each_read_of_a_layer_in_one_forward_draws_fresh_read_noise():
     x = torch.rand(1, 16).expand(n, 16).contiguous()
     with torch.no_grad():
         y = model(x)[0].double()  # (n, 2, 4)
-    m = model.analog_layers()[0].mapped()
+    m = model.analog_layers()[0].crossbar.mapped()
     w2 = (m.scale.double().view(-1, 1) ** 2) * (sr**2) * (m.pos[0].double() ** 2 + m.neg[0].double() ** 2)
     sd = (w2 @ (x[0].double() ** 2)).sqrt()  # (4,)
     for k in range(2):

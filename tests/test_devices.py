@@ -46,10 +46,10 @@ def test_chips_programmed_on_the_device_are_the_cpu_chips(device):
     on_cpu = nvcim.convert(lenet(), NOISY, chips=5, seed=3)
     on_dev = nvcim.convert(lenet().to(device), NOISY, chips=5, seed=3)
     for a, b in zip(on_cpu.analog_layers(), on_dev.analog_layers()):
-        assert b.g_pos.device.type == device.type
+        assert b.crossbar.g_pos.device.type == device.type
         # counter-based draws: the same devices, whatever the device that simulates them
-        torch.testing.assert_close(b.g_pos.cpu(), a.g_pos, rtol=1e-5, atol=1e-9)
-        assert torch.equal(b.faults_pos.cpu(), a.faults_pos)
+        torch.testing.assert_close(b.crossbar.g_pos.cpu(), a.crossbar.g_pos, rtol=1e-5, atol=1e-9)
+        assert torch.equal(b.crossbar.faults_pos.cpu(), a.crossbar.faults_pos)
 
 
 def test_outputs_on_the_device_match_the_cpu_within_float_rounding(device):
@@ -64,7 +64,7 @@ def test_outputs_on_the_device_match_the_cpu_within_float_rounding(device):
     # and the logits with a tolerance of one ADC step of the last layer.
     agree = (a.argmax(-1) == b.cpu().argmax(-1)).float().mean().item()
     assert agree >= 0.95
-    step = 2 * float(ref.analog_layers()[-1].adc_fs.max()) / (2 ** 8 - 1)
+    step = 2 * float(ref.analog_layers()[-1].converters.adc_fs.max()) / (2 ** 8 - 1)
     assert (a - b.cpu()).abs().median().item() <= step
 
 
@@ -78,7 +78,8 @@ def test_state_dict_saved_on_the_device_loads_on_the_cpu(device):
     dst = nvcim.convert(lenet(), preset("ideal"), chips=3, seed=99)
     dst.load_state_dict(torch.load(buf, weights_only=True, map_location="cpu"))
     for a, b in zip(src.analog_layers(), dst.analog_layers()):
-        assert torch.equal(a.g_pos.cpu(), b.g_pos) and torch.equal(a.faults_neg.cpu(), b.faults_neg)
+        xa, xb = a.crossbar, b.crossbar
+        assert torch.equal(xa.g_pos.cpu(), xb.g_pos) and torch.equal(xa.faults_neg.cpu(), xb.faults_neg)
 
 
 def test_evaluate_on_the_device_is_independent_of_chunking(device):

@@ -199,7 +199,8 @@ def test_learned_queries_made_batch_shaped_give_each_chip_its_own_output():
     with torch.no_grad():
         y = m(x)
     layers = {lay.layer_name: lay for lay in m.analog_layers()}
-    read = {n: lay.decode(lay.conductances(*lay.effective())[0]) for n, lay in layers.items()}  # (chips, O, K)
+    read = {n: lay.crossbar.decode(lay.crossbar.conductances(*lay.crossbar.effective())[0])  # (chips, O, K)
+            for n, lay in layers.items()}
     for k in range(3):
         w = {name: read[name][k] for name in ("proj", "inp")}
         h = F.linear(x, w["inp"], net.inp.bias)

@@ -62,10 +62,10 @@ def test_a_chip_pass_records_no_graph_unless_a_register_or_the_input_needs_one()
     assert not m(x).requires_grad  # as a user writes it, without torch.no_grad()
     assert m(x.clone().requires_grad_(True)).requires_grad
     lay = m.analog_layers()[-1]
-    lay.tune_offset = lay.tune_offset.clone().requires_grad_(True)
+    lay.crossbar.tune_offset = lay.crossbar.tune_offset.clone().requires_grad_(True)
     out = m(x)
     out.sum().backward()
-    assert lay.tune_offset.grad is not None and lay.tune_offset.grad.abs().sum() > 0
+    assert lay.crossbar.tune_offset.grad is not None and lay.crossbar.tune_offset.grad.abs().sum() > 0
 
 
 def test_auto_compile_policy_by_call_and_by_total_with_one_log_line(monkeypatch):
@@ -94,7 +94,7 @@ def test_auto_compile_policy_by_call_and_by_total_with_one_log_line(monkeypatch)
         assert m._warmup is not None and m._warmup.ready
         m(_x(4))  # small again, 20 in all
         m(_x(6))  # small, 26 in all: past the total
-        m.analog_layers()[0].sram_w = torch.zeros(10, 6, 25, requires_grad=True)
+        m.analog_layers()[0].crossbar.sram_w = torch.zeros(10, 6, 25, requires_grad=True)
         m(_x(12))  # a gradient is being taken: eager
     finally:
         logging.getLogger("nvcim").removeHandler(handler)

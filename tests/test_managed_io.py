@@ -183,11 +183,12 @@ def test_adc_range_is_calibrated_on_normalised_signals():
     m.calibrate(x)
     lay = m.analog_layers()[0]
     d = m.config.device
-    assert 0 < float(lay.adc_fs.max()) <= 64 * (d.g_max - d.g_min)
+    assert 0 < float(lay.converters.adc_fs.max()) <= 64 * (d.g_max - d.g_min)
     with torch.no_grad():
         out = m(x)
     alpha = x.abs().amax(-1, keepdim=True)
-    lsb = float(lay.adc_fs.max()) / 127 * float(lay.scale.max()) * alpha  # the largest signal is a code
+    # the largest signal is a code
+    lsb = float(lay.converters.adc_fs.max()) / 127 * float(lay.crossbar.scale.max()) * alpha
     assert bool(((out - net(x)).abs() <= lsb / 2 * 1.001).all())
 
 

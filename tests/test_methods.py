@@ -58,7 +58,7 @@ def test_simulator_implements_the_chip_interface(digits):
 def test_read_back_has_read_noise_of_the_configured_spread(digits):
     cfg = nvcim.override(BETWEEN, {"device.read_noise": 0.05})
     chip = SimulatedChip(_chips(digits, cfg, chips=4))
-    true_pos, _ = chip.layer("2").effective()
+    true_pos, _ = chip.layer("2").crossbar.effective()
     a, _ = chip.read("2")
     b, _ = chip.read("2")
     rel = (a - true_pos) / true_pos
@@ -71,18 +71,19 @@ def test_write_verify_brings_verified_cells_within_tolerance_and_counts_pulses(d
     chip = SimulatedChip(model)
     lay = chip.layer("2")
     pos_t, _ = chip.targets("2")
-    before = lay.g_pos.clone()
-    mask = torch.zeros_like(lay.g_pos, dtype=torch.bool)
+    before = lay.crossbar.g_pos.clone()
+    mask = torch.zeros_like(lay.crossbar.g_pos, dtype=torch.bool)
     mask[:, :, :60] = True  # the first 60 output columns
-    verified = chip.write_verify("2", mask, torch.zeros_like(lay.g_neg, dtype=torch.bool), tol=0.03, max_pulses=50)
+    verified = chip.write_verify("2", mask, torch.zeros_like(lay.crossbar.g_neg, dtype=torch.bool), tol=0.03,
+                                 max_pulses=50)
     pulses = verified.pulses
     span = SLICED.device.g_max - SLICED.device.g_min
-    err = (lay.g_pos - pos_t) / span
-    live = mask & (lay.faults_pos == 0)
+    err = (lay.crossbar.g_pos - pos_t) / span
+    live = mask & (lay.crossbar.faults_pos == 0)
     assert err[live].abs().max() <= 0.03 + 1e-6  # no read noise in this preset: the verify read is exact
     # sigma = 0.3 (clipped at 0 conductance for cells at g_min) before, within ±tol after
     assert err[live].std() < 0.03 and (before - pos_t)[live].div(span).std() > 0.15
-    assert torch.equal(lay.g_pos[~mask], before[~mask])  # cells not asked for are untouched
+    assert torch.equal(lay.crossbar.g_pos[~mask], before[~mask])  # cells not asked for are untouched
     # every cell that failed its first verify cost at least one pulse, and at most max_pulses
     failed = (live & ((before - pos_t).abs() > 0.03 * span)).flatten(1).sum(1)
     assert (pulses > failed).all() and (pulses <= 50 * failed).all()  # some cells needed several tries
@@ -97,17 +98,18 @@ def test_write_verify_finds_stuck_cells_and_stops_pulsing_them(digits):
     for give_up in (0, 3):
         chip = SimulatedChip(_chips(digits, cfg, chips=4))
         lay = chip.layer("2")
-        mask = torch.ones_like(lay.g_pos, dtype=torch.bool)
+        mask = torch.ones_like(lay.crossbar.g_pos, dtype=torch.bool)
         v = chip.write_verify("2", mask, mask, tol=0.03, max_pulses=20, give_up=give_up)
         found[give_up], spent[give_up] = v, v.pulses
         pos_t, neg_t = chip.targets("2")
         span = cfg.device.g_max - cfg.device.g_min
         # a stuck cell that matters: its rail is more than 2 tol from its target
-        far = [(lay.faults_pos != 0) & ((torch.where(lay.faults_pos == 1, cfg.device.g_min, cfg.device.g_max)
-                                          - pos_t).abs() > 2 * 0.03 * span)]
+        codes = lay.crossbar.faults_pos
+        far = [(codes != 0) & ((torch.where(codes == 1, cfg.device.g_min, cfg.device.g_max)
+                                - pos_t).abs() > 2 * 0.03 * span)]
         if give_up:
             stuck = v.stuck_pos
-            assert bool((stuck <= (lay.faults_pos != 0)).all())  # every cell given up is a stuck cell
+            assert bool((stuck <= (lay.crossbar.faults_pos != 0)).all())  # every cell given up is a stuck cell
             assert int(stuck.sum()) >= 0.95 * int(far[0].sum())  # nearly all the stuck cells that matter
         else:
             assert not v.stuck_pos.any() and bool((v.failed_pos >= far[0]).all())  # they all fail at the limit
@@ -208,22 +210,22 @@ def test_training_methods_improve_on_no_mitigation_by_default(digits, name, opti
 
 def test_training_reprograms_the_same_devices(digits):
     model = _chips(digits, MLC, chips=3)
-    faults = model.analog_layers()[0].faults_pos.clone()
+    faults = model.analog_layers()[0].crossbar.faults_pos.clone()
     recover(model, [get("vat", epochs=1)], TaskData(digits.train, digits.train[0]), digits.test, progress=False)
-    assert torch.equal(model.analog_layers()[0].faults_pos, faults)  # same chips, new targets
+    assert torch.equal(model.analog_layers()[0].crossbar.faults_pos, faults)  # same chips, new targets
 
 
 def test_rsa_improves_and_leaves_crossbar_cells_untouched(digits):
     model = _chips(digits, MLC, chips=12)
-    before = [(lay.g_pos.clone(), lay.g_neg.clone()) for lay in model.analog_layers()]
+    before = [(lay.crossbar.g_pos.clone(), lay.crossbar.g_neg.clone()) for lay in model.analog_layers()]
     report = recover(model, [get("rsa", fraction=0.05, epochs=1)], TaskData(digits.train, digits.train[0]),
                      digits.test, progress=False)
     assert _improved(report)
     assert abs(report.cost.sram_fraction - 0.05) < 0.002
     for lay, (p, n) in zip(model.analog_layers(), before):
-        assert torch.equal(lay.g_pos, p) and torch.equal(lay.g_neg, n)
-        assert lay.sram_w.shape == (12, lay.out_features, lay.k) and not lay.sram_w.requires_grad
-        assert torch.all(lay.sram_w[:, ~lay.sram_mask] == 0)  # only the chosen positions exist
+        assert torch.equal(lay.crossbar.g_pos, p) and torch.equal(lay.crossbar.g_neg, n)
+        assert lay.crossbar.sram_w.shape == (12, lay.out_features, lay.k) and not lay.crossbar.sram_w.requires_grad
+        assert torch.all(lay.crossbar.sram_w[:, ~lay.crossbar.sram_mask] == 0)  # only the chosen positions exist
 
 
 def test_rsa_state_is_saved_with_the_chips(digits):
@@ -264,7 +266,7 @@ def test_map_correct_partner_retargeting_fixes_stuck_cells(digits):
     span = cfg.device.g_max - cfg.device.g_min
 
     def pair_error():
-        pos, neg = lay.effective()
+        pos, neg = lay.crossbar.effective()
         return ((pos - neg) - (pos_t - neg_t)).abs() / span
 
     before = pair_error()
@@ -274,8 +276,8 @@ def test_map_correct_partner_retargeting_fixes_stuck_cells(digits):
     # one cell stuck at g_max, on the side of its weight's sign: the partner can be re-targeted to
     # g_max - |D| exactly (noise-free writes here); on the other side it would have to exceed g_max
     d_t = (pos_t - neg_t).unsqueeze(0)
-    fixable = ((lay.faults_pos == 2) & (lay.faults_neg == 0) & (d_t >= 0)) | \
-              ((lay.faults_neg == 2) & (lay.faults_pos == 0) & (d_t <= 0))
+    fixable = ((lay.crossbar.faults_pos == 2) & (lay.crossbar.faults_neg == 0) & (d_t >= 0)) | \
+              ((lay.crossbar.faults_neg == 2) & (lay.crossbar.faults_pos == 0) & (d_t <= 0))
     assert int(fixable.sum()) > 100
     assert before[fixable & (before > 0.05)].numel() > 100
     assert after[fixable].max() < 1e-4
@@ -287,7 +289,7 @@ def _effective_weight_error(model):
 
     chip, errs = SimulatedChip(model), []
     for lay in model.analog_layers():
-        pos, neg = lay.effective()
+        pos, neg = lay.crossbar.effective()
         a_pos, a_neg = chip.ir_attenuation(lay.layer_name, pos, neg)
         gain = chip.output_affine(lay.layer_name)[0].unsqueeze(-1)  # digital column gain (headroom)
         w = gain * chip.decode(lay.layer_name, a_pos * pos, a_neg * neg)
@@ -334,10 +336,10 @@ def _harmful_fault_cost(model, importance):
     total = torch.zeros(model.chips)
     d = model.config.device
     for lay in model.analog_layers():
-        m = lay.mapped()
-        pos = apply_faults(m.pos.unsqueeze(0).expand_as(lay.g_pos), lay.faults_pos, d)
-        neg = apply_faults(m.neg.unsqueeze(0).expand_as(lay.g_neg), lay.faults_neg, d)
-        dw = lay.decode(pos - neg) - lay.decode((m.pos - m.neg).unsqueeze(0))
+        m = lay.crossbar.mapped()
+        pos = apply_faults(m.pos.unsqueeze(0).expand_as(lay.crossbar.g_pos), lay.crossbar.faults_pos, d)
+        neg = apply_faults(m.neg.unsqueeze(0).expand_as(lay.crossbar.g_neg), lay.crossbar.faults_neg, d)
+        dw = lay.crossbar.decode(pos - neg) - lay.crossbar.decode((m.pos - m.neg).unsqueeze(0))
         total += ((dw * dw) * importance[lay.layer_name].view(1, 1, -1)).sum((1, 2))
     return total
 
@@ -350,7 +352,8 @@ def test_map_correct_row_remapping_moves_rows_off_harmful_stuck_cells(digits):
     model.calibrate(digits.train[0][:256])
     imp = {k: v[1] for k, v in mean_inputs(SimulatedChip(model), digits.train[0][:256]).items()}
     before_cost = _harmful_fault_cost(model, imp)
-    counts = {lay.layer_name: (lay.faults_pos != 0).sum((1, 2, 3)) + (lay.faults_neg != 0).sum((1, 2, 3))
+    counts = {lay.layer_name: (lay.crossbar.faults_pos != 0).sum((1, 2, 3))
+              + (lay.crossbar.faults_neg != 0).sum((1, 2, 3))
               for lay in model.analog_layers()}
     chip = SimulatedChip(model)
     data = TaskData(digits.train, digits.train[0])
@@ -360,23 +363,24 @@ def test_map_correct_row_remapping_moves_rows_off_harmful_stuck_cells(digits):
     # every chip is better off, and by a clear margin overall (measured: -38 % at 10.8 % stuck cells)
     assert bool((after_cost <= before_cost + 1e-12).all()) and float(after_cost.sum()) < 0.8 * float(before_cost.sum())
     for lay in model.analog_layers():  # a permutation of physical cells: the same faults, within tiles
-        n_faults = (lay.faults_pos != 0).sum((1, 2, 3)) + (lay.faults_neg != 0).sum((1, 2, 3))
+        n_faults = (lay.crossbar.faults_pos != 0).sum((1, 2, 3)) + (lay.crossbar.faults_neg != 0).sum((1, 2, 3))
         assert torch.equal(n_faults, counts[lay.layer_name])
         tiles = lay.row_tile_index()
-        assert torch.equal(tiles[lay.row_perm], tiles.expand_as(lay.row_perm))
-        assert torch.equal(lay.row_perm.sort(-1).values, torch.arange(lay.k).expand_as(lay.row_perm))
+        assert torch.equal(tiles[lay.crossbar.row_perm], tiles.expand_as(lay.crossbar.row_perm))
+        assert torch.equal(lay.crossbar.row_perm.sort(-1).values, torch.arange(lay.k).expand_as(lay.crossbar.row_perm))
     assert "row remapping" in cost.notes[0] and cost.write_verify_pulses > 0
     after = nvcim.evaluate(model, digits.test, progress=False).accuracy
     d = torch.tensor(after.per_chip) - torch.tensor(before.per_chip)
     assert float(d.mean()) > 3 * float(d.std()) / math.sqrt(d.numel())  # paired: the same chips improve
     # the routing is part of the chip: it survives save/load and re-programming (faults stay physical)
     state = model.state_dict()
-    faults = [lay.faults_pos.clone() for lay in model.analog_layers()]
+    faults = [lay.crossbar.faults_pos.clone() for lay in model.analog_layers()]
     model.reprogram(digits.train[0][:256])
-    assert all(torch.equal(f, lay.faults_pos) for f, lay in zip(faults, model.analog_layers()))
+    assert all(torch.equal(f, lay.crossbar.faults_pos) for f, lay in zip(faults, model.analog_layers()))
     fresh = _chips(digits, cfg, chips=12)
     fresh.load_state_dict(state)
-    assert all(torch.equal(a.row_perm, b.row_perm) for a, b in zip(fresh.analog_layers(), model.analog_layers()))
+    assert all(torch.equal(a.crossbar.row_perm, b.crossbar.row_perm)
+               for a, b in zip(fresh.analog_layers(), model.analog_layers()))
 
 
 def test_map_correct_with_remapping_beats_without(digits):
@@ -428,13 +432,13 @@ def test_map_correct_leaves_layers_beyond_the_ir_model_alone(digits):
     cfg = nvcim.override(nvcim.preset("ideal"), {"array.wire_resistance": 20.0, "array.rows": 256,
                                                  "array.cols": 256})
     model = _chips(digits, cfg, chips=4)
-    before = [(lay.g_pos.clone(), lay.tune_gain.clone()) for lay in model.analog_layers()]
+    before = [(lay.crossbar.g_pos.clone(), lay.crossbar.tune_gain.clone()) for lay in model.analog_layers()]
     method = get("map-correct")
     report = recover(model, [method], TaskData(digits.train, digits.train[0]), digits.test, progress=False)
     assert method.skipped and "left alone" in report.cost.notes[0]
     for lay, (g, tg) in zip(model.analog_layers(), before):
         if lay.layer_name in method.skipped:
-            assert torch.equal(lay.g_pos, g) and torch.equal(lay.tune_gain, tg)
+            assert torch.equal(lay.crossbar.g_pos, g) and torch.equal(lay.crossbar.tune_gain, tg)
     assert report.after.accuracy.mean > report.before.accuracy.mean - 0.03, report.summary()
 
 
@@ -449,7 +453,7 @@ def test_expected_weight_error_matches_the_spread_of_programmed_chips(preset_nam
     model = nvcim.convert(linear(k=32, o=8), cfg, chips=400, seed=0)
     chip = SimulatedChip(model)
     lay = model.analog_layers()[0]
-    w = chip.decode(lay.layer_name, *lay.effective())  # (N, O, K) effective weights of 400 chips
+    w = chip.decode(lay.layer_name, *lay.crossbar.effective())  # (N, O, K) effective weights of 400 chips
     emp, exp = w.var(0), expected_sq_error(chip, lay.layer_name)
     # total variance over 256 weights x 399 d.o.f. (SE ~0.5 %); the datasheet spread itself is estimated from
     # 256 draws per level (SE ~9 % on a variance). A wrong decode factor would be off by 4x or more.
@@ -474,18 +478,18 @@ def test_rsa_per_chip_fault_selection_beats_a_shared_random_mask(digits):
     rnd = recover(_chips(digits, MLC, chips=12), [get("rsa", fraction=0.05, epochs=1)], data, digits.test,
                   progress=False)
     model = _chips(digits, MLC, chips=12)
-    before = [(lay.g_pos.clone(), lay.g_neg.clone()) for lay in model.analog_layers()]
+    before = [(lay.crossbar.g_pos.clone(), lay.crossbar.g_neg.clone()) for lay in model.analog_layers()]
     flt = recover(model, [get("rsa", fraction=0.05, epochs=1, selection="faults")], data, digits.test,
                   progress=False)
     assert _improved(flt)
     d = torch.tensor(flt.after.accuracy.per_chip) - torch.tensor(rnd.after.accuracy.per_chip)  # same chips
     assert d.mean() > 3 * d.std() / math.sqrt(d.numel()), (flt.summary(), rnd.summary())
     assert abs(flt.cost.sram_fraction - 0.05) < 0.002 and "address" in flt.cost.notes[0]
-    masks = [lay.sram_mask for lay in model.analog_layers()]
+    masks = [lay.crossbar.sram_mask for lay in model.analog_layers()]
     assert all(m.shape[0] == 12 for m in masks) and not torch.equal(masks[2][0], masks[2][1])  # per chip
     for lay, (p, n) in zip(model.analog_layers(), before):
-        assert torch.equal(lay.g_pos, p) and torch.equal(lay.g_neg, n)  # the cells are never written
-        assert torch.all(lay.sram_w[~lay.sram_mask] == 0)
+        assert torch.equal(lay.crossbar.g_pos, p) and torch.equal(lay.crossbar.g_neg, n)  # the cells are never written
+        assert torch.all(lay.crossbar.sram_w[~lay.crossbar.sram_mask] == 0)
     buf = io.BytesIO()
     torch.save(model.state_dict(), buf)
     buf.seek(0)
@@ -698,17 +702,17 @@ def test_training_keeps_the_converter_ranges_it_trained_against(digits, adc):
     model = _chips(digits, CONVERTERS, chips=2)
     data = TaskData(digits.train, digits.train[0]).with_check()
     model.calibrate(data.inputs(256))
-    before = [(lay.dac_fs.clone(), lay.adc_fs.clone()) for lay in model.analog_layers()]
+    before = [(lay.converters.dac_fs.clone(), lay.converters.adc_fs.clone()) for lay in model.analog_layers()]
     chip = SimulatedChip(model)
     vat = get("vat", epochs=3, patience=0, adc=adc)
     vat.apply(chip, data)
     for lay, (dac, adc_fs) in zip(model.analog_layers(), before):
-        assert torch.equal(lay.dac_fs, dac), lay.layer_name
-        assert torch.equal(lay.adc_fs, adc_fs) == (adc == "on"), lay.layer_name
+        assert torch.equal(lay.converters.dac_fs, dac), lay.layer_name
+        assert torch.equal(lay.converters.adc_fs, adc_fs) == (adc == "on"), lay.layer_name
     if adc == "off":  # the ADC ranges are those a calibration on the kept DAC ranges gives
-        now = [lay.adc_fs.clone() for lay in model.analog_layers()]
+        now = [lay.converters.adc_fs.clone() for lay in model.analog_layers()]
         model.calibrate(data.inputs(256), inputs=False)
-        assert all(torch.equal(a, lay.adc_fs) for a, lay in zip(now, model.analog_layers()))
+        assert all(torch.equal(a, lay.converters.adc_fs) for a, lay in zip(now, model.analog_layers()))
         return
     # with no cell noise the validation chips are the programmed chips: the chips score on the check images
     # what the best validation epoch scored (the same products, up to float summation order at an ADC
@@ -723,13 +727,13 @@ def test_reprogram_recalibrates_only_what_it_is_asked(digits):
     model = _chips(digits, CONVERTERS, chips=2)
     x = digits.train[0][:256]
     model.calibrate(x)
-    dac = [lay.dac_fs.clone() for lay in model.analog_layers()]
+    dac = [lay.converters.dac_fs.clone() for lay in model.analog_layers()]
     model.reprogram()  # cells only: the ranges stay
-    assert all(torch.equal(d, lay.dac_fs) for d, lay in zip(dac, model.analog_layers()))
+    assert all(torch.equal(d, lay.converters.dac_fs) for d, lay in zip(dac, model.analog_layers()))
     model.reprogram(x * 3, converters="adc")  # the DAC ranges stay, the ADC ranges follow the inputs
-    assert all(torch.equal(d, lay.dac_fs) for d, lay in zip(dac, model.analog_layers()))
+    assert all(torch.equal(d, lay.converters.dac_fs) for d, lay in zip(dac, model.analog_layers()))
     model.reprogram(x * 3)
-    assert torch.allclose(model.analog_layers()[0].dac_fs, 3 * dac[0])
+    assert torch.allclose(model.analog_layers()[0].converters.dac_fs, 3 * dac[0])
     with pytest.raises(NvcimError, match="converters"):
         model.reprogram(x, converters="dac")
 

@@ -29,7 +29,7 @@ def _cells(t_read: float, chips: int = 5, **changes):
         lin.weight.copy_(LEVELS.view(-1, 1).expand(-1, CELLS))  # max|W| = 1 -> g_max: column j at g_T[j]
     m = nvcim.convert(nn.Sequential(lin).eval(), cfg, chips=chips, seed=1)
     lay = m.analog_layers()[0]
-    (g0, _), (gt, _) = lay.programmed(), lay.effective()
+    (g0, _), (gt, _) = lay.crossbar.programmed(), lay.crossbar.effective()
     return g0[:, 0].double(), gt[:, 0].double(), m
 
 
@@ -86,7 +86,7 @@ def test_read_noise_of_a_matrix_vector_product_grows_with_time_as_the_fit_says(t
         y = m(x, read_key=3)[0].double()  # (reads, levels)
     g_read, g_prog = gt[0, :, 7], g0[0, :, 7]
     q = (0.0088 / (g_prog / G_MAX).pow(0.65).clamp_min(1e-3)).clamp_max(0.2)
-    expected = q * g_read * time_factor(t) * float(lay.scale.max())  # weight units per siemens
+    expected = q * g_read * time_factor(t) * float(lay.crossbar.scale.max())  # weight units per siemens
     got = y.std(0)
     assert ((got - expected).abs() < 5 * expected / math.sqrt(2 * reads)).all(), got / expected
     assert time_factor(T_C + 3.15576e7) / time_factor(T_C + 3600.0) == pytest.approx(

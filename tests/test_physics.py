@@ -49,7 +49,7 @@ def test_lognormal_output_spread_matches_analytic():
     with torch.no_grad():
         y = model(x)[:, 0, :].double()  # (chips, outputs)
     layer = model.analog_layers()[0]
-    m = layer.mapped()
+    m = layer.crossbar.mapped()
     s = m.scale.double()
     gp, gn = m.pos[0].double(), m.neg[0].double()
     xd = x[0].double()
@@ -73,7 +73,7 @@ def test_read_noise_variance_matches_analytic(variance):
     x = torch.rand(1, 32).expand(n, 32).contiguous()  # the same input read n times
     with torch.no_grad():
         y = model(x)[0].double()
-    m = model.analog_layers()[0].mapped()
+    m = model.analog_layers()[0].crossbar.mapped()
     var = m.scale.double() ** 2 * (sr**2) * ((m.pos[0].double() ** 2 + m.neg[0].double() ** 2) @ x[0].double() ** 2)
     sd = var.sqrt()
     assert ((y.std(0) - sd).abs() < 5 * sd / math.sqrt(2 * (n - 1))).all()
@@ -86,12 +86,12 @@ def test_stuck_at_fault_fractions_within_binomial_interval():
     model = nvcim.convert(linear(k=128, o=64), cfg(**{"device.faults.sa0": sa0, "device.faults.sa1": sa1}),
                           chips=50, seed=7)
     layer = model.analog_layers()[0]
-    codes = torch.cat([layer.faults_pos.flatten(), layer.faults_neg.flatten()])
+    codes = torch.cat([layer.crossbar.faults_pos.flatten(), layer.crossbar.faults_neg.flatten()])
     n = codes.numel()
     for code, p in ((FAULT_SA0, sa0), (FAULT_SA1, sa1)):
         frac = (codes == code).double().mean().item()
         assert abs(frac - p) < 4 * math.sqrt(p * (1 - p) / n), (code, frac)
-    g = torch.cat([layer.g_pos.flatten(), layer.g_neg.flatten()])
+    g = torch.cat([layer.crossbar.g_pos.flatten(), layer.crossbar.g_neg.flatten()])
     assert torch.all(g[codes == FAULT_SA0] == BASE.device.g_min)
     assert torch.all(g[codes == FAULT_SA1] == BASE.device.g_max)
 
@@ -105,14 +105,15 @@ def test_training_chips_err_as_programmed_chips_do_layer_by_layer():
                           seed=3)
     n = 24
     for lay in model.analog_layers():
-        nominal = lay.from_matrix(lay.decode(lay.conductances(*lay.nominal())[0])[0])
+        nominal = lay.from_matrix(lay.crossbar.decode(lay.crossbar.conductances(*lay.crossbar.nominal())[0])[0])
         norm = float((nominal**2).sum())
 
         def rel(w: torch.Tensor) -> float:
             return float(((w - nominal) ** 2).sum()) / norm  # noqa: B023 (used at once)
 
         def chip(c: int) -> torch.Tensor:
-            return lay.from_matrix(lay.decode(lay.conductances(*lay.effective(torch.tensor([c])))[0])[0])  # noqa: B023
+            xb = lay.crossbar  # noqa: B023
+            return lay.from_matrix(xb.decode(xb.conductances(*xb.effective(torch.tensor([c])))[0])[0])  # noqa: B023
 
         programmed = torch.tensor([rel(chip(c)) for c in range(n)])
         training = torch.tensor([rel(lay.fresh_weights(2**30 + 17 * c)) for c in range(n)])
@@ -162,12 +163,12 @@ def test_rows_spread_evenly_over_tiles_and_each_tile_is_digitised_on_its_own():
     model.calibrate(x)
     with torch.no_grad():
         y = model(x)[0]
-    pos, neg = lay.nominal()
+    pos, neg = lay.crossbar.nominal()
     diff = (pos - neg)[0, 0]  # (O, K)
-    delta = lay.adc_fs.expand(4, 1, 5)[:, 0] / 2**3  # (T, O)
+    delta = lay.converters.adc_fs.expand(4, 1, 5)[:, 0] / 2**3  # (T, O)
     want = sum(torch.clamp(torch.round(x[:, 100 * t:100 * t + 100] @ diff[:, 100 * t:100 * t + 100].T / delta[t]),
                            -8, 7) * delta[t] for t in range(4))
-    assert torch.allclose(y, want * lay.scale, atol=1e-5 * float(y.abs().max()))
+    assert torch.allclose(y, want * lay.crossbar.scale, atol=1e-5 * float(y.abs().max()))
     conv = nvcim.convert(nn.Sequential(nn.Conv2d(6, 4, 5)), cfg(**{"array.rows": 128}), chips=1, seed=0)
     c = conv.analog_layers()[0]
     assert (c.row_tiles, c.ch_per_tile, c.rows_per_tile()) == (2, 3, 75)
@@ -195,7 +196,8 @@ def test_training_through_the_adc_reads_as_the_chip_does(kind):
         trained = chip.train_forward(x, 0, adc=True, train=False)
         plain = chip.train_forward(x, 0, adc=False, train=False)
     lay = model.analog_layers()[0]
-    step = float((lay.adc_fs / 2**3 * lay.scale.max()).max())  # one ADC code in output units, at most
+    # one ADC code in output units, at most
+    step = float((lay.converters.adc_fs / 2**3 * lay.crossbar.scale.max()).max())
     assert torch.allclose(trained, read, atol=1e-4 * step)
     assert (plain - read).abs().max() > step / 4  # the ADC matters here, so the test can fail
 
@@ -248,7 +250,7 @@ def test_clipped_mapping_equals_clamped_weights_and_bounds_the_stuck_at_gmax_err
     layer = stuck.analog_layers()[0]
     with torch.no_grad():
         eff = stuck(x).transpose(-1, -2)  # (chips, o, k)
-    pos, neg = layer.faults_pos[:, 0] == FAULT_SA1, layer.faults_neg[:, 0] == FAULT_SA1
+    pos, neg = layer.crossbar.faults_pos[:, 0] == FAULT_SA1, layer.crossbar.faults_neg[:, 0] == FAULT_SA1
     err = (eff - torch.maximum(torch.minimum(w, clip), -clip)).abs()
     full = clip.expand_as(w).expand_as(err)
     hit = pos & ~neg & (w <= 0)
@@ -281,8 +283,8 @@ def test_between_chip_component_shifts_cells_together(scope):
     model = nvcim.convert(lenet(), c, chips=6, seed=2)
     ratios = []
     for layer in model.analog_layers():
-        pos, _ = layer.nominal()
-        r = (layer.g_pos / pos).log()  # theta per cell (no within-chip part)
+        pos, _ = layer.crossbar.nominal()
+        r = (layer.crossbar.g_pos / pos).log()  # theta per cell (no within-chip part)
         if scope == "chip":
             assert torch.allclose(r, r.flatten(1)[:, :1].view(-1, 1, 1, 1).expand_as(r), atol=1e-5)
             ratios.append(r.flatten(1)[:, 0])
@@ -304,11 +306,12 @@ def test_drift_follows_power_law_and_compensation_restores_scale():
     ref = F.linear
     model = nvcim.convert(net, c, chips=2, seed=0)
     layer = model.analog_layers()[0]
-    pos, _ = layer.nominal()
-    assert torch.allclose(layer.effective()[0] / pos, torch.full_like(layer.g_pos, t ** -nu), rtol=1e-5)
+    pos, _ = layer.crossbar.nominal()
+    xb = layer.crossbar
+    assert torch.allclose(xb.effective()[0] / pos, torch.full_like(xb.g_pos, t ** -nu), rtol=1e-5)
     c2 = cfg(**{"device.drift.nu_mean": nu, "device.drift.nu_std": 0.02, "device.drift.t_read": t})
     layer2 = nvcim.convert(linear(), c2, chips=20, seed=0).analog_layers()[0]
-    log_ratio = (layer2.effective()[0] / layer2.nominal()[0]).log().flatten()
+    log_ratio = (layer2.crossbar.effective()[0] / layer2.crossbar.nominal()[0]).log().flatten()
     expected = -nu * math.log(t)
     assert abs(log_ratio.mean().item() - expected) < 5 * 0.02 * math.log(t) / math.sqrt(log_ratio.numel())
     comp = cfg(**{"device.drift.nu_mean": nu, "device.drift.t_read": t, "device.drift.compensate": True})
@@ -325,9 +328,9 @@ def test_state_dependent_middle_states_spread_s_times_more():
     c = override(preset("fefet-2bit"), {"device.faults.sa0": 0.0})
     model = nvcim.convert(linear(k=256, o=64), c, chips=40, seed=1)
     layer = model.analog_layers()[0]
-    pos, _ = layer.nominal()
+    pos, _ = layer.crossbar.nominal()
     levels = torch.linspace(c.device.g_min, c.device.g_max, 4)
-    err = (layer.g_pos - pos) / c.device.g_max
+    err = (layer.crossbar.g_pos - pos) / c.device.g_max
     sd = [err[((pos - lv).abs() < 1e-9).expand_as(err)].std().item() for lv in levels[1:3]]
     low = err[((pos - levels[0]).abs() < 1e-9).expand_as(err)]
     assert all(abs(s / 0.2 - 1) < 0.1 for s in sd)  # middle states: sigma x 2
@@ -341,9 +344,9 @@ def test_measured_table_sets_level_statistics(tmp_path):
     c = cfg(**{"device.programming.model": "measured", "device.programming.table": str(table),
                "device.bits_per_cell": 2})
     layer = nvcim.convert(linear(k=128, o=32), c, chips=30, seed=0).analog_layers()[0]
-    g = layer.g_pos
+    g = layer.crossbar.g_pos
     for target, mean, std in ((1e-6, 1.1e-6, 0.1e-6), (1e-4, 0.99e-4, 3e-6)):
-        sel = g[(layer.nominal()[0] == target).expand_as(g)]
+        sel = g[(layer.crossbar.nominal()[0] == target).expand_as(g)]
         assert sel.numel() > 100
         assert abs(sel.mean().item() - mean) < 5 * std / math.sqrt(sel.numel())
         assert abs(sel.std().item() / std - 1) < 0.15
@@ -353,8 +356,8 @@ def test_offset_reference_column_noise_shifts_whole_tile():
     c = cfg(**{"mapping.scheme": "offset", "device.programming.model": "additive",
                "device.programming.sigma": 0.05, "array.cols": 4})
     layer = nvcim.convert(linear(k=16, o=8), c, chips=3, seed=0).analog_layers()[0]
-    assert layer.g_neg.shape == (3, 1, 2, 16)  # one reference column per column tile
-    assert not torch.allclose(layer.g_neg[0, 0, 0], layer.g_neg[0, 0, 1])
+    assert layer.crossbar.g_neg.shape == (3, 1, 2, 16)  # one reference column per column tile
+    assert not torch.allclose(layer.crossbar.g_neg[0, 0, 0], layer.crossbar.g_neg[0, 0, 1])
 
 
 def test_ir_drop_first_order_matches_nodal_solve():
@@ -397,7 +400,7 @@ def test_analog_layer_is_a_torch_module():
     layer = model.analog_layers()[0]
     assert isinstance(layer, AnalogLinear) and isinstance(layer, nn.Module)
     assert isinstance(model.config, ChipConfig)
-    assert layer.g_pos.shape == (2, 1, 8, 64)
+    assert layer.crossbar.g_pos.shape == (2, 1, 8, 64)
 
 
 @pytest.mark.parametrize("compile_,variance", [("off", "float32"), ("on", "float32"), ("on", "bfloat16")])
@@ -417,7 +420,7 @@ def test_paired_read_noise_of_a_convolution_is_independent_with_the_analytic_spr
     with torch.no_grad():
         y = model(x)[0].double()  # (n, 3, 4, 6)
     lay = model.analog_layers()[0]
-    m = lay.mapped()
+    m = lay.crossbar.mapped()
     w2 = (m.scale.double().view(-1, 1) ** 2) * (sr**2) * (m.pos[0].double() ** 2 + m.neg[0].double() ** 2)
     var = F.conv2d(x[:1].double() ** 2, w2.view(3, 1, 3, 3), padding=1)[0]  # (3, 4, 6)
     sd = var.sqrt()

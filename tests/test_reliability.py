@@ -179,7 +179,7 @@ def test_extreme_but_valid_settings_do_not_give_garbage(change, expect):
         assert float(acc.mean()) < 0.9
     elif expect == "ternary":  # 1-bit cells in a differential pair: each weight is -w, 0 or +w
         for lay in m.analog_layers():
-            pos, neg = lay.effective()
+            pos, neg = lay.crossbar.effective()
             assert len(torch.unique(pos - neg)) <= 3
     elif expect == "constant":  # every cell stuck at one level: weights read as 0, the output is the bias path
         assert float((out - out[:, :1]).abs().max()) < 1e-4 * max(1.0, float(out.abs().max()))
@@ -266,7 +266,7 @@ def test_chips_whose_cells_cannot_all_fit_are_made_on_demand_and_cell_methods_sa
         big = nvcim.convert(lenet(), "rram-mlc-4bit", chips=1000)
     assert not small.cells_on_demand and big.cells_on_demand
     assert "cells are made for each chip block on demand" in caplog.text
-    assert big.analog_layers()[0].g_pos.numel() == 0  # no chip's cells are held before a pass
+    assert big.analog_layers()[0].crossbar.g_pos.numel() == 0  # no chip's cells are held before a pass
     chip = SimulatedChip(big)
     name = chip.layer_names()[0]
     for call in (lambda: chip.read(name), lambda: chip.write_verify(name, *[torch.ones(1, dtype=torch.bool)] * 2,

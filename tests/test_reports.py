@@ -237,11 +237,11 @@ def test_hardware_cost_counts_sram_weights_and_per_chip_addresses():
     lay = model.analog_layers()[0]
     shared = torch.zeros(100, 300, dtype=torch.bool)
     shared[0, :10] = True
-    lay.sram_mask, lay.sram_w = shared, torch.zeros(2, 100, 300)
+    lay.crossbar.sram_mask, lay.crossbar.sram_w = shared, torch.zeros(2, 100, 300)
     assert hardware_cost(model, torch.zeros(1, 300)).layers[0].sram_bytes == 10 * 2  # 16-bit weights
     per_chip = torch.zeros(2, 100, 300, dtype=torch.bool)
     per_chip[0, 0, :10] = True
     per_chip[1, 5, 20:30] = True  # 10 entries on each chip, at different places
-    lay.sram_mask = per_chip
+    lay.crossbar.sram_mask = per_chip
     # each entry also stores its position: 30 000 weights need 15 bits, 2 bytes
     assert hardware_cost(model, torch.zeros(1, 300)).layers[0].sram_bytes == 10 * (2 + 2)

@@ -31,14 +31,16 @@ def test_same_seed_same_chips_and_outputs():
     assert torch.equal(ya, yb)
     assert not torch.allclose(ya, yc)
     for la, lb in zip(a.analog_layers(), b.analog_layers()):
-        assert torch.equal(la.g_pos, lb.g_pos) and torch.equal(la.faults_neg, lb.faults_neg)
+        xa, xb = la.crossbar, lb.crossbar
+        assert torch.equal(xa.g_pos, xb.g_pos) and torch.equal(xa.faults_neg, xb.faults_neg)
 
 
 def test_chip_k_does_not_depend_on_how_many_chips():
     few = nvcim.convert(lenet(), NOISY, chips=11, seed=5, runtime=Runtime(chip_block=4))
     many = nvcim.convert(lenet(), NOISY, chips=17, seed=5, runtime=Runtime(chip_block=4))
     for lf, lm in zip(few.analog_layers(), many.analog_layers()):
-        assert torch.equal(lf.g_pos, lm.g_pos[:11]) and torch.equal(lf.adc_gain, lm.adc_gain[:11])
+        xf, xm = lf.crossbar, lm.crossbar
+        assert torch.equal(xf.g_pos, xm.g_pos[:11]) and torch.equal(xf.adc_gain, xm.adc_gain[:11])
     x = _x(9)
     few.calibrate(x)
     many.calibrate(x)
@@ -215,7 +217,7 @@ def test_compiled_dac_is_the_eager_dac_bit_for_bit_and_keeps_the_layout():
 
 
 def _programmed(model, names=("g_pos", "g_neg", "faults_pos", "faults_neg", "drift_pos", "drift_neg", "drift_comp")):
-    return [getattr(layer, n).clone() for layer in model.analog_layers() for n in names]
+    return [getattr(layer.crossbar, n).clone() for layer in model.analog_layers() for n in names]
 
 
 def test_programming_is_the_same_compiled_or_eager_and_in_any_chunking(monkeypatch):
@@ -231,17 +233,17 @@ def test_programming_is_the_same_compiled_or_eager_and_in_any_chunking(monkeypat
         for a, b in zip(_programmed(eager), _programmed(compiled)):
             assert torch.equal(a, b)
         layer = eager.analog_layers()[1]
-        assert layer.faults_pos.float().mean() > 0.02  # the faults were drawn (4 % expected)
+        assert layer.crossbar.faults_pos.float().mean() > 0.02  # the faults were drawn (4 % expected)
         for m in (eager, compiled):  # a routing moves the faults and drift with the physical rows
             for lay in m.analog_layers():
-                lay.row_perm = torch.stack([torch.randperm(lay.k, generator=torch.Generator().manual_seed(i))
+                lay.crossbar.row_perm = torch.stack([torch.randperm(lay.k, generator=torch.Generator().manual_seed(i))
                                             for i in range(5)])
             m.program(torch.arange(5))
         for a, b in zip(_programmed(eager), _programmed(compiled)):
             assert torch.equal(a, b)
         one_by_one = _programmed(eager)
         for lay in eager.analog_layers():
-            lay.program(4, torch.arange(5), chunk=2)
+            lay.crossbar.program(4, torch.arange(5), chunk=2)
         for a, b in zip(one_by_one, _programmed(eager)):
             assert torch.equal(a, b)
 
@@ -262,9 +264,9 @@ def test_cells_made_on_demand_are_the_stored_cells_and_save_without_them():
             ref = kept(x, read_key=5)
             assert torch.equal(made(x, read_key=5), ref)
         lay_k, lay_m = kept.analog_layers()[2], made.analog_layers()[2]
-        assert torch.equal(lay_k.drift_comp, lay_m.drift_comp)
-        assert lay_m.g_pos.shape[0] == 3  # only the last block's cells are held
-        assert torch.equal(lay_m.g_pos, lay_k.g_pos[[6, 6, 6]])  # the last block: chip 6, padded
+        assert torch.equal(lay_k.crossbar.drift_comp, lay_m.crossbar.drift_comp)
+        assert lay_m.crossbar.g_pos.shape[0] == 3  # only the last block's cells are held
+        assert torch.equal(lay_m.crossbar.g_pos, lay_k.crossbar.g_pos[[6, 6, 6]])  # the last block: chip 6, padded
         r_k = nvcim.evaluate(kept, (x, y), batch_size=7, progress=False)
         r_m = nvcim.evaluate(made, (x, y), batch_size=7, progress=False)
         assert r_k.accuracy.per_chip == r_m.accuracy.per_chip

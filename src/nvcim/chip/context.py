@@ -4,6 +4,7 @@ train, chip), and the small value types and layout helpers that the layers' matr
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -79,19 +80,43 @@ class ReadNoiseOperands:
     image_keys: Tensor
 
 
+class Reader(Protocol):
+    """What a pass asks of an analog layer: one method per kind of pass."""
+
+    def digital(self, x: Tensor) -> Tensor: ...
+
+    def train_read(self, x: Tensor, ctx: TrainPass) -> Tensor: ...
+
+    def calibration_read(self, x: Tensor, ctx: CalibratePass) -> Tensor: ...
+
+    def chip_read(self, x: Tensor, ctx: ChipPass) -> Tensor: ...
+
+
 @dataclass
 class Pass:
     """What the enclosing :class:`~nvcim.chip.model.AnalogModel` tells its layers for one forward pass; the
-    pass's type says what kind of pass it is (no mode strings)."""
+    pass's type says what kind of pass it is (no mode strings), and :meth:`run` is the one dispatch a
+    layer's forward makes on it."""
 
     batch: int = 0  # images of this pass
     cache: dict = field(default_factory=dict)  # per chip block: packed weights and operands of each layer
     reads: dict[int, int] = field(default_factory=dict)  # reads of each layer in this forward
 
+    def run(self, layer: Reader, x: Tensor) -> Tensor:
+        """The layer's output on ``x`` in this kind of pass."""
+        raise NotImplementedError
+
+    def rows(self) -> int | None:
+        """Rows of a layer input that carry this pass's images and chips (None: the batch as it comes)."""
+        return None
+
 
 @dataclass
 class DigitalPass(Pass):
     """The ideal model: the layers run their digital modules' arithmetic with the ideal weights."""
+
+    def run(self, layer: Reader, x: Tensor) -> Tensor:
+        return layer.digital(x)
 
 
 @dataclass
@@ -99,6 +124,12 @@ class CalibratePass(Pass):
     """Noise-free mapped weights (levels, no variation); each layer sets its DAC and ADC ranges."""
 
     inputs: bool = True  # False: keep the DAC ranges (apply them) and set the ADC ranges only
+
+    def run(self, layer: Reader, x: Tensor) -> Tensor:
+        return layer.calibration_read(x, self)
+
+    def rows(self) -> int | None:
+        return self.batch
 
 
 @dataclass
@@ -109,6 +140,9 @@ class TrainPass(Pass):
     censor: float = 0.0  # right-censor programming draws at this many sigma (0 = off)
     act_quant: dict = field(default_factory=dict)  # layer name -> (step Parameter, bits, signed)
     adc: bool = False  # digitise each array tile's partial sum with the layer's ADC (straight-through)
+
+    def run(self, layer: Reader, x: Tensor) -> Tensor:
+        return layer.train_read(x, self)
 
 
 @dataclass
@@ -128,6 +162,12 @@ class ChipPass(Pass):
     entry_src: Tensor | None = None
     entry_version: int = 0
     ran: set[int] = field(default_factory=set)  # ids of the analog layers that ran (shared by the blocks)
+
+    def run(self, layer: Reader, x: Tensor) -> Tensor:
+        return layer.chip_read(x, self)
+
+    def rows(self) -> int | None:
+        return self.batch * (int(self.chips.numel()) if self.chips is not None else 1)
 
 
 RunContext = DigitalPass | CalibratePass | TrainPass | ChipPass

@@ -74,10 +74,6 @@ class AnalogConv2d(AnalogLayer):
     def rows_per_tile(self) -> int:
         return self.ch_per_tile * self.kernel_size[0] * self.kernel_size[1]
 
-    def row_tile_index(self) -> Tensor:
-        kk = self.kernel_size[0] * self.kernel_size[1]
-        return torch.arange(self.k) // (kk * self.ch_per_tile)
-
     def check_input(self, x: Tensor) -> None:
         if x.dim() != 4 or x.shape[1] != self.in_channels:
             raise ShapeError(f"layer '{self.layer_name}' expects inputs of shape (batch, {self.in_channels}, H, W),"

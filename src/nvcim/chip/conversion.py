@@ -249,7 +249,7 @@ def state_bytes_per_chip(model: AnalogModel) -> int:
     per_cell = 5 + (4 if has_drift(model.config.device) else 0)
     total = 0
     for lay in model.analog_layers():
-        m = lay.mapped()
+        m = lay.crossbar.mapped()
         total += (m.pos.numel() + m.neg.numel()) * per_cell
     return total
 

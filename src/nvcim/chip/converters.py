@@ -1,20 +1,47 @@
-"""An analog layer's DAC and ADC: input quantisation, and the ranges calibrated on data."""
+"""An analog layer's DAC and ADC: input quantisation, and the ranges calibrated on data (the one owner of
+the converter ranges: ``dac_fs``, ``dac_signed``, ``adc_fs``)."""
 
 from __future__ import annotations
 
 import math
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from ..circuits import get_dac
+from ..config.schema import ChipConfig
 from ..errors import NvcimError
-from .cells import CellArrays
+from .geometry import TileGeometry
 from .kernel import dac_kernel
 
 
-class Converters(CellArrays):
-    """The DAC on a layer's inputs and the calibration of its DAC and ADC ranges."""
+class Converters(nn.Module):
+    """The DAC on a layer's inputs and the calibration of its DAC and ADC ranges: ``dac_fs`` the input full
+    scale (activation units), ``dac_signed`` whether inputs may be negative, ``adc_fs`` the ADC full scale
+    per row tile, slice (and column) in signal units (input x siemens)."""
+
+    dac_fs: Tensor
+    dac_signed: Tensor
+    adc_fs: Tensor
+
+    def __init__(self, name: str, config: ChipConfig, geometry: TileGeometry, device: torch.device) -> None:
+        super().__init__()
+        self.layer_name, self.config, self.geometry = name, config, geometry
+        self.register_buffer("dac_fs", torch.zeros((), device=device))
+        self.register_buffer("dac_signed", torch.ones((), dtype=torch.bool, device=device))
+        self.register_buffer("adc_fs", torch.zeros((), device=device))
+
+    def reconfigure(self, config: ChipConfig, geometry: TileGeometry) -> None:
+        self.config, self.geometry = config, geometry
+
+    def reset(self, dac: bool) -> None:
+        """Forget the calibrated ranges: the ADC's, and the DAC's too when ``dac``."""
+        if dac:
+            self.dac_fs.zero_()
+        self.adc_fs = torch.zeros((), device=self.dac_fs.device)
+
+    def set_input_range(self, full_scale: float) -> None:
+        self.dac_fs = torch.tensor(float(full_scale), device=self.dac_fs.device, dtype=self.dac_fs.dtype)
 
     def apply_dac(self, x: Tensor, compiled: bool = False) -> Tensor:
         """The DAC on the layer's inputs; ``compiled``: in one fused pass (the same numbers) when no gradient
@@ -41,7 +68,7 @@ class Converters(CellArrays):
         k = max(1, min(n, math.ceil(q * n)))
         return v.float().kthvalue(k, dim=dim).values
 
-    def _calibrate_input(self, x: Tensor, again: bool = False) -> None:
+    def calibrate_input(self, x: Tensor, again: bool = False) -> None:
         """DAC range from inputs ``x``; ``again``: a further read in the same calibration pass (widen only)."""
         cc = self.config.circuit
         signed = torch.tensor(bool((x < 0).any()), device=self.dac_fs.device)
@@ -50,25 +77,25 @@ class Converters(CellArrays):
         self.dac_signed, self.dac_fs = (signed | self.dac_signed, torch.maximum(fs, self.dac_fs)) if again else (
             signed, fs)
 
-    def _input_full_scale(self) -> Tensor:
+    def input_full_scale(self) -> Tensor:
         """The input that drives a row fully: the DAC range, or 1 where managed reads normalise each input
         vector (:mod:`.managed_io`) or no range is calibrated."""
         if self.config.circuit.managed_io or not bool(self.dac_fs > 0):
             return torch.ones((), device=self.dac_fs.device)
         return self.dac_fs
 
-    def _signal_full_scale(self) -> Tensor:
+    def signal_full_scale(self) -> Tensor:
         d = self.config.device
-        return self._input_full_scale() * self.rows_per_tile() * (d.g_max - d.g_min)
+        return self.input_full_scale() * self.geometry.rows_per_tile * (d.g_max - d.g_min)
 
-    def _calibrate_output(self, y: Tensor, again: bool = False) -> None:
+    def calibrate_output(self, y: Tensor, again: bool = False) -> None:
         cc = self.config.circuit
         if cc.adc_range:
-            self.adc_fs = (cc.adc_range * self._signal_full_scale()).to(self.dac_fs).reshape(())
+            self.adc_fs = (cc.adc_range * self.signal_full_scale()).to(self.dac_fs).reshape(())
             return
         if cc.adc_range_cells:
             d = self.config.device
-            self.adc_fs = (cc.adc_range_cells * (d.g_max - d.g_min) * self._input_full_scale()).to(
+            self.adc_fs = (cc.adc_range_cells * (d.g_max - d.g_min) * self.input_full_scale()).to(
                 self.dac_fs).reshape(())
             return
         a = y.detach().abs()  # (B, L, 1, T, S, O)
@@ -87,3 +114,11 @@ class Converters(CellArrays):
 
     def is_calibrated(self) -> bool:
         return bool(self.dac_fs > 0) or not self.needs_calibration()
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # type: ignore[no-untyped-def]
+        # the ADC range's shape follows the calibration (per tile, or per column): take the saved one
+        for name in list(self._buffers):
+            key = prefix + name
+            if key in state_dict and self._buffers[name] is not None:
+                self._buffers[name] = torch.empty_like(state_dict[key], device=self._buffers[name].device)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)

@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from ..config.schema import ChipConfig
 from ..errors import ShapeError
-from .context import CalibratePass, ChipPass, Prepared, col_padded, row_padded
+from .context import Prepared, col_padded, row_padded
 from .layers import AnalogLayer
 from .registry import register
 
@@ -32,9 +32,6 @@ class AnalogLinear(AnalogLayer):
     def rows_per_tile(self) -> int:
         return math.ceil(self.k / self.row_tiles)
 
-    def row_tile_index(self) -> Tensor:
-        return torch.arange(self.k) // self.rows_per_tile()
-
     def check_input(self, x: Tensor) -> None:
         if x.dim() < 2 or x.shape[-1] != self.in_features:
             raise ShapeError(f"layer '{self.layer_name}' expects inputs of shape (batch, ..., "
@@ -48,8 +45,8 @@ class AnalogLinear(AnalogLayer):
         its first dimension (a sequence-first (L, B, E) inside a transformer) is recognised when exactly one
         other dimension has the batch's size."""
         ctx = self.ctx
-        if isinstance(ctx, (ChipPass, CalibratePass)) and x.dim() > 2:
-            n = ctx.batch * (int(ctx.chips.numel()) if isinstance(ctx, ChipPass) and ctx.chips is not None else 1)
+        n = ctx.rows() if ctx is not None else None
+        if n is not None and ctx is not None and x.dim() > 2:
             if x.shape[0] not in (n, ctx.batch):
                 dims = [d for d in range(1, x.dim() - 1) if x.shape[d] == n]
                 if len(dims) == 1:
@@ -59,7 +56,7 @@ class AnalogLinear(AnalogLayer):
     def pack(self, w: Tensor, shared: bool) -> Tensor:
         t, r = self.row_tiles, self.rows_per_tile()
         c, s, o = w.shape[:3]
-        wt = self._to_tile_rows(w)  # (c, S, O, T, R)
+        wt = self.geometry.to_tile_rows(w)  # (c, S, O, T, R)
         if shared:
             return col_padded(wt.permute(3, 4, 0, 1, 2).reshape(t, r, c * s * o))
         return col_padded(wt.permute(0, 3, 4, 1, 2).reshape(c * t, r, s * o))

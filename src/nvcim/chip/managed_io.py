@@ -33,7 +33,7 @@ from torch import Tensor
 
 from ..circuits import get_adc, get_dac
 from . import rng
-from .context import CalibratePass, ChipPass, EpilogueOperands, col_padded, row_padded
+from .context import ChipPass, EpilogueOperands, Pass, col_padded, row_padded
 from .kernel import _shift_add, dac_kernel, register_kernel, run_kernel
 
 if TYPE_CHECKING:
@@ -54,15 +54,16 @@ def tile_rows(layer: AnalogLayer, x: Tensor, shared: bool, c: int) -> Tensor:
     n = x.shape[0]
     cp = 1 if shared else c
     g = int(getattr(layer, "groups", 1))
-    t = layer._to_tile_rows(rows)  # (N L g, T, R)
+    t = layer.geometry.to_tile_rows(rows)  # (N L g, T, R)
     return t.view(n // cp, cp, -1, g, *t.shape[-2:])
 
 
-def read(layer: AnalogLayer, x: Tensor, shared: bool, c: int, ctx: ChipPass | CalibratePass,
-         ops: EpilogueOperands) -> tuple[Tensor, Tensor | None]:
-    """One managed read of input ``x`` on this pass's chips: the layer output (B, L, c, O) before the
-    per-chip additive registers, and in a calibration pass the noise-free tile signals (B, L, 1, T, S, O)
-    of the first round (what the ADC range is calibrated on).
+def read(layer: AnalogLayer, x: Tensor, shared: bool, c: int, ops: EpilogueOperands, cache_of: Pass,
+         chip: ChipPass | None) -> tuple[Tensor, Tensor | None]:
+    """One managed read of input ``x`` on ``chip``'s chips (None: a calibration read of the noise-free
+    targets): the layer output (B, L, c, O) before the per-chip additive registers, and in a calibration
+    read the noise-free tile signals (B, L, 1, T, S, O) of the first round (what the ADC range is
+    calibrated on). ``cache_of``: the pass whose cache holds the block's weights.
 
     Bound management's later rounds read only the positions (image, output position) that some chip or
     tile still has pending, gathered; a draw's key is that of its (image, position, element), so the result
@@ -73,16 +74,16 @@ def read(layer: AnalogLayer, x: Tensor, shared: bool, c: int, ctx: ChipPass | Ca
     if cc.input_scaling == "absmax":
         alpha = rows.abs().amax(-1, keepdim=True)  # (B, c', L, g, T, 1)
     else:
-        fs = layer.dac_fs if bool(layer.dac_fs > 0) else torch.ones((), device=rows.device)
+        fs = layer.converters.dac_fs if bool(layer.converters.dac_fs > 0) else torch.ones((), device=rows.device)
         alpha = fs.to(rows).expand(b, cp, n_l, g, t, 1)
     alpha = torch.where(alpha > 0, alpha, torch.ones_like(alpha))  # an all-zero vector reads as zero anyway
-    w, wv = _weights(layer, ctx)  # (c, S, g, og, T, R)
+    w, wv = _weights(layer, cache_of, chip)  # (c, S, g, og, T, R)
     s, og = w.shape[1], w.shape[3]
     o = g * og
     inner = t * s * o
-    calibrating = isinstance(ctx, CalibratePass)
-    compiled = isinstance(ctx, ChipPass) and ctx.compiled and not torch.is_grad_enabled()
-    keys = _noise_keys(layer, ctx) if isinstance(ctx, ChipPass) else None  # (B, c)
+    calibrating = chip is None
+    compiled = chip is not None and chip.compiled and not torch.is_grad_enabled()
+    keys = _noise_keys(layer, chip) if chip is not None else None  # (B, c)
     sigma2 = None
     if cc.out_noise and not calibrating:
         sigma2 = (cc.out_noise * layer._adc_range_for_offset().to(rows)) ** 2  # (T, S, O)
@@ -130,8 +131,8 @@ def _dac(layer: AnalogLayer, xn: Tensor, compiled: bool) -> Tensor:
         return xn
     one = torch.ones((), device=xn.device, dtype=xn.dtype)
     if compiled:
-        return dac_kernel(cc.dac_model, cc.dac_bits, bool(layer.dac_signed))(xn, one)
-    return get_dac(cc.dac_model).quantize(xn, one, cc.dac_bits, bool(layer.dac_signed))
+        return dac_kernel(cc.dac_model, cc.dac_bits, bool(layer.converters.dac_signed))(xn, one)
+    return get_dac(cc.dac_model).quantize(xn, one, cc.dac_bits, bool(layer.converters.dac_signed))
 
 
 def managed_kernel(y: Tensor, var: Tensor | None, keys: Tensor | None, loff: Tensor, eoff: Tensor,
@@ -156,23 +157,24 @@ def managed_kernel(y: Tensor, var: Tensor | None, keys: Tensor | None, loff: Ten
 register_kernel("managed", managed_kernel)
 
 
-def _weights(layer: AnalogLayer, ctx: ChipPass | CalibratePass) -> tuple[Tensor, Tensor | None]:
-    """Conductance differences and read-noise variances of this pass's chips, (c, S, g, og, T, R) each,
-    once per chip block."""
+def _weights(layer: AnalogLayer, cache_of: Pass, chip: ChipPass | None) -> tuple[Tensor, Tensor | None]:
+    """Conductance differences and read-noise variances of ``chip``'s chips (None: the noise-free targets),
+    (c, S, g, og, T, R) each, once per chip block."""
     key = (id(layer), "managed")
-    if key not in ctx.cache:
-        if isinstance(ctx, ChipPass):
-            w, wv = layer.conductances(*layer.effective(ctx.chips), at_t0=layer.programmed(ctx.chips))
+    if key not in cache_of.cache:
+        if chip is not None:
+            xb = layer.crossbar
+            w, wv = xb.conductances(*xb.effective(chip.chips), at_t0=xb.programmed(chip.chips))
         else:
-            w, wv = layer.conductances(*layer.nominal())
+            w, wv = layer.crossbar.conductances(*layer.crossbar.nominal())
         g = int(getattr(layer, "groups", 1))
 
         def tiles(v: Tensor) -> Tensor:
-            v = layer._to_tile_rows(v)  # (c, S, O, T, R)
+            v = layer.geometry.to_tile_rows(v)  # (c, S, O, T, R)
             return v.view(v.shape[0], v.shape[1], g, -1, *v.shape[-2:])
 
-        ctx.cache[key] = (tiles(w), None if wv is None else tiles(wv))
-    return ctx.cache[key]
+        cache_of.cache[key] = (tiles(w), None if wv is None else tiles(wv))
+    return cache_of.cache[key]
 
 
 def _product(xn: Tensor, w: Tensor, shared: bool) -> Tensor:

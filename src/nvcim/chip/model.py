@@ -224,13 +224,14 @@ class AnalogModel(nn.Module):
         # eager writing would take longer than that (about 2.5e7 draws/s eager on 2 cores)
         compiled = self.runtime.compile == "on" or (self.runtime.compile == "auto" and draws >= COMPILE_DRAWS)
         for layer in layers:
-            layer.compile_draws = compiled
-            layer.program(self.seed, chip_ids, on_demand=layer.on_demand if on_demand is None else on_demand)
+            xb = layer.crossbar
+            xb.compile_draws = compiled
+            xb.program(self.seed, chip_ids, on_demand=xb.on_demand if on_demand is None else on_demand)
 
     @property
     def cells_on_demand(self) -> bool:
         """Whether the cells are made for each pass's chip block rather than stored (``Runtime.cells``)."""
-        return self.analog_layers()[0].on_demand
+        return self.analog_layers()[0].crossbar.on_demand
 
     def reprogram(self, calibration: Tensor | None = None, converters: str = "all") -> None:
         """Program every chip again from the current ideal weights (same chips: same seed and ids, so the
@@ -239,13 +240,11 @@ class AnalogModel(nn.Module):
         "adc" the ADC ranges only (the DAC ranges kept)."""
         if converters not in ("all", "adc"):
             raise NvcimError(f"converters = {converters!r} is invalid: allowed 'all', 'adc'")
-        self.program(self.analog_layers()[0].chip_ids.cpu())
+        self.program(self.analog_layers()[0].crossbar.chip_ids.cpu())
         if calibration is None:
             return
         for layer in self.analog_layers():
-            if converters == "all":
-                layer.dac_fs.zero_()
-            layer.adc_fs = torch.zeros((), device=layer.dac_fs.device)
+            layer.converters.reset(dac=converters == "all")
         self.calibrate(calibration, inputs=converters == "all")
 
     def runtime_record(self) -> dict[str, Any]:
@@ -263,7 +262,7 @@ class AnalogModel(nn.Module):
                 "draws": rng.DRAWS, **planned}
 
     def is_calibrated(self) -> bool:
-        return all(layer.is_calibrated() for layer in self.analog_layers())
+        return all(layer.converters.is_calibrated() for layer in self.analog_layers())
 
     def forward(self, x: Tensor, image_ids: Tensor | None = None, read_key: int | None = None) -> Tensor:
         """Outputs of every chip: ``(chips, B, ...)``.
@@ -295,7 +294,7 @@ class AnalogModel(nn.Module):
 
     def _registers_need_grad(self) -> bool:
         return any(t.requires_grad for lay in self.analog_layers()
-                   for t in (lay.tune_gain, lay.tune_offset, lay.sram_w))
+                   for t in (lay.crossbar.tune_gain, lay.crossbar.tune_offset, lay.crossbar.sram_w))
 
     def _compile_now(self, x: Tensor) -> str:
         """Runtime.compile for this pass: "on" or "off" (compiled or eager), or "record": eager, recording its
@@ -460,7 +459,7 @@ class AnalogModel(nn.Module):
                     n = n * (mod.row_tiles * mod.n_slices * (noisy + 2) + 2) + 3 * inp[0][0].numel()
                 total += n
             for m in self.net.modules():
-                if not list(m.children()):
+                if isinstance(m, AnalogLayer) or not list(m.children()):  # a layer owns its crossbar
                     hooks.append(m.register_forward_hook(hook))
             try:
                 self.digital(x[:1])
@@ -478,9 +477,7 @@ class AnalogModel(nn.Module):
         cfg = ChipConfig.from_dict(json.loads(state["config"]))
         self.config, self.chips, self.seed = cfg, int(state["chips"]), int(state["seed"])
         for layer in self.analog_layers():
-            layer.config, layer.seed = cfg, self.seed
-            layer.mapping = type(layer.mapping)(cfg)
-            layer._nominal = None
+            layer.reconfigure(cfg, self.seed)
 
 
 @contextlib.contextmanager

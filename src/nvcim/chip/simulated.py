@@ -52,7 +52,7 @@ class SimulatedChip:
         return self._layers[name]
 
     def targets(self, layer: str) -> tuple[Tensor, Tensor]:
-        pos, neg = self._layers[layer].nominal()
+        pos, neg = self._layers[layer].crossbar.nominal()
         return pos[0], neg[0]
 
     def _read_noise(self, layer: AnalogLayer, g: Tensor, tag: str, g0: Tensor | None = None,
@@ -61,7 +61,7 @@ class SimulatedChip:
         if not d.read_noise:
             return g
         self._reads += 1
-        z = rng.draw("normal", rng.key(layer.seed, layer.layer_name, tag, self._reads), layer.chip_ids.cpu(),
+        z = rng.draw("normal", rng.key(layer.seed, layer.layer_name, tag, self._reads), layer.crossbar.chip_ids.cpu(),
                      tuple(g.shape[1:]))
         return get_read_noise(d.read_noise_model).sample(g, z.to(g), d, g0, t)
 
@@ -71,7 +71,7 @@ class SimulatedChip:
     def decode(self, layer: str, pos: Tensor, neg: Tensor) -> Tensor:
         lay = self._layers[layer]
         neg = neg.to(pos)
-        return lay.decode(pos - lay.mapping.expand_neg(neg, lay.out_features))
+        return lay.crossbar.decode(pos - lay.mapping.expand_neg(neg, lay.out_features))
 
     def mapping(self, layer: str) -> Mapping:
         return self._layers[layer].mapping
@@ -80,30 +80,28 @@ class SimulatedChip:
         return get_model(self.config.device, self.config.variability)
 
     def ir_attenuation(self, layer: str, pos: Tensor, neg: Tensor) -> tuple[Tensor, Tensor]:
-        lay = self._layers[layer]
-        r = lay.config.array.wire_resistance
-        if not r:
-            return torch.ones_like(pos), torch.ones_like(neg)
-        a_neg = torch.ones_like(neg) if lay.mapping.reference else lay._ir(neg, r)  # no drop on references
-        return lay._ir(pos, r), a_neg
+        xb = self._layers[layer].crossbar
+        a_neg = torch.ones_like(neg) if xb.mapping.reference else xb.ir_attenuation(neg)  # none on references
+        return xb.ir_attenuation(pos), a_neg
 
     def read(self, layer: str) -> tuple[Tensor, Tensor]:
         lay = self._layers[layer]
-        (pos, neg), (pos0, neg0) = lay.effective(), lay.programmed()
+        (pos, neg), (pos0, neg0) = lay.crossbar.effective(), lay.crossbar.programmed()
         return self._read_noise(lay, pos, "read-pos", pos0), self._read_noise(lay, neg, "read-neg", neg0)
 
     def write_verify(self, layer: str, mask_pos: Tensor, mask_neg: Tensor, tol: float, max_pulses: int,
                      give_up: int = 0) -> Verified:
         lay = self._layers[layer]
-        if lay.on_demand:
-            raise lay.not_stored("write-verify")
+        xb = lay.crossbar
+        if xb.on_demand:
+            raise xb.not_stored("write-verify")
         d = lay.config.device
         span = d.g_max - d.g_min
         tol_s = tol * span
         band = tol_s + 3 * d.read_noise * d.g_max  # how close to a rail a stuck cell reads (read noise included)
         pulses = torch.zeros(self.n_chips, dtype=torch.long)
         targets = dict(zip(("pos", "neg"), self.targets(layer)))
-        dev = lay.g_pos.device
+        dev = xb.g_pos.device
         pending = {"pos": mask_pos.to(dev, copy=True), "neg": mask_neg.to(dev, copy=True)}
         stuck = {side: torch.zeros_like(pending[side]) for side in pending}
         at_rail = {side: torch.zeros(pending[side].shape, dtype=torch.int8, device=dev) for side in pending}
@@ -111,7 +109,7 @@ class SimulatedChip:
             for side in ("pos", "neg"):
                 if not bool(pending[side].any()):
                     continue
-                g = lay.g_pos if side == "pos" else lay.g_neg
+                g = xb.programmed()[0 if side == "pos" else 1]
                 t = targets[side].unsqueeze(0).to(dev)
                 seen = self._read_noise(lay, g, f"verify-{side}", t=d.drift.t0)  # verify at programming (t0)
                 pending[side] &= (seen - t).abs() > tol_s
@@ -127,7 +125,7 @@ class SimulatedChip:
                     stuck[side] |= gone
                     pending[side] &= ~gone
                 if attempt < max_pulses and bool(pending[side].any()):
-                    pulses += lay.rewrite(side, pending[side]).cpu()
+                    pulses += xb.rewrite(side, pending[side]).cpu()
             if not any(bool(p.any()) for p in pending.values()):
                 break
         return Verified(pulses, (pending["pos"] | stuck["pos"]).cpu(), (pending["neg"] | stuck["neg"]).cpu(),
@@ -137,16 +135,17 @@ class SimulatedChip:
         return self._layers[layer].row_tile_index()
 
     def row_routing(self, layer: str) -> Tensor:
-        return self._layers[layer].row_perm.cpu().clone()
+        return self._layers[layer].crossbar.row_perm.cpu().clone()
 
     def remap_rows(self, layer: str, perm: Tensor) -> Tensor:
-        return self._layers[layer].remap_rows(perm)
+        return self._layers[layer].crossbar.remap_rows(perm)
 
     def write(self, layer: str, side: str, mask: Tensor, targets: Tensor) -> Tensor:
         if side not in ("pos", "neg"):
             raise ValueError(f"side must be 'pos' or 'neg', got {side!r}")
-        lay = self._layers[layer]  # methods may hand CPU tensors to a chip simulated on a GPU
-        return lay.rewrite(side, mask.to(lay.g_pos.device), targets.to(lay.g_pos)).cpu()
+        xb = self._layers[layer].crossbar  # methods may hand CPU tensors to a chip simulated on a GPU
+        g = xb.programmed()[0]
+        return xb.rewrite(side, mask.to(g.device), targets.to(g)).cpu()
 
     def infer(self, x: Tensor, capture: Sequence[str] = ()) -> tuple[Tensor, dict[str, Tensor]]:
         outs: dict[str, list[Tensor]] = {name: [] for name in capture}
@@ -191,11 +190,7 @@ class SimulatedChip:
 
     # ---- keeping a state ---------------------------------------------------------------------------
     def checkpoint(self) -> object:
-        # references, not copies: every change of a chip's state makes new tensors (rewrite, remap_rows,
-        # program, the registers' setters), so a checkpoint costs no memory; restore() refuses one whose
-        # tensors were changed in place since, which would have changed the checkpoint with them
-        return {name: {k: (t, t._version) for k in _STATE if (t := getattr(lay, k)).numel() or k.startswith("sram")}
-                for name, lay in self._layers.items()}
+        return {name: lay.crossbar.checkpoint() for name, lay in self._layers.items()}
 
     def restore(self, state: object, chips: Tensor) -> Tensor:
         if not isinstance(state, dict) or set(state) != set(self._layers):
@@ -207,22 +202,7 @@ class SimulatedChip:
         if not bool(chips.any()):
             return rewritten
         for name, saved in state.items():
-            lay = self._layers[name]
-            for k, (old, version) in saved.items():
-                if old._version != version:
-                    raise NvcimError("restore: the checkpoint's state was changed in place since; take a new one")
-                now = getattr(lay, k)
-                if now is old:
-                    continue
-                if k == "sram_w" or k == "sram_mask":
-                    continue  # below, as a pair
-                sel = chips.to(now.device).view(-1, *([1] * (now.dim() - 1)))
-                if k in ("g_pos", "g_neg"):
-                    rewritten += ((now != old) & sel).flatten(1).sum(1).cpu()
-                setattr(lay, k, torch.where(sel, old, now))
-            (m0, _), (w0, _) = saved["sram_mask"], saved["sram_w"]
-            if lay.sram_w is not w0 or lay.sram_mask is not m0:
-                _restore_sram(lay, m0, w0, chips.to(self.device))
+            rewritten += self._layers[name].crossbar.restore(saved, chips)
         return rewritten
 
     # ---- the reference ---------------------------------------------------------------------------
@@ -262,8 +242,8 @@ class SimulatedChip:
         return list(self.model.net.parameters())
 
     def buffers(self) -> list[Tensor]:  # the digital modules' (BatchNorm); an analog layer's are its cells
-        return [b for m in self.model.net.modules() if not isinstance(m, AnalogLayer)
-                for b in m.buffers(recurse=False)]
+        chip_state = {id(m) for lay in self._layers.values() for m in lay.modules()}
+        return [b for m in self.model.net.modules() if id(m) not in chip_state for b in m.buffers(recurse=False)]
 
     @torch.no_grad()
     def reinitialize(self, seed: int) -> None:
@@ -300,62 +280,26 @@ class SimulatedChip:
 
     # ---- the digital registers ---------------------------------------------------------------------
     def set_output_affine(self, layer: str, gain: Tensor, offset: Tensor) -> None:
-        lay = self._layers[layer]
-        shape = (self.n_chips, lay.out_features)
-        if tuple(gain.shape) != shape or tuple(offset.shape) != shape:
-            raise ValueError(f"{layer}: gain and offset must have shape {shape}")
-        lay.tune_gain = gain.to(lay.tune_gain).clone()
-        lay.tune_offset = offset.to(lay.tune_offset).clone()
+        self._layers[layer].crossbar.set_output_affine(gain, offset)
 
     def output_affine(self, layer: str) -> tuple[Tensor, Tensor]:
-        lay = self._layers[layer]
-        return lay.tune_gain.detach().clone(), lay.tune_offset.detach().clone()
+        xb = self._layers[layer].crossbar
+        return xb.tune_gain.detach().clone(), xb.tune_offset.detach().clone()
 
     def set_sram(self, layer: str, mask: Tensor, weights: Tensor) -> None:
-        lay = self._layers[layer]
-        o, k = lay.matrix_shape()
-        n = self.n_chips
-        if mask.dtype != torch.bool or tuple(mask.shape) not in ((o, k), (n, o, k)):
-            raise ValueError(f"{layer}: the SRAM mask must be boolean of shape {(o, k)} or {(n, o, k)}, got "
-                             f"{mask.dtype} {tuple(mask.shape)}")
-        if tuple(weights.shape) != (n, o, k):
-            raise ValueError(f"{layer}: the SRAM weights must have shape {(n, o, k)}, got {tuple(weights.shape)}")
-        lay.sram_mask = mask.to(self.device)
-        lay.sram_w = weights.to(lay.weight.device, lay.weight.dtype)
+        self._layers[layer].crossbar.set_sram(mask, weights)
 
     def sram(self, layer: str) -> tuple[Tensor, Tensor] | None:
-        lay = self._layers[layer]
-        return (lay.sram_mask.clone(), lay.sram_w.detach().clone()) if lay.sram_w.numel() else None
+        return self._layers[layer].crossbar.sram()
 
     def input_format(self, layer: str) -> tuple[int, bool, float]:
         lay = self._layers[layer]
-        return int(self.config.circuit.dac_bits), bool(lay.dac_signed), float(lay.dac_fs)
+        return int(self.config.circuit.dac_bits), bool(lay.converters.dac_signed), float(lay.converters.dac_fs)
 
     def set_input_range(self, layer: str, full_scale: float) -> None:
         if not full_scale > 0:
             raise ValueError(f"{layer}: the DAC full scale must be > 0, got {full_scale}")
-        lay = self._layers[layer]
-        lay.dac_fs = torch.tensor(float(full_scale), device=lay.dac_fs.device, dtype=lay.dac_fs.dtype)
-
-
-_STATE = ("g_pos", "g_neg", "faults_pos", "faults_neg", "drift_pos", "drift_neg", "row_perm", "drift_comp",
-          "tune_gain", "tune_offset", "sram_mask", "sram_w")  # what a method may change, each (N, ...) per chip
-
-
-def _restore_sram(lay: AnalogLayer, m0: Tensor, w0: Tensor, chips: Tensor) -> None:
-    """The SRAM of ``chips`` back to (m0, w0); a chip that had none gets zero weights under the new mask."""
-    m1, w1 = lay.sram_mask, lay.sram_w.detach()
-    if not w1.numel():  # the SRAM was removed: only possible by setting an empty one, keep it for all
-        lay.sram_mask, lay.sram_w = m0, w0
-        return
-    if not w0.numel():
-        m0, w0 = m1, torch.zeros_like(w1)
-    n, sel = w1.shape[0], chips.view(-1, 1, 1)
-    if m0.shape == m1.shape == w1.shape[1:] and torch.equal(m0, m1):
-        lay.sram_mask = m1  # one shared mask: only the weights differ per chip
-    else:
-        lay.sram_mask = torch.where(sel, m0.expand(n, *m0.shape[-2:]), m1.expand(n, *m1.shape[-2:]))
-    lay.sram_w = torch.where(sel, w0.to(w1), w1)
+        self._layers[layer].converters.set_input_range(full_scale)
 
 
 def _assemble(parts: list[Tensor], b: int, n_chips: int, plan: tuple[int, int]) -> Tensor:

@@ -101,10 +101,9 @@ def _layer_cost(layer: AnalogLayer, positions: int) -> LayerCost:
     conversions = positions * t * n * s
     drives = positions * k * arrays_per_row_tile
     adds = positions * n * (t * s - 1)
-    mask = layer.sram_mask  # (O, K) shared, or (N, O, K) per chip: count per chip
+    mask = layer.crossbar.sram_mask  # (O, K) shared, or (N, O, K) per chip: count per chip
     sram_weights = float(mask.sum()) / (mask.shape[0] if mask.dim() == 3 else 1) if mask.numel() else 0.0
-    tuned = bool(layer.tune_gain.numel()) and bool(
-        (layer.tune_gain != 1).any() or (layer.tune_offset != 0).any())
+    tuned = layer.crossbar.tuned()
     # a per-chip sparse table (rsa 'faults') also stores each entry's position within the layer
     addr_bytes = math.ceil(math.log2(max(2, layer.out_features * layer.k)) / 8) if mask.dim() == 3 else 0
     sram_bytes = sram_weights * (SRAM_WEIGHT_BYTES + addr_bytes) + (n * REGISTER_BYTES if tuned else 0)

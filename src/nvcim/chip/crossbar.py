@@ -1,0 +1,426 @@
+"""The crossbar of one analog layer on N chips: the one owner of its per-chip state.
+
+Buffers, with a leading chip dimension: the programmed conductances ``g_pos``/``g_neg`` ``(N, S, O', K)``
+(``g_neg`` is ``(N, S, n_col_tiles, K)`` for reference columns), their stuck-at fault codes and drift
+factors, the row routing, the ADC gain/offset errors, drift compensation, and the digital registers a
+method may set (output gain/offset, sparse SRAM weights). Everything else reaches them through the methods
+here: program, rewrite, remap rows, read (:meth:`effective`, :meth:`programmed`), set a register,
+checkpoint and restore. Programming draws are counter-based (:mod:`.rng`): chip k is a pure function of
+(config, seed, k), so the cells can also be made on demand for each pass's chip block (``Runtime.cells``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor, nn
+
+from ..circuits import attenuation, get_read_noise
+from ..config.schema import ChipConfig
+from ..devices import get_model, has_drift, round_to_levels
+from ..errors import NvcimError
+from ..mapping import Mapped, Mapping
+from . import rng
+from .geometry import TileGeometry
+from .programming import drift_compensation
+from .writes import CellWriter, Targets
+
+CELLS = ("g_pos", "g_neg", "faults_pos", "faults_neg", "drift_pos", "drift_neg")  # per chip and cell
+# what a method may change, each (N, ...) per chip: what a checkpoint holds
+STATE = (*CELLS, "row_perm", "drift_comp", "tune_gain", "tune_offset", "sram_mask", "sram_w")
+
+
+class Crossbar(nn.Module):
+    """Cells and per-chip registers of one layer. ``weights`` gives the layer's current weight matrix
+    ``(O, K)`` (the ideal model's, which the chips are programmed from)."""
+
+    g_pos: Tensor
+    g_neg: Tensor
+    faults_pos: Tensor
+    faults_neg: Tensor
+    drift_pos: Tensor
+    drift_neg: Tensor
+    adc_gain: Tensor
+    adc_offset: Tensor
+    drift_comp: Tensor
+    scale: Tensor
+    slice_w: Tensor
+    chip_ids: Tensor
+    tune_gain: Tensor
+    tune_offset: Tensor
+    sram_mask: Tensor
+    sram_w: Tensor
+    row_perm: Tensor  # (N, K): physical row of each logical row (identity unless rows were remapped)
+    writes: Tensor
+
+    def __init__(self, name: str, config: ChipConfig, mapping: Mapping, geometry: TileGeometry,
+                 weights: Callable[[], Tensor]) -> None:
+        super().__init__()
+        self.name, self.config, self.mapping, self.geometry = name, config, mapping, geometry
+        self.weights = weights
+        self.seed = 0
+        self.compile_draws = False  # per-cell draws under torch.compile (same bits; from the model's Runtime)
+        self.on_demand = False  # cells not stored: written for each pass's chip block (Runtime.cells)
+        self._resident: tuple[int, ...] | None = None  # on demand: the chips whose cells the buffers hold
+        self._source: tuple[Mapped, Targets] | None = None
+        self._nominal: tuple[Tensor, Tensor] | None = None
+        w = weights()
+        z = torch.zeros(0, device=w.device)
+        for n, t in dict(g_pos=z, g_neg=z, faults_pos=z.to(torch.int8), faults_neg=z.to(torch.int8), drift_pos=z,
+                         drift_neg=z, adc_gain=z, adc_offset=z, drift_comp=z, scale=z, slice_w=z, chip_ids=z.long(),
+                         tune_gain=z, tune_offset=z, sram_mask=z.bool(), sram_w=z, row_perm=z.long(),
+                         writes=torch.zeros((), dtype=torch.long, device=w.device)).items():
+            self.register_buffer(n, t)
+
+    def reconfigure(self, config: ChipConfig, mapping: Mapping, geometry: TileGeometry, seed: int) -> None:
+        """The design changed (a loaded model's config): forget what was derived from the old one."""
+        self.config, self.mapping, self.geometry, self.seed, self._nominal = config, mapping, geometry, seed, None
+
+    # ---- what the state is ----------------------------------------------------------------------
+    @property
+    def n_chips(self) -> int:
+        return int(self.chip_ids.shape[0])
+
+    @property
+    def n_slices(self) -> int:
+        return int(self.slice_w.numel()) if self.slice_w.numel() else 1
+
+    def writer(self) -> CellWriter:
+        return CellWriter(self.config, self.name, self.seed, self.geometry, self.compile_draws)
+
+    def mapped(self) -> Mapped:
+        """The mapping of the layer's current weights."""
+        return self.mapping.map(self.weights().detach().float().cpu())
+
+    def not_stored(self, what: str) -> NvcimError:
+        """The error for ``what``, an operation on every chip's cells, on a layer that makes them on demand."""
+        return NvcimError(f"{what} needs every chip's cells in memory, but this model makes them on demand for "
+                          f"each chip block (Runtime.cells): convert with Runtime(cells='stored'), with fewer "
+                          f"chips if they do not fit")
+
+    # ---- programming ----------------------------------------------------------------------------
+    def program(self, seed: int, chip_ids: Tensor, chunk: int = 0, on_demand: bool = False) -> None:
+        """Program all chips ``chip_ids`` (global ids): noisy writes, faults, drift; fills the buffers.
+        ``chunk``: chips written together (default: as many as keep each float temporary of a write within
+        32 MiB, glibc's heap limit, so that none is a fresh mapping faulted in page by page; up to 64; the
+        draws are counter-based, so the chunking changes no number). ``on_demand``: store no cells; each
+        pass writes the cells of its chip block again from the same draws (:meth:`effective`).
+
+        ``g_pos``/``g_neg`` hold the conductances right after programming (time t0, faults applied);
+        ``drift_pos``/``drift_neg`` the per-cell factors (t_read/t0)^-nu that reads apply (empty: no drift).
+        """
+        w = self.weights()
+        dev, g = w.device, self.geometry
+        m = self.mapped()
+        self.seed = seed
+        self.scale, self.slice_w = m.scale.to(dev), m.slice_weights.to(dev)
+        n = len(chip_ids)
+        if tuple(self.row_perm.shape) != (n, g.k):  # a fresh chip: logical row k on physical row k
+            self.row_perm = torch.arange(g.k, device=dev).expand(n, -1).clone()
+        self.chip_ids = chip_ids.to(dev)
+        self._nominal = None
+        for name in CELLS:  # the old state goes first: programming holds one state, not two
+            setattr(self, name, torch.zeros(0, device=dev))
+        self.drift_comp = torch.ones(n, dtype=w.dtype, device=dev)
+        self.on_demand, self._resident = on_demand, None
+        writer = self.writer()
+        self._source = (m, writer.targets(m))  # what the chips were programmed to (on demand: kept for passes)
+        if not on_demand:
+            self._write_cells(torch.arange(n), chunk)
+            self._source = None
+        shape, c = (g.row_tiles, self.n_slices, g.out_features), self.config.circuit
+
+        def adc_error(sigma: float, what: str) -> Tensor:  # nothing drawn for an error-free ADC
+            key = rng.key(seed, self.name, what)
+            return (sigma * rng.draw("normal", key, chip_ids, shape, compiled=self.compile_draws)).to(dev) \
+                if sigma else torch.zeros(n, *shape, device=dev)
+
+        self.adc_gain = 1.0 + adc_error(c.adc_gain_sigma, "adc-gain")
+        self.adc_offset = adc_error(c.adc_offset_sigma, "adc-offset")
+        self.tune_gain = torch.ones(n, g.out_features, device=dev)
+        self.tune_offset = torch.zeros(n, g.out_features, device=dev)
+
+    def _write_cells(self, chips: Tensor, chunk: int = 0) -> None:
+        """Write the cells of ``chips`` (indices into ``chip_ids``) into the cell buffers, in that order,
+        chunk by chunk into place (CPU buffers of the right shape are reused), and their drift compensation.
+        Cells are written on the CPU; a GPU layer's buffers are copied over afterwards."""
+        w = self.weights()
+        dev, writer = w.device, self.writer()
+        if self._source is None:  # an on-demand layer loaded from a state_dict: from the loaded weights
+            m = self.mapped()
+            self._source = (m, writer.targets(m))
+        m, targets = self._source
+        n = len(chips)
+        parts = -(-n // (chunk or max(1, min(64, 2**23 // max(1, m.pos.numel())))))
+        bounds = [round(i * n / parts) for i in range(parts + 1)]  # even chunks: 3, 3, 2, 2, not 3, 3, 3, 1
+        ids, perm = self.chip_ids.cpu()[chips], self.row_perm.cpu()[chips]
+        routed = not bool((perm == torch.arange(self.geometry.k)).all())
+        bufs, drifts = {}, has_drift(self.config.device)
+        for name in CELLS:  # float cells in the weights' format (float64 after model.double())
+            t, dtype = getattr(self, name), torch.int8 if name.startswith("faults") else w.dtype
+            want = (0,) if name.startswith("drift") and not drifts else (n, *targets[name[-3:]][0].shape[1:])
+            bufs[name] = t if tuple(t.shape) == want and t.dtype == dtype and t.device.type == "cpu" else \
+                torch.empty(want, dtype=dtype)
+        for a, b in zip(bounds, bounds[1:]):
+            out = {side: tuple(bufs[f"{kind}_{side}"][a:b] if bufs[f"{kind}_{side}"].numel() else bufs[f"{kind}_{side}"]
+                               for kind in ("g", "faults", "drift")) for side in ("pos", "neg")}
+            comp = writer.write_all(m, ids[a:b], perm[a:b] if routed else None, targets=targets, out=out).compensation
+            self.drift_comp[chips[a:b].to(dev)] = comp.to(dev)
+        for name, t in bufs.items():
+            setattr(self, name, t.to(dev))
+
+    def rewrite(self, side: str, mask: Tensor, target: Tensor | None = None) -> Tensor:
+        """Re-program the cells of ``side`` where ``mask`` (N, S, O', K) is true with a fresh noisy write,
+        to the mapped targets or to ``target`` (N, S, O', K). Stuck cells do not change, but their pulses are
+        spent like any other (the controller cannot tell them apart). Every call draws anew (a per-layer write
+        counter keys it). Returns the pulses spent per chip."""
+        if self.on_demand:
+            raise self.not_stored("re-programming cells")
+        g = self.g_pos if side == "pos" else self.g_neg
+        codes = self.faults_pos if side == "pos" else self.faults_neg
+        live = mask & (codes == 0)
+        self.writes += 1
+        if target is None:
+            m = self.mapped()
+            target = (m.pos if side == "pos" else m.neg).unsqueeze(0)
+        new = self.writer().sample(side, self.chip_ids.cpu(), f"rewrite-{int(self.writes)}", target,
+                                   self.mapping.reference).to(g.device)
+        setattr(self, f"g_{side}", torch.where(live, new, g))
+        self._recompensate()
+        return mask.flatten(1).sum(1)
+
+    def _recompensate(self) -> None:
+        """Every chip's drift compensation again, after its cells changed."""
+        if self.drift_pos.numel():
+            g0, now = {"pos": self.g_pos, "neg": self.g_neg}, dict(zip(("pos", "neg"), self.effective()))
+            self.drift_comp = drift_compensation(self.config.device.drift.compensate, self.mapped(), g0,
+                                                 now).to(self.g_pos)
+
+    @torch.no_grad()
+    def remap_rows(self, perm: Tensor) -> Tensor:
+        """Route logical row k of chip n to physical row ``perm[n, k]`` (a permutation within each row tile,
+        as the input driver's routing would do). The cells keep their physical state: a moved row now sees
+        the conductances, faults and drift of its new cells (re-program them afterwards). Returns the
+        number of moved rows per chip."""
+        if self.on_demand:
+            raise self.not_stored("remapping rows")
+        n, k = self.n_chips, self.geometry.k
+        if tuple(perm.shape) != (n, k):
+            raise NvcimError(f"{self.name}: row permutation must have shape ({n}, {k})")
+        perm = perm.to(self.row_perm.device).long()
+        tiles = self.geometry.tile_index().to(perm.device)
+        ok = (perm.sort(-1).values == torch.arange(k, device=perm.device)).all() and bool(
+            (tiles[perm] == tiles.view(1, -1)).all())
+        if not ok:
+            raise NvcimError(f"{self.name}: a row permutation must reorder rows within their tiles")
+        inv_old = torch.empty_like(self.row_perm).scatter_(
+            -1, self.row_perm, torch.arange(k, device=perm.device).expand(n, -1).contiguous())
+        idx = inv_old.gather(-1, perm)  # logical row now at perm[k] held it before: take its state
+        for name in CELLS:
+            t = getattr(self, name)
+            if t.numel():
+                setattr(self, name, t.gather(-1, idx.view(n, *([1] * (t.dim() - 2)), -1).expand_as(t)))
+        moved = (perm != self.row_perm).sum(-1)
+        self.row_perm = perm
+        self._recompensate()
+        return moved.cpu()
+
+    @torch.no_grad()
+    def fresh_chip(self, chip_id: int, censor: float = 0.0) -> tuple[Tensor, Tensor]:
+        """Effective weight matrix (O, K) of a newly drawn chip ``chip_id`` programmed with the current
+        weights: levels, programming variation, faults, drift (and its compensation), IR drop; and the (O,)
+        factor from conductance units to weight units of its columns (scale x drift compensation), which an
+        ADC in conductance units needs. Training draws one per step: it maps the weights once and uses the
+        fast generator (:func:`rng.draw_stream`) for its per-cell draws."""
+        m = self.mapped()
+        written = self.writer().write_all(m, torch.tensor([chip_id]), None, censor=censor, stream=True)
+        g0, factor = written.g0, written.factor
+        gt = {side: g0[side] * factor[side] if factor[side].numel() else g0[side] for side in g0}
+        dev = self.weights().device
+        w, _ = self.conductances(gt["pos"].to(dev), gt["neg"].to(dev))  # (1, S, O, K)
+        comp = written.compensation.to(w)
+        # decoded with the scale of *this* mapping: the programmed chips' scale (``self.scale``) is that of
+        # the weights when they were last programmed, and training moves the weights away from them
+        column_scale = (m.scale.to(w).reshape(-1) * comp.reshape(-1)).expand(self.geometry.out_features)
+        return self.decode(w, m.scale, m.slice_weights)[0] * comp, column_scale
+
+    # ---- reading the cells ----------------------------------------------------------------------
+    def decode(self, diff: Tensor, scale: Tensor | None = None, slice_w: Tensor | None = None) -> Tensor:
+        """Weights (..., O, K) that conductance differences (..., S, O, K) stand for: shift-and-add over
+        slices, times the column scale (what the digital periphery does). ``scale`` and ``slice_w`` default
+        to the programmed chips' own."""
+        sw = (self.slice_w if slice_w is None else slice_w).to(diff).view(-1, 1, 1)
+        return (diff * sw).sum(-3) * (self.scale if scale is None else scale).to(diff).view(-1, 1)
+
+    def effective(self, chips: Tensor | slice | None = None) -> tuple[Tensor, Tensor]:
+        """Conductances (S) the array holds at read time (after drift) for ``chips`` (default all). On
+        demand, the cells of ``chips`` (an index tensor) are written now, unless they are the resident ones."""
+        sel = self._select(chips)
+        pos, neg = self.g_pos[sel], self.g_neg[sel]
+        if self.drift_pos.numel():
+            pos, neg = pos * self.drift_pos[sel], neg * self.drift_neg[sel]
+        return pos, neg
+
+    def programmed(self, chips: Tensor | slice | None = None) -> tuple[Tensor, Tensor]:
+        """Conductances (S) of ``chips`` right after programming (t0, before drift), as :meth:`effective`."""
+        sel = self._select(chips)
+        return self.g_pos[sel], self.g_neg[sel]
+
+    def faults(self) -> tuple[Tensor, Tensor]:
+        """The stuck-at fault codes of every chip's cells (the simulator's hidden state, for tests)."""
+        return self.faults_pos, self.faults_neg
+
+    def _select(self, chips: Tensor | slice | None) -> Tensor | slice:
+        """The index of ``chips`` into the cell buffers; on demand, their cells are written first unless they
+        are the resident ones."""
+        if not self.on_demand:
+            return slice(None) if chips is None else chips
+        if not isinstance(chips, Tensor):
+            raise self.not_stored("reading every chip's conductances")
+        key = tuple(chips.tolist())
+        if key != self._resident:
+            self._write_cells(chips.cpu())
+            self._resident = key
+        return slice(None)
+
+    def nominal(self) -> tuple[Tensor, Tensor]:
+        """Noise-free programmed targets (rounded to levels), shape (1, S, O, K) each."""
+        if self._nominal is None:
+            m = self.mapped()
+            levels = get_model(self.config.device, self.config.variability).levels()
+            dev = self.weights().device
+            self._nominal = (round_to_levels(m.pos, levels)[0][None].to(dev),
+                             round_to_levels(m.neg, levels)[0][None].to(dev))
+        return self._nominal
+
+    def conductances(self, pos: Tensor, neg: Tensor, at_t0: tuple[Tensor, Tensor] | None = None
+                     ) -> tuple[Tensor, Tensor | None]:
+        """(G+ - G-) as the array sees it, with IR drop, and the read-noise variance weights. ``at_t0``: the
+        same cells' conductances when programmed, for read-noise models that depend on them (None: as read).
+
+        Reference columns are broadcast to their tile's columns; IR drop is applied to the weight cells
+        (the two halves of a differential pair each as their own tile), not to reference columns.
+        """
+        out = self.geometry.out_features
+        if self.config.array.wire_resistance:
+            pos = pos * self.ir_attenuation(pos)
+        if self.mapping.reference:
+            neg = self.mapping.expand_neg(neg, out)
+        elif self.config.array.wire_resistance:
+            neg = neg * self.ir_attenuation(neg)
+        d = self.config.device
+        w2 = None
+        if d.read_noise:
+            pos0, neg0 = at_t0 if at_t0 is not None else (None, None)
+            if neg0 is not None:
+                neg0 = self.mapping.expand_neg(neg0, out)
+            w2 = get_read_noise(d.read_noise_model).pair_variance(pos, neg, d, pos0, neg0)
+        return pos - neg, w2
+
+    def ir_attenuation(self, g: Tensor) -> Tensor:
+        """IR-drop attenuation of every cell of conductances ``g`` (..., O, K), tile by tile (rows = K,
+        columns = outputs); ones on ideal wires."""
+        r = self.config.array.wire_resistance
+        if not r:
+            return torch.ones_like(g)
+        geo = self.geometry
+        rows, cols, t, n_ct = geo.rows_per_tile, geo.cols, geo.row_tiles, geo.n_col_tiles
+        lead = g.shape[:-2]
+        phys = geo.to_tile_rows(g)  # (..., O, T, R)
+        phys = nn.functional.pad(phys, (0, 0, 0, 0, 0, n_ct * cols - geo.out_features))
+        phys = phys.reshape(*lead, n_ct, cols, t, rows).permute(*range(len(lead)), -2, -4, -1, -3)
+        att = attenuation(phys, r, self.config.array.ir_activity)  # (..., T, n_ct, R, C)
+        att = att.permute(*range(len(lead)), -3, -1, -4, -2).reshape(*lead, n_ct * cols, t, rows)
+        return geo.from_tile_rows(att[..., : geo.out_features, :, :])
+
+    # ---- the digital registers ------------------------------------------------------------------
+    def set_output_affine(self, gain: Tensor, offset: Tensor) -> None:
+        """Per-chip, per-column y -> gain y + offset, ``(N, O)`` each."""
+        shape = (self.n_chips, self.geometry.out_features)
+        if tuple(gain.shape) != shape or tuple(offset.shape) != shape:
+            raise ValueError(f"{self.name}: gain and offset must have shape {shape}")
+        self.tune_gain = gain.to(self.tune_gain).clone()
+        self.tune_offset = offset.to(self.tune_offset).clone()
+
+    def tuned(self) -> bool:
+        """Whether a method has set the output registers away from y -> y."""
+        return bool(self.tune_gain.numel()) and bool((self.tune_gain != 1).any() or (self.tune_offset != 0).any())
+
+    def set_sram(self, mask: Tensor, weights: Tensor) -> None:
+        """Sparse SRAM weights: ``mask`` boolean ``(O, K)`` (shared) or ``(N, O, K)``, ``weights`` ``(N, O, K)``."""
+        o, k, n = self.geometry.out_features, self.geometry.k, self.n_chips
+        if mask.dtype != torch.bool or tuple(mask.shape) not in ((o, k), (n, o, k)):
+            raise ValueError(f"{self.name}: the SRAM mask must be boolean of shape {(o, k)} or {(n, o, k)}, got "
+                             f"{mask.dtype} {tuple(mask.shape)}")
+        if tuple(weights.shape) != (n, o, k):
+            raise ValueError(f"{self.name}: the SRAM weights must have shape {(n, o, k)}, got {tuple(weights.shape)}")
+        w = self.weights()
+        self.sram_mask = mask.to(w.device)
+        self.sram_w = weights.to(w.device, w.dtype)
+
+    def sram(self) -> tuple[Tensor, Tensor] | None:
+        return (self.sram_mask.clone(), self.sram_w.detach().clone()) if self.sram_w.numel() else None
+
+    # ---- keeping a state ------------------------------------------------------------------------
+    def checkpoint(self) -> dict[str, tuple[Tensor, int]]:
+        """References to the state a method may change, with their versions: every change makes new tensors
+        (rewrite, remap_rows, program, the registers' setters), so a checkpoint costs no memory;
+        :meth:`restore` refuses one whose tensors were changed in place since."""
+        return {k: (t, t._version) for k in STATE if (t := getattr(self, k)).numel() or k.startswith("sram")}
+
+    def restore(self, saved: dict[str, tuple[Tensor, int]], chips: Tensor) -> Tensor:
+        """Put ``chips`` (N,) (bool, on this crossbar's device) back into ``saved``; returns the cells
+        restored per chip."""
+        rewritten = torch.zeros(self.n_chips, dtype=torch.long)
+        for k, (old, version) in saved.items():
+            if old._version != version:
+                raise NvcimError("restore: the checkpoint's state was changed in place since; take a new one")
+            now = getattr(self, k)
+            if now is old or k in ("sram_w", "sram_mask"):
+                continue  # the SRAM below, as a pair
+            sel = chips.to(now.device).view(-1, *([1] * (now.dim() - 1)))
+            if k in ("g_pos", "g_neg"):
+                rewritten += ((now != old) & sel).flatten(1).sum(1).cpu()
+            setattr(self, k, torch.where(sel, old, now))
+        (m0, _), (w0, _) = saved["sram_mask"], saved["sram_w"]
+        if self.sram_w is not w0 or self.sram_mask is not m0:
+            self._restore_sram(m0, w0, chips)
+        return rewritten
+
+    def _restore_sram(self, m0: Tensor, w0: Tensor, chips: Tensor) -> None:
+        """The SRAM of ``chips`` back to (m0, w0); a chip that had none gets zero weights under the new mask."""
+        m1, w1 = self.sram_mask, self.sram_w.detach()
+        if not w1.numel():  # the SRAM was removed: only possible by setting an empty one, keep it for all
+            self.sram_mask, self.sram_w = m0, w0
+            return
+        if not w0.numel():
+            m0, w0 = m1, torch.zeros_like(w1)
+        n, sel = w1.shape[0], chips.to(w1.device).view(-1, 1, 1)
+        if m0.shape == m1.shape == w1.shape[1:] and torch.equal(m0, m1):
+            self.sram_mask = m1  # one shared mask: only the weights differ per chip
+        else:
+            self.sram_mask = torch.where(sel, m0.expand(n, *m0.shape[-2:]), m1.expand(n, *m1.shape[-2:]))
+        self.sram_w = torch.where(sel, w0.to(w1), w1)
+
+    # ---- saving ---------------------------------------------------------------------------------
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # type: ignore[no-untyped-def]
+        # Buffers change shape when chips are programmed: take the saved shapes before the copy.
+        if prefix + "row_perm" not in state_dict and prefix + "g_pos" in state_dict:  # saved before remapping
+            g = state_dict[prefix + "g_pos"]
+            state_dict[prefix + "row_perm"] = torch.arange(g.shape[-1]).expand(g.shape[0], -1).clone()
+        for name in list(self._buffers):
+            key = prefix + name
+            if key in state_dict and self._buffers[name] is not None:
+                self._buffers[name] = torch.empty_like(state_dict[key], device=self._buffers[name].device)
+        self._nominal = None
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        ids, g = state_dict.get(prefix + "chip_ids"), state_dict.get(prefix + "g_pos")
+        if ids is not None and g is not None:  # programmed chips without cells: saved with cells on demand
+            self.on_demand, self._resident, self._source = ids.numel() > 0 and g.numel() == 0, None, None
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars):  # type: ignore[no-untyped-def]
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        if self.on_demand:  # the buffers hold one block's cells: save none, they are made again on load
+            for name in CELLS:
+                destination[prefix + name] = torch.zeros(0, dtype=getattr(self, name).dtype)

@@ -1,0 +1,106 @@
+"""Programming writes of one layer's cells: every cell of a block of chips (evaluation chips, from
+counter-based keys; training chips, from the fast generator), and re-writes of chosen cells.
+
+A :class:`CellWriter` knows what the draws are keyed on (config, seed, layer name) and where the cells lie
+(:class:`~nvcim.chip.geometry.TileGeometry`); it holds no chip state. :class:`~nvcim.chip.crossbar.Crossbar`
+owns the state and calls it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import Tensor
+
+from ..config.schema import ChipConfig
+from ..devices import get_model, has_drift, round_to_levels
+from ..mapping import Mapped
+from . import programming, rng
+from .geometry import TileGeometry
+from .programming import SideKeys, WriteSpec, cells_from_draws, drift_compensation, write_side
+
+Targets = dict[str, tuple[Tensor, Tensor | None]]  # per side: the targets rounded to levels, the level index
+
+
+@dataclass
+class Written:
+    """One programming of every cell of a block of chips, per side ('pos', 'neg'): conductances at t0
+    (faults applied), fault codes, drift factors (t_read/t0)^-nu (empty without drift); and the chips' drift
+    compensation."""
+
+    g0: dict[str, Tensor]
+    codes: dict[str, Tensor]
+    factor: dict[str, Tensor]
+    compensation: Tensor
+
+
+@dataclass
+class CellWriter:
+    config: ChipConfig
+    name: str  # the layer's, part of every draw's key
+    seed: int
+    geometry: TileGeometry
+    compiled: bool = False  # per-cell draws under torch.compile (the same bits)
+
+    def targets(self, m: Mapped) -> Targets:
+        return programming.level_targets(m, self.config.device, self.config.variability)
+
+    def between(self, ids: Tensor, shape: tuple[int, ...], reference: bool) -> Tensor:
+        g = self.geometry
+        return programming.between_chip_normals(self.config.variability, self.seed, self.name, ids, shape,
+                                                reference, g.tile_index(), (g.row_tiles, g.n_col_tiles), g.cols)
+
+    def write_all(self, m: Mapped, ids: Tensor, perm: Tensor | None, censor: float = 0.0, stream: bool = False,
+                  targets: Targets | None = None, out: dict[str, tuple[Tensor, ...]] | None = None) -> Written:
+        """One programming of every cell of chips ``ids`` to the mapping ``m``, on the CPU. The one programming
+        function of evaluation chips (counter-based draws, ``perm`` (n, K) the row routing, None: identity)
+        and of training chips (``stream``: one fresh chip from the fast generator, without fault codes;
+        ``censor``: draws clipped at that many sigma). ``targets``: :meth:`targets` of ``m`` if the caller
+        has them; ``out``: per side the CPU tensors that evaluation chips are written into (conductances,
+        fault codes, drift factors)."""
+        cfg = self.config
+        spec = WriteSpec(cfg.device, cfg.variability, censor, has_drift(cfg.device))
+        targets = targets or self.targets(m)
+        g0, codes, factor, gt = {}, {}, {}, {}
+        for side, target in (("pos", m.pos), ("neg", m.neg)):
+            g_t, lvl = targets[side]
+            shape = tuple(target.shape)
+            z_chip = self.between(ids, shape, side == "neg" and m.reference)
+
+            def key(purpose: str, side: str = side) -> int:
+                return rng.key(self.seed, self.name, side, purpose)
+
+            if stream:  # a training chip: plain generator draws, eager
+                def draw(kind: str, purpose: str, shape: tuple[int, ...] = shape) -> Tensor:
+                    return rng.draw_stream(kind, key(purpose), int(ids[0]), shape)
+
+                model = get_model(spec.device, spec.variability)
+                written: tuple[Tensor, ...] = cells_from_draws(spec, model, g_t, lvl, draw("uniform", "fault"),
+                                                               draw("normal", "program"), z_chip,
+                                                               draw("normal", "drift") if spec.has_drift else None,
+                                                               codes=False)
+            else:
+                keys = SideKeys(rng.chip_keys(key("fault"), ids), rng.chip_keys(key("program"), ids),
+                                rng.chip_keys(key("drift"), ids) if spec.has_drift else None)
+                # faults and drift exponents belong to physical cells: drawn in physical order, then seen
+                # through the row routing (identity unless map-correct moved rows)
+                rows = None if perm is None else perm.view(len(ids), *([1] * (len(shape) - 1)), -1).expand(
+                    len(ids), *shape)
+                assert out is not None
+                written = out[side]
+                write_side(spec, g_t, lvl, z_chip, keys, rows, written, self.compiled)
+            g0[side], codes[side], factor[side] = written
+            gt[side] = g0[side] * factor[side] if factor[side].numel() else g0[side]
+        return Written(g0, codes, factor, drift_compensation(cfg.device.drift.compensate, m, g0, gt))
+
+    def sample(self, side: str, ids: Tensor, purpose: str, target: Tensor, reference: bool) -> Tensor:
+        """One re-programming write of every cell of ``side`` on chips ``ids`` (fresh draws per purpose) to
+        per-chip ``target`` conductances (N, S, O', K), on the CPU (no faults: stuck cells keep their state).
+        ``reference``: the side is the mapping's reference columns."""
+        cfg = self.config
+        model = get_model(cfg.device, cfg.variability)
+        g_t, lvl = round_to_levels(target.cpu().clamp(cfg.device.g_min, cfg.device.g_max), model.levels())
+        shape = tuple(target.shape[1:])
+        z_cell = rng.draw("normal", rng.key(self.seed, self.name, side, purpose), ids, shape, compiled=self.compiled)
+        z_chip = self.between(ids, shape, side == "neg" and reference)
+        return model.sample(g_t, lvl, z_cell, z_chip)
