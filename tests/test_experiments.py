@@ -43,7 +43,7 @@ def test_the_variance_format_is_part_of_a_points_identity():
     """A store shared by machines with and without bfloat16 must not mix their results under one key."""
     import torch
 
-    from nvcim.chip.model import Runtime, native_bf16
+    from nvcim.chip.runtime import Runtime, native_bf16
 
     f32 = from_dict(dict(SMALL, variance="float32")).points()[0]
     bf16 = from_dict(dict(SMALL, variance="bfloat16")).points()[0]

@@ -107,12 +107,12 @@ def test_the_recorded_pass_notes_exactly_the_kernels_a_compiled_pass_calls(monke
     """The background compile (nvcim.chip.warmup) compiles what the first large pass noted; that must be
     every kernel, with the layouts, that a compiled pass then asks for. Checked without compiling: the
     compiled kernels are replaced by eager ones that note their calls."""
-    from nvcim.chip import converters, kernel, warmup
+    from nvcim.chip import compiling, converters, warmup
 
     asked: list = []
 
     def fake_compiled(name, static):
-        run = kernel.eager_kernel(name, static)
+        run = compiling.eager_kernel(name, static)
         return lambda *a: (asked.append((name, static, tuple(warmup._meta(v) for v in a))), run(*a))[1]
 
     def fake_dac(model, bits, signed):
@@ -126,7 +126,7 @@ def test_the_recorded_pass_notes_exactly_the_kernels_a_compiled_pass_calls(monke
         m.calibrate(x)
         with torch.no_grad(), warmup.recording() as noted:
             recorded = m._chip_pass(x, None, 3, compiled=True)
-        monkeypatch.setattr(kernel, "_compiled_kernel", fake_compiled)
+        monkeypatch.setattr(compiling, "_compiled_kernel", fake_compiled)
         monkeypatch.setattr(converters, "dac_kernel", fake_dac)
         asked.clear()
         with torch.no_grad():

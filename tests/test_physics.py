@@ -291,7 +291,7 @@ def test_between_chip_component_shifts_cells_together(scope):
         else:
             tiles = layer.row_tile_index()
             assert torch.allclose(r[:, :, :, tiles == 0], r[:, :, :1, :1].expand_as(r[:, :, :, tiles == 0]),
-                                  atol=1e-5) if layer.n_col_tiles == 1 else True
+                                  atol=1e-5) if layer.geometry.n_col_tiles == 1 else True
             if layer.row_tiles > 1:
                 assert not torch.allclose(r[:, :, 0, tiles == 0][..., 0], r[:, :, 0, tiles == 1][..., 0])
     if scope == "chip":
@@ -466,7 +466,7 @@ def test_bfloat16_variance_scales_each_read_noise_draw_within_its_rounding_bound
 
 def test_variance_format_auto_picks_bfloat16_only_for_float32_runs_on_cpus_that_have_it(monkeypatch):
     from nvcim.chip import Runtime
-    from nvcim.chip import model as chip_model
+    from nvcim.chip import runtime as chip_model
 
     cpu, gpu = torch.device("cpu"), torch.device("cuda")
     for native, expect in ((True, torch.bfloat16), (False, None)):

@@ -125,6 +125,25 @@ def test_state_dict_round_trip_restores_programmed_chips():
         assert torch.equal(a(x, read_key=4), b(x, read_key=4))
 
 
+def test_a_state_dict_saved_before_the_crossbar_held_the_state_loads():
+    """Models saved when a layer's cells, registers and converter ranges were its own buffers (keys
+    ``net.0.g_pos``, ``net.0.dac_fs``) load into today's layers, whose crossbar and converters own them."""
+    ref = lenet()
+    x = _x(10)
+    a = nvcim.convert(copy_of(ref), NOISY, chips=3, seed=5)
+    a.calibrate(x)
+    old = {}
+    for key, value in a.state_dict().items():
+        for part in (".crossbar.", ".converters."):
+            key = key.replace(part, ".")
+        old[key] = value
+    assert "net.0.g_pos" in old and "net.0.dac_fs" in old and not any("crossbar" in k for k in old)
+    b = nvcim.convert(copy_of(ref), preset("ideal"), chips=2, seed=99)
+    b.load_state_dict(old)
+    with torch.no_grad():
+        assert torch.equal(a(x, read_key=4), b(x, read_key=4))
+
+
 def test_compiled_and_eager_epilogue_agree():
     from nvcim.chip.context import EpilogueOperands, ReadNoiseOperands
     from nvcim.chip.kernel import analog_epilogue, epilogue
@@ -203,7 +222,7 @@ def test_retain_heap_takes_effect_on_glibc_and_is_a_no_op_elsewhere():
 
 
 def test_compiled_dac_is_the_eager_dac_bit_for_bit_and_keeps_the_layout():
-    from nvcim.chip.kernel import dac_kernel
+    from nvcim.chip.compiling import dac_kernel
     from nvcim.circuits import dac
 
     g = torch.Generator().manual_seed(3)
@@ -287,7 +306,7 @@ def test_auto_chip_block_and_budget_resolve_per_device(monkeypatch):
     CPU, as before; on a GPU a quarter of its free memory each, the chips split into the fewest equal blocks.
     A GPU is stood in for here (the device property and its free memory); tests/test_devices.py runs the real
     one where there is one."""
-    from nvcim.chip import model as model_mod
+    from nvcim.chip import runtime as runtime_mod
     from nvcim.chip.conversion import state_bytes_per_chip
 
     m = nvcim.convert(lenet(), NOISY, chips=100, seed=0)
@@ -298,7 +317,7 @@ def test_auto_chip_block_and_budget_resolve_per_device(monkeypatch):
     per_chip = 3 * state_bytes_per_chip(m)
     free = {"bytes": 4 * 64 * per_chip + 3}  # a quarter holds 64 chips
     monkeypatch.setattr(type(m), "device", property(lambda self: torch.device("cuda")))
-    monkeypatch.setattr(model_mod, "gpu_free_bytes", lambda device: free["bytes"])
+    monkeypatch.setattr(runtime_mod, "gpu_free_bytes", lambda device: free["bytes"])
     assert m.chip_block() == 50  # two equal blocks, not 64 and a padded 36
     assert m.activation_budget() == free["bytes"] / 4
     free["bytes"] = 10**15
@@ -312,7 +331,7 @@ def test_auto_chip_block_and_budget_resolve_per_device(monkeypatch):
 @pytest.mark.parametrize("chips,most,block", [(100, 64, 50), (100, 100, 100), (100, 1, 1), (1000, 300, 250),
                                               (7, 3, 3), (10, 10**6, 10), (5000, 5000, 2500)])
 def test_even_blocks_split_chips_into_the_fewest_equal_blocks(chips, most, block):
-    from nvcim.chip.model import even_blocks
+    from nvcim.chip.runtime import even_blocks
 
     got = even_blocks(chips, most)
     assert got == block

@@ -11,8 +11,8 @@ from torch import Tensor, nn
 from ..circuits import get_dac
 from ..config.schema import ChipConfig
 from ..errors import NvcimError
+from .compiling import dac_kernel
 from .geometry import TileGeometry
-from .kernel import dac_kernel
 
 
 class Converters(nn.Module):
@@ -116,9 +116,13 @@ class Converters(nn.Module):
         return bool(self.dac_fs > 0) or not self.needs_calibration()
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # type: ignore[no-untyped-def]
-        # the ADC range's shape follows the calibration (per tile, or per column): take the saved one
-        for name in list(self._buffers):
-            key = prefix + name
-            if key in state_dict and self._buffers[name] is not None:
-                self._buffers[name] = torch.empty_like(state_dict[key], device=self._buffers[name].device)
+        take_saved_shapes(self, state_dict, prefix)  # the ADC range's shape follows its calibration
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+
+def take_saved_shapes(module: nn.Module, state_dict: dict[str, Tensor], prefix: str) -> None:
+    """Give ``module``'s buffers the shapes of their saved values (they change when chips are programmed
+    or converters calibrated), so that loading copies into place."""
+    for name, buf in list(module._buffers.items()):
+        if prefix + name in state_dict and buf is not None:
+            module._buffers[name] = torch.empty_like(state_dict[prefix + name], device=buf.device)

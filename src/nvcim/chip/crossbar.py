@@ -1,12 +1,10 @@
 """The crossbar of one analog layer on N chips: the one owner of its per-chip state.
 
-Buffers, with a leading chip dimension: the programmed conductances ``g_pos``/``g_neg`` ``(N, S, O', K)``
-(``g_neg`` is ``(N, S, n_col_tiles, K)`` for reference columns), their stuck-at fault codes and drift
-factors, the row routing, the ADC gain/offset errors, drift compensation, and the digital registers a
-method may set (output gain/offset, sparse SRAM weights). Everything else reaches them through the methods
-here: program, rewrite, remap rows, read (:meth:`effective`, :meth:`programmed`), set a register,
-checkpoint and restore. Programming draws are counter-based (:mod:`.rng`): chip k is a pure function of
-(config, seed, k), so the cells can also be made on demand for each pass's chip block (``Runtime.cells``).
+Buffers with a leading chip dimension: conductances ``g_pos``/``g_neg`` ``(N, S, O', K)`` (``g_neg``
+``(N, S, n_col_tiles, K)`` for reference columns), fault codes, drift factors, row routing, ADC errors,
+drift compensation and the digital registers (:mod:`.registers`). Everything else goes through the methods:
+program, rewrite, remap rows, read, set a register, checkpoint, restore. Draws are counter-based
+(:mod:`.rng`), so the cells can also be made on demand for each pass's chip block (``Runtime.cells``).
 """
 
 from __future__ import annotations
@@ -16,12 +14,13 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from ..circuits import attenuation, get_read_noise
+from ..circuits import get_read_noise
 from ..config.schema import ChipConfig
-from ..devices import get_model, has_drift, round_to_levels
+from ..devices import get_model, round_to_levels
 from ..errors import NvcimError
 from ..mapping import Mapped, Mapping
-from . import rng
+from . import registers, rng
+from .converters import take_saved_shapes
 from .geometry import TileGeometry
 from .programming import drift_compensation
 from .writes import CellWriter, Targets
@@ -77,7 +76,6 @@ class Crossbar(nn.Module):
         """The design changed (a loaded model's config): forget what was derived from the old one."""
         self.config, self.mapping, self.geometry, self.seed, self._nominal = config, mapping, geometry, seed, None
 
-    # ---- what the state is ----------------------------------------------------------------------
     @property
     def n_chips(self) -> int:
         return int(self.chip_ids.shape[0])
@@ -102,10 +100,8 @@ class Crossbar(nn.Module):
     # ---- programming ----------------------------------------------------------------------------
     def program(self, seed: int, chip_ids: Tensor, chunk: int = 0, on_demand: bool = False) -> None:
         """Program all chips ``chip_ids`` (global ids): noisy writes, faults, drift; fills the buffers.
-        ``chunk``: chips written together (default: as many as keep each float temporary of a write within
-        32 MiB, glibc's heap limit, so that none is a fresh mapping faulted in page by page; up to 64; the
-        draws are counter-based, so the chunking changes no number). ``on_demand``: store no cells; each
-        pass writes the cells of its chip block again from the same draws (:meth:`effective`).
+        ``chunk``: chips written together (:meth:`CellWriter.write_chips`). ``on_demand``: store no cells;
+        each pass writes the cells of its chip block again from the same draws (:meth:`effective`).
 
         ``g_pos``/``g_neg`` hold the conductances right after programming (time t0, faults applied);
         ``drift_pos``/``drift_neg`` the per-cell factors (t_read/t0)^-nu that reads apply (empty: no drift).
@@ -151,22 +147,11 @@ class Crossbar(nn.Module):
             m = self.mapped()
             self._source = (m, writer.targets(m))
         m, targets = self._source
-        n = len(chips)
-        parts = -(-n // (chunk or max(1, min(64, 2**23 // max(1, m.pos.numel())))))
-        bounds = [round(i * n / parts) for i in range(parts + 1)]  # even chunks: 3, 3, 2, 2, not 3, 3, 3, 1
-        ids, perm = self.chip_ids.cpu()[chips], self.row_perm.cpu()[chips]
+        perm = self.row_perm.cpu()[chips]
         routed = not bool((perm == torch.arange(self.geometry.k)).all())
-        bufs, drifts = {}, has_drift(self.config.device)
-        for name in CELLS:  # float cells in the weights' format (float64 after model.double())
-            t, dtype = getattr(self, name), torch.int8 if name.startswith("faults") else w.dtype
-            want = (0,) if name.startswith("drift") and not drifts else (n, *targets[name[-3:]][0].shape[1:])
-            bufs[name] = t if tuple(t.shape) == want and t.dtype == dtype and t.device.type == "cpu" else \
-                torch.empty(want, dtype=dtype)
-        for a, b in zip(bounds, bounds[1:]):
-            out = {side: tuple(bufs[f"{kind}_{side}"][a:b] if bufs[f"{kind}_{side}"].numel() else bufs[f"{kind}_{side}"]
-                               for kind in ("g", "faults", "drift")) for side in ("pos", "neg")}
-            comp = writer.write_all(m, ids[a:b], perm[a:b] if routed else None, targets=targets, out=out).compensation
-            self.drift_comp[chips[a:b].to(dev)] = comp.to(dev)
+        bufs, comp = writer.write_chips(m, targets, self.chip_ids.cpu()[chips], perm if routed else None,
+                                        {name: getattr(self, name) for name in CELLS}, w.dtype, chunk)
+        self.drift_comp[chips.to(dev)] = comp.to(dev)
         for name, t in bufs.items():
             setattr(self, name, t.to(dev))
 
@@ -206,14 +191,7 @@ class Crossbar(nn.Module):
         if self.on_demand:
             raise self.not_stored("remapping rows")
         n, k = self.n_chips, self.geometry.k
-        if tuple(perm.shape) != (n, k):
-            raise NvcimError(f"{self.name}: row permutation must have shape ({n}, {k})")
-        perm = perm.to(self.row_perm.device).long()
-        tiles = self.geometry.tile_index().to(perm.device)
-        ok = (perm.sort(-1).values == torch.arange(k, device=perm.device)).all() and bool(
-            (tiles[perm] == tiles.view(1, -1)).all())
-        if not ok:
-            raise NvcimError(f"{self.name}: a row permutation must reorder rows within their tiles")
+        perm = self.geometry.checked_routing(self.name, perm, n).to(self.row_perm.device)
         inv_old = torch.empty_like(self.row_perm).scatter_(
             -1, self.row_perm, torch.arange(k, device=perm.device).expand(n, -1).contiguous())
         idx = inv_old.gather(-1, perm)  # logical row now at perm[k] held it before: take its state
@@ -225,25 +203,6 @@ class Crossbar(nn.Module):
         self.row_perm = perm
         self._recompensate()
         return moved.cpu()
-
-    @torch.no_grad()
-    def fresh_chip(self, chip_id: int, censor: float = 0.0) -> tuple[Tensor, Tensor]:
-        """Effective weight matrix (O, K) of a newly drawn chip ``chip_id`` programmed with the current
-        weights: levels, programming variation, faults, drift (and its compensation), IR drop; and the (O,)
-        factor from conductance units to weight units of its columns (scale x drift compensation), which an
-        ADC in conductance units needs. Training draws one per step: it maps the weights once and uses the
-        fast generator (:func:`rng.draw_stream`) for its per-cell draws."""
-        m = self.mapped()
-        written = self.writer().write_all(m, torch.tensor([chip_id]), None, censor=censor, stream=True)
-        g0, factor = written.g0, written.factor
-        gt = {side: g0[side] * factor[side] if factor[side].numel() else g0[side] for side in g0}
-        dev = self.weights().device
-        w, _ = self.conductances(gt["pos"].to(dev), gt["neg"].to(dev))  # (1, S, O, K)
-        comp = written.compensation.to(w)
-        # decoded with the scale of *this* mapping: the programmed chips' scale (``self.scale``) is that of
-        # the weights when they were last programmed, and training moves the weights away from them
-        column_scale = (m.scale.to(w).reshape(-1) * comp.reshape(-1)).expand(self.geometry.out_features)
-        return self.decode(w, m.scale, m.slice_weights)[0] * comp, column_scale
 
     # ---- reading the cells ----------------------------------------------------------------------
     def decode(self, diff: Tensor, scale: Tensor | None = None, slice_w: Tensor | None = None) -> Tensor:
@@ -266,10 +225,6 @@ class Crossbar(nn.Module):
         """Conductances (S) of ``chips`` right after programming (t0, before drift), as :meth:`effective`."""
         sel = self._select(chips)
         return self.g_pos[sel], self.g_neg[sel]
-
-    def faults(self) -> tuple[Tensor, Tensor]:
-        """The stuck-at fault codes of every chip's cells (the simulator's hidden state, for tests)."""
-        return self.faults_pos, self.faults_neg
 
     def _select(self, chips: Tensor | slice | None) -> Tensor | slice:
         """The index of ``chips`` into the cell buffers; on demand, their cells are written first unless they
@@ -319,27 +274,15 @@ class Crossbar(nn.Module):
         return pos - neg, w2
 
     def ir_attenuation(self, g: Tensor) -> Tensor:
-        """IR-drop attenuation of every cell of conductances ``g`` (..., O, K), tile by tile (rows = K,
-        columns = outputs); ones on ideal wires."""
-        r = self.config.array.wire_resistance
-        if not r:
-            return torch.ones_like(g)
-        geo = self.geometry
-        rows, cols, t, n_ct = geo.rows_per_tile, geo.cols, geo.row_tiles, geo.n_col_tiles
-        lead = g.shape[:-2]
-        phys = geo.to_tile_rows(g)  # (..., O, T, R)
-        phys = nn.functional.pad(phys, (0, 0, 0, 0, 0, n_ct * cols - geo.out_features))
-        phys = phys.reshape(*lead, n_ct, cols, t, rows).permute(*range(len(lead)), -2, -4, -1, -3)
-        att = attenuation(phys, r, self.config.array.ir_activity)  # (..., T, n_ct, R, C)
-        att = att.permute(*range(len(lead)), -3, -1, -4, -2).reshape(*lead, n_ct * cols, t, rows)
-        return geo.from_tile_rows(att[..., : geo.out_features, :, :])
+        """IR-drop attenuation of every cell of conductances ``g`` (..., O, K); ones on ideal wires."""
+        a = self.config.array
+        return self.geometry.ir_attenuation(g, a.wire_resistance, a.ir_activity) if a.wire_resistance else \
+            torch.ones_like(g)
 
     # ---- the digital registers ------------------------------------------------------------------
     def set_output_affine(self, gain: Tensor, offset: Tensor) -> None:
         """Per-chip, per-column y -> gain y + offset, ``(N, O)`` each."""
-        shape = (self.n_chips, self.geometry.out_features)
-        if tuple(gain.shape) != shape or tuple(offset.shape) != shape:
-            raise ValueError(f"{self.name}: gain and offset must have shape {shape}")
+        registers.check_affine(self.name, gain, offset, self.n_chips, self.geometry.out_features)
         self.tune_gain = gain.to(self.tune_gain).clone()
         self.tune_offset = offset.to(self.tune_offset).clone()
 
@@ -349,12 +292,7 @@ class Crossbar(nn.Module):
 
     def set_sram(self, mask: Tensor, weights: Tensor) -> None:
         """Sparse SRAM weights: ``mask`` boolean ``(O, K)`` (shared) or ``(N, O, K)``, ``weights`` ``(N, O, K)``."""
-        o, k, n = self.geometry.out_features, self.geometry.k, self.n_chips
-        if mask.dtype != torch.bool or tuple(mask.shape) not in ((o, k), (n, o, k)):
-            raise ValueError(f"{self.name}: the SRAM mask must be boolean of shape {(o, k)} or {(n, o, k)}, got "
-                             f"{mask.dtype} {tuple(mask.shape)}")
-        if tuple(weights.shape) != (n, o, k):
-            raise ValueError(f"{self.name}: the SRAM weights must have shape {(n, o, k)}, got {tuple(weights.shape)}")
+        registers.check_sram(self.name, mask, weights, self.n_chips, self.geometry.out_features, self.geometry.k)
         w = self.weights()
         self.sram_mask = mask.to(w.device)
         self.sram_w = weights.to(w.device, w.dtype)
@@ -385,23 +323,8 @@ class Crossbar(nn.Module):
             setattr(self, k, torch.where(sel, old, now))
         (m0, _), (w0, _) = saved["sram_mask"], saved["sram_w"]
         if self.sram_w is not w0 or self.sram_mask is not m0:
-            self._restore_sram(m0, w0, chips)
+            self.sram_mask, self.sram_w = registers.merged_sram(m0, w0, self.sram_mask, self.sram_w.detach(), chips)
         return rewritten
-
-    def _restore_sram(self, m0: Tensor, w0: Tensor, chips: Tensor) -> None:
-        """The SRAM of ``chips`` back to (m0, w0); a chip that had none gets zero weights under the new mask."""
-        m1, w1 = self.sram_mask, self.sram_w.detach()
-        if not w1.numel():  # the SRAM was removed: only possible by setting an empty one, keep it for all
-            self.sram_mask, self.sram_w = m0, w0
-            return
-        if not w0.numel():
-            m0, w0 = m1, torch.zeros_like(w1)
-        n, sel = w1.shape[0], chips.to(w1.device).view(-1, 1, 1)
-        if m0.shape == m1.shape == w1.shape[1:] and torch.equal(m0, m1):
-            self.sram_mask = m1  # one shared mask: only the weights differ per chip
-        else:
-            self.sram_mask = torch.where(sel, m0.expand(n, *m0.shape[-2:]), m1.expand(n, *m1.shape[-2:]))
-        self.sram_w = torch.where(sel, w0.to(w1), w1)
 
     # ---- saving ---------------------------------------------------------------------------------
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # type: ignore[no-untyped-def]
@@ -409,10 +332,7 @@ class Crossbar(nn.Module):
         if prefix + "row_perm" not in state_dict and prefix + "g_pos" in state_dict:  # saved before remapping
             g = state_dict[prefix + "g_pos"]
             state_dict[prefix + "row_perm"] = torch.arange(g.shape[-1]).expand(g.shape[0], -1).clone()
-        for name in list(self._buffers):
-            key = prefix + name
-            if key in state_dict and self._buffers[name] is not None:
-                self._buffers[name] = torch.empty_like(state_dict[key], device=self._buffers[name].device)
+        take_saved_shapes(self, state_dict, prefix)
         self._nominal = None
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
         ids, g = state_dict.get(prefix + "chip_ids"), state_dict.get(prefix + "g_pos")
@@ -424,3 +344,4 @@ class Crossbar(nn.Module):
         if self.on_demand:  # the buffers hold one block's cells: save none, they are made again on load
             for name in CELLS:
                 destination[prefix + name] = torch.zeros(0, dtype=getattr(self, name).dtype)
+

@@ -11,6 +11,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..circuits import attenuation
+from ..errors import NvcimError
+
 
 @dataclass(frozen=True)
 class TileGeometry:
@@ -39,3 +42,27 @@ class TileGeometry:
     def from_tile_rows(self, g: Tensor) -> Tensor:
         """Inverse of :meth:`to_tile_rows`."""
         return g.reshape(*g.shape[:-2], -1)[..., : self.k]
+
+    def checked_routing(self, layer: str, perm: Tensor, n: int) -> Tensor:
+        """``perm`` (n, K) as a row routing of n chips (long), or an error unless every chip's row is
+        routed to a row of the same tile, each row once."""
+        if tuple(perm.shape) != (n, self.k):
+            raise NvcimError(f"{layer}: row permutation must have shape ({n}, {self.k})")
+        perm = perm.long()
+        tiles = self.tile_index().to(perm.device)
+        if not ((perm.sort(-1).values == torch.arange(self.k, device=perm.device)).all()
+                and bool((tiles[perm] == tiles.view(1, -1)).all())):
+            raise NvcimError(f"{layer}: a row permutation must reorder rows within their tiles")
+        return perm
+
+    def ir_attenuation(self, g: Tensor, r: float, activity: float) -> Tensor:
+        """IR-drop attenuation of every cell of conductances ``g`` (..., O, K), array by array (rows = K,
+        columns = outputs), for wire resistance ``r`` (ohm per segment) at mean input drive ``activity``."""
+        rows, cols, t, n_ct = self.rows_per_tile, self.cols, self.row_tiles, self.n_col_tiles
+        lead = g.shape[:-2]
+        phys = self.to_tile_rows(g)  # (..., O, T, R)
+        phys = F.pad(phys, (0, 0, 0, 0, 0, n_ct * cols - self.out_features))
+        phys = phys.reshape(*lead, n_ct, cols, t, rows).permute(*range(len(lead)), -2, -4, -1, -3)
+        att = attenuation(phys, r, activity)  # (..., T, n_ct, R, C)
+        att = att.permute(*range(len(lead)), -3, -1, -4, -2).reshape(*lead, n_ct * cols, t, rows)
+        return self.from_tile_rows(att[..., : self.out_features, :, :])

@@ -11,15 +11,14 @@ from __future__ import annotations
 
 import functools
 import logging
-import warnings
 from collections.abc import Callable
-from typing import Any
 
 import torch
 from torch import Tensor
 
-from ..circuits import get_adc, get_dac
-from . import rng, warmup
+from ..circuits import get_adc
+from . import rng
+from .compiling import compiled_kernel, compiled_or_eager, eager_kernel, failed, raise_recompile_limit, register_kernel
 from .context import EpilogueOperands, ReadNoiseOperands
 from .tail import apply_tail
 
@@ -315,123 +314,20 @@ def _flat_tail_kernel(y: Tensor, var: Tensor | None, kb: Tensor | None, pk: Tens
     return _finish_tail(z, ops, c)
 
 
-_KERNELS: dict[str, Callable[..., Tensor]] = {
-    "flat": _flat_kernel, "general": _general_kernel, "flat_tail": _flat_tail_kernel,
-    "general_tail": _general_tail_kernel}
-_compile_failed = False
-
-
-def register_kernel(name: str, fn: Callable[..., Any]) -> None:
-    """Add a loop that :func:`eager_kernel` and :func:`compiled_kernel` serve by ``name`` (trailing
-    arguments ``static``); used by other per-read paths (:mod:`.managed_io`)."""
-    _KERNELS[name] = fn
-
-
-def run_kernel(name: str, static: tuple, compiled: bool, *args: Any) -> Any:
-    """Loop ``name`` on ``args``, compiled when asked and possible (else eager, with a warning once)."""
-    global _compile_failed
-    if compiled and not _compile_failed:
-        try:
-            return compiled_kernel(name, static)(*args)
-        except Exception as e:  # no C++ compiler, unsupported backend: stay correct, just slower
-            _compile_failed = True
-            warnings.warn(f"torch.compile failed ({type(e).__name__}); using the eager kernel", stacklevel=2)
-    return eager_kernel(name, static)(*args)
-
-
-def eager_kernel(name: str, static: tuple) -> Callable[..., Tensor]:
-    """Loop ``name`` with its trailing arguments ``static`` bound (each call noted for a background
-    compile, :mod:`.warmup`, while one is being recorded)."""
-    fn = _KERNELS[name]
-
-    def run(*a: Any) -> Any:
-        warmup.note(name, static, a)
-        return fn(*a, *static)
-
-    return run
-
-
-def compiled_kernel(name: str, static: tuple) -> Callable[..., Tensor]:
-    """Loop ``name`` compiled (:func:`_compiled_kernel`); while a pass is recorded for a background compile
-    (:mod:`.warmup`), the eager loop instead, its call noted: the recorded pass takes every decision a
-    compiled pass takes (fused tails, the compiled DAC) and so notes the kernels that pass will call."""
-    if warmup.recording_now():
-        return eager_kernel(name, static)
-    return _compiled_kernel(name, static)
-
-
-@functools.lru_cache(maxsize=128)
-def _compiled_kernel(name: str, static: tuple) -> Callable[..., Tensor]:
-    """Loop ``name`` under ``torch.compile``, one compiled function per ``static`` (the tail's ops and the
-    output geometry), closed over and compiled with automatic dynamic shapes, so that only what does change
-    (the sub-batch size) becomes symbolic: under ``dynamic=True`` the geometry would be symbolic too, and
-    the pooling windows' index arithmetic on symbols neither fuses with the epilogue nor vectorises (2.5x
-    slower, measured)."""
-    fn = _KERNELS[name]
-
-    def bound(*a: Any) -> Tensor:
-        return fn(*a, *static)
-
-    # a loop whose only static operand is the ADC model stays shape-polymorphic (the sub-batch and the
-    # geometry vary with every layer); the tails specialise on their geometry (see above)
-    return torch.compile(_own_code(bound, f"{name}_{_compiled_kernel.cache_info().currsize}"),
-                         dynamic=True if len(static) == 1 else None)
-
-
-def _own_code(fn: Callable[..., Any], name: str) -> Callable[..., Any]:
-    """``fn`` with a code object of its own: dynamo keeps compiled graphs per code object, so closures of
-    one function would otherwise share one cache (and one recompile limit) across every layer kind."""
-    fn.__code__ = fn.__code__.replace(co_name=name)
-    return fn
-
-
-@functools.lru_cache(maxsize=16)
-def dac_kernel(model: str, bits: int, signed: bool) -> Callable[[Tensor, Tensor], Tensor]:
-    """The DAC model ``model`` as one compiled pass (eager, the uniform DAC is four passes over a block's
-    activations) for ``bits`` and ``signed``; falls back to eager where compiling fails."""
-    quantize = get_dac(model).quantize
-
-    def bound(x: Tensor, full_scale: Tensor) -> Tensor:
-        return quantize(x, full_scale, bits, signed)
-
-    fn = torch.compile(_own_code(bound, f"dac_{model}_{bits}_{int(signed)}"), dynamic=None)
-
-    def run(x: Tensor, full_scale: Tensor) -> Tensor:
-        global _compile_failed
-        if warmup.recording_now():
-            warmup.note("dac", (model, bits, signed), (x, full_scale))
-            return bound(x, full_scale)
-        if not _compile_failed:
-            try:
-                return fn(x, full_scale)
-            except Exception as e:  # no C++ compiler, unsupported backend
-                _compile_failed = True
-                warnings.warn(f"torch.compile failed ({type(e).__name__}); using the eager kernel", stacklevel=2)
-        return bound(x, full_scale)
-
-    return run
+for _name, _fn in (("flat", _flat_kernel), ("general", _general_kernel), ("flat_tail", _flat_tail_kernel),
+                  ("general_tail", _general_tail_kernel)):
+    register_kernel(_name, _fn)
 
 
 def epilogue(compiled: bool) -> Callable[..., Tensor]:
     """The epilogue, compiled with ``torch.compile`` when asked and possible (else eager, with a warning)."""
-    if not compiled or _compile_failed:
+    if not compiled or failed():
         return analog_epilogue
-    # one graph per layer kind (size-1 dims and strides specialise); a deep model has more kinds than
-    # dynamo's default limit of 8, after which every call would silently run eager
-    import torch._dynamo
-
-    cfg = torch._dynamo.config
-    if hasattr(cfg, "recompile_limit") and cfg.recompile_limit < 64:
-        cfg.recompile_limit = 64
+    raise_recompile_limit()
     return _safe
 
 
 def _safe(y: Tensor, noise: ReadNoiseOperands | None, ops: EpilogueOperands, *, tail: TailSpec | None = None,
           hw: tuple[int, int] | None = None) -> Tensor:
-    global _compile_failed
-    try:
-        return analog_epilogue(y, noise, ops, kernels=compiled_kernel, tail=tail, hw=hw)
-    except Exception as e:  # no C++ compiler, unsupported backend: stay correct, just slower
-        _compile_failed = True
-        warnings.warn(f"torch.compile failed ({type(e).__name__}); using the eager kernel", stacklevel=2)
-        return analog_epilogue(y, noise, ops, tail=tail, hw=hw)
+    return compiled_or_eager(functools.partial(analog_epilogue, kernels=compiled_kernel), analog_epilogue, y, noise,
+                             ops, tail=tail, hw=hw)

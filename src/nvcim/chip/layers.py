@@ -35,7 +35,7 @@ from .crossbar import Crossbar
 from .geometry import TileGeometry
 from .kernel import TailSpec, epilogue
 from .tail import Tail, mark
-from .train_read import train_read
+from .train_read import fresh_chip, train_read
 
 
 class AnalogLayer(nn.Module):
@@ -87,14 +87,6 @@ class AnalogLayer(nn.Module):
         return self.crossbar.mapping
 
     @property
-    def seed(self) -> int:
-        return self.crossbar.seed
-
-    @property
-    def n_col_tiles(self) -> int:
-        return self.geometry.n_col_tiles
-
-    @property
     def n_slices(self) -> int:
         return self.crossbar.n_slices
 
@@ -127,14 +119,14 @@ class AnalogLayer(nn.Module):
         self.converters.reconfigure(config, geometry)
 
     def fresh_weights(self, chip_id: int, censor: float = 0.0) -> Tensor:
-        """Effective weights (shape of ``weight``) of a newly drawn chip ``chip_id``
-        (:meth:`Crossbar.fresh_chip`)."""
-        return self.from_matrix(self.crossbar.fresh_chip(chip_id, censor)[0])
+        """Effective weights (shape of ``weight``) of a newly drawn training chip ``chip_id``
+        (:func:`.train_read.fresh_chip`)."""
+        return self.from_matrix(fresh_chip(self.crossbar, chip_id, censor)[0])
 
     # ---- forward --------------------------------------------------------------------------------
     def extra_repr(self) -> str:
         return (f"{self.layer_name!r}, out={self.out_features}, K={self.k}, chips={self.n_chips}, "
-                f"tiles={self.row_tiles}x{self.n_col_tiles}, slices={self.n_slices}")
+                f"tiles={self.row_tiles}x{self.geometry.n_col_tiles}, slices={self.n_slices}")
 
     def check_input(self, x: Tensor) -> None:
         raise NotImplementedError
@@ -233,7 +225,7 @@ class AnalogLayer(nn.Module):
         y = self.mvm(xp, wy, shared, c)
         noise = None
         if wv is not None:  # read noise
-            noise = ReadNoiseOperands(self.mvm(xp.squared(ctx.var_dtype), wv, shared, c), *self._read_keys(ctx))
+            noise = ReadNoiseOperands(self.mvm(xp.squared(ctx.var_dtype), wv, shared, c), *self.read_keys(ctx))
         k = self._operands(ctx, c, y, ctx)
         tail = self._fused_tail(ctx, k, x)
         if tail is not None and self.tail is not None:
@@ -305,7 +297,7 @@ class AnalogLayer(nn.Module):
             lo, hi = adc.codes(cc.adc_bits)
         if chip is not None and (cc.adc_gain_sigma or cc.adc_offset_sigma):
             gain = xb.adc_gain[chip.chips]
-            offset = xb.adc_offset[chip.chips] * self._adc_range_for_offset()
+            offset = xb.adc_offset[chip.chips] * self.adc_full_scale()
         scale = xb.scale.view(1, -1).expand(c, -1)
         bias = self.bias if self.bias is not None else torch.zeros(self.out_features, device=y.device)
         extra = None
@@ -325,11 +317,13 @@ class AnalogLayer(nn.Module):
             cache_of.cache[key] = ops
         return ops
 
-    def _adc_range_for_offset(self) -> Tensor:
+    def adc_full_scale(self) -> Tensor:
+        """The ADC full scale per (row tile, slice, column), in signal units: the calibrated range, or the
+        largest possible tile signal where none is calibrated."""
         fs = self.converters.adc_fs if bool(self.converters.adc_fs.any()) else self.converters.signal_full_scale()
         return fs.expand(self.row_tiles, self.n_slices, self.out_features)
 
-    def _read_keys(self, ctx: ChipPass) -> tuple[Tensor, Tensor]:
+    def read_keys(self, ctx: ChipPass) -> tuple[Tensor, Tensor]:
         """Read-noise keys: (c,) per chip of this layer and (B,) per image; element keys mix the two."""
         cache = ctx.cache if not torch.is_grad_enabled() else {}
         # the n-th read of this layer within one forward (a recurrent cell at step n, a layer shared by

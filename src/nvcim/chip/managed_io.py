@@ -33,8 +33,9 @@ from torch import Tensor
 
 from ..circuits import get_adc, get_dac
 from . import rng
+from .compiling import dac_kernel, register_kernel, run_kernel
 from .context import ChipPass, EpilogueOperands, Pass, col_padded, row_padded
-from .kernel import _shift_add, dac_kernel, register_kernel, run_kernel
+from .kernel import _shift_add
 
 if TYPE_CHECKING:
     from .layers import AnalogLayer
@@ -86,7 +87,7 @@ def read(layer: AnalogLayer, x: Tensor, shared: bool, c: int, ops: EpilogueOpera
     keys = _noise_keys(layer, chip) if chip is not None else None  # (B, c)
     sigma2 = None
     if cc.out_noise and not calibrating:
-        sigma2 = (cc.out_noise * layer._adc_range_for_offset().to(rows)) ** 2  # (T, S, O)
+        sigma2 = (cc.out_noise * layer.adc_full_scale().to(rows)) ** 2  # (T, S, O)
     rounds = max_rounds(cc.dac_bits) if cc.bound_management and not calibrating else 1
     eoff = _element_offsets(inner, rows.device)
 
@@ -218,7 +219,7 @@ def _per_array(sat: Tensor, cols: int) -> Tensor:
 
 def _noise_keys(layer: AnalogLayer, ctx: ChipPass) -> Tensor:
     """(B, c) keys of this read (chip and image, as the default path's read noise)."""
-    ck, ik = layer._read_keys(ctx)
+    ck, ik = layer.read_keys(ctx)
     return rng.read_keys(ck, ik)
 
 

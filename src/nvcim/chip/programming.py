@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import functools
 import math
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -22,9 +21,9 @@ from ..config.schema import DeviceConfig, VariabilityConfig
 from ..devices import ProgrammingModel, drift_factor, fault_codes, get_model, round_to_levels
 from ..mapping import Mapped
 from . import rng
+from .compiling import compiled_or_eager
 
 COMPILE_MIN = 1 << 16  # cells per call from which the compiled loop (built once per spec, any shape) pays
-_compile_failed = False
 
 
 @dataclass(frozen=True)
@@ -107,17 +106,11 @@ def write_side(spec: WriteSpec, g_t: Tensor, level: Tensor | None, z_chip: Tenso
     row of each cell (None: identity), into ``out``: conductances at t0, fault codes and drift factors
     (c, S, O', K) each (factors: empty without drift). ``compiled``: use the compiled loop when the block has
     at least :data:`COMPILE_MIN` cells."""
-    global _compile_failed
     n = math.prod(g_t.shape[1:])
     idx_u, idx_z = rng._index(n, g_t.device), rng._index(-(-n // 2), g_t.device)
     args = (*out, g_t, level, z_chip, keys.fault, keys.write, keys.drift, idx_u, idx_z, rows)
-    if compiled and not _compile_failed and n * keys.fault.shape[0] >= COMPILE_MIN:
-        try:
-            return _loop(spec, True)(*args)
-        except Exception as e:  # no C++ compiler, unsupported backend: stay correct, just slower
-            _compile_failed = True
-            warnings.warn(f"torch.compile failed ({type(e).__name__}); programming eagerly", stacklevel=2)
-    return _loop(spec, False)(*args)
+    big = compiled and n * keys.fault.shape[0] >= COMPILE_MIN
+    compiled_or_eager(_loop(spec, True) if big else None, _loop(spec, False), *args)
 
 def between_chip_normals(v: VariabilityConfig, seed: int, layer: str, ids: Tensor, shape: tuple[int, ...],
                          reference: bool, row_tile: Tensor, tiles: tuple[int, int], cols: int) -> Tensor:

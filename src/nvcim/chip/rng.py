@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import functools
 import math
-import warnings
 import zlib
 from collections.abc import Callable
 
@@ -19,6 +18,7 @@ from torch import Tensor
 
 from .. import arith
 from ..arith import log_unit
+from .compiling import compiled_or_eager
 
 _M1 = 0x7FEB352D
 _M2 = -2073254261  # 0x846CA68B as a signed int32
@@ -143,7 +143,6 @@ def _uniforms(ck: Tensor, idx: Tensor, n: int) -> Tensor:
 
 _LOOPS = {"normal": _normals, "uniform": _uniforms}
 COMPILE_MIN = 1 << 22  # draws per call from which a compiled loop repays its (cached) compile
-_compile_failed = False
 
 
 @functools.lru_cache(maxsize=4)
@@ -166,18 +165,12 @@ def draw(kind: str, base: int, chip_ids: Tensor, shape: tuple[int, ...], device:
     :data:`COMPILE_MIN` draws; about 20x faster on a CPU). The loops use plain arithmetic only, so compiled
     and eager draws are the same to the bit, and the choice changes no chip.
     """
-    global _compile_failed
     ids = chip_ids.to(device) if device is not None else chip_ids
     ck = chip_keys(base, ids)
     n = math.prod(shape)
     idx = _index(n if kind == "uniform" else -(-n // 2), ck.device)
-    if compiled and not _compile_failed and n * len(ids) >= COMPILE_MIN:
-        try:
-            return _compiled(kind)(ck, idx, n).view(len(ids), *shape)
-        except Exception as e:  # no C++ compiler, unsupported backend: stay correct, just slower
-            _compile_failed = True
-            warnings.warn(f"torch.compile failed ({type(e).__name__}); drawing eagerly", stacklevel=2)
-    return _LOOPS[kind](ck, idx, n).view(len(ids), *shape)
+    big = compiled and n * len(ids) >= COMPILE_MIN
+    return compiled_or_eager(_compiled(kind) if big else None, _LOOPS[kind], ck, idx, n).view(len(ids), *shape)
 
 
 def draw_stream(kind: str, base: int, chip_id: int, shape: tuple[int, ...]) -> Tensor:

@@ -19,7 +19,7 @@ from . import rng
 from .context import DigitalPass, TrainPass
 from .interface import Verified
 from .layers import AnalogLayer
-from .model import AnalogModel, _modules_run
+from .model import AnalogModel
 
 TRAIN_CHIP_BASE = 1 << 30  # ids of training chips; evaluated chips are 0..N-1
 
@@ -61,7 +61,8 @@ class SimulatedChip:
         if not d.read_noise:
             return g
         self._reads += 1
-        z = rng.draw("normal", rng.key(layer.seed, layer.layer_name, tag, self._reads), layer.crossbar.chip_ids.cpu(),
+        xb = layer.crossbar
+        z = rng.draw("normal", rng.key(xb.seed, layer.layer_name, tag, self._reads), xb.chip_ids.cpu(),
                      tuple(g.shape[1:]))
         return get_read_noise(d.read_noise_model).sample(g, z.to(g), d, g0, t)
 
@@ -228,13 +229,9 @@ class SimulatedChip:
         task_loss = loss or F.cross_entropy
         layers = list(self._layers.values())
         weights = [lay.weight for lay in layers]
-        self.model._set(DigitalPass())
-        try:
-            with torch.enable_grad(), _modules_run():
-                value = task_loss(self.model.net(self.model._check(x)), y.to(self.device))
-                grads = torch.autograd.grad(value, weights, allow_unused=True)
-        finally:
-            self.model._set(None)
+        with torch.enable_grad(), self.model.running(DigitalPass()):
+            value = task_loss(self.model.net(self.model.check_input(x)), y.to(self.device))
+            grads = torch.autograd.grad(value, weights, allow_unused=True)
         return {lay.layer_name: lay.as_matrix(torch.zeros_like(lay.weight) if g is None else g.detach())
                 for lay, g in zip(layers, grads)}
 
@@ -268,14 +265,13 @@ class SimulatedChip:
         unknown = set(act_quant or {}) - set(self._layers)
         if unknown:
             raise NvcimError(f"train_forward: act_quant names layers that are not analog: {sorted(unknown)}")
-        self.model._set(TrainPass(batch=x.shape[0], train_chip=TRAIN_CHIP_BASE + step, censor=censor,
-                                  act_quant=dict(act_quant or {}), adc=adc))
+        ctx = TrainPass(batch=x.shape[0], train_chip=TRAIN_CHIP_BASE + step, censor=censor,
+                        act_quant=dict(act_quant or {}), adc=adc)
         self.model.net.train(train)
         try:
-            with _modules_run():
-                return self.model.net(self.model._check(x))
+            with self.model.running(ctx):
+                return self.model.net(self.model.check_input(x))
         finally:
-            self.model._set(None)
             self.model.net.eval()
 
     # ---- the digital registers ---------------------------------------------------------------------

@@ -12,6 +12,7 @@ from ..circuits import get_adc, ste_round
 from .context import TrainPass
 
 if TYPE_CHECKING:
+    from .crossbar import Crossbar
     from .layers import AnalogLayer
 
 
@@ -25,7 +26,7 @@ def train_read(layer: AnalogLayer, x: Tensor, ctx: TrainPass) -> Tensor:
         x = torch.clamp(ste_round(x / step), lo, hi) * step  # learned step size (LSQ-style)
     elif layer.config.circuit.dac_bits and bool(layer.converters.dac_fs > 0):
         x = layer.converters.apply_dac(x)
-    fresh_m, column_scale = layer.crossbar.fresh_chip(ctx.train_chip, ctx.censor)
+    fresh_m, column_scale = fresh_chip(layer.crossbar, ctx.train_chip, ctx.censor)
     fresh = layer.from_matrix(fresh_m)
     w = layer.weight + (fresh - layer.weight).detach()
     if ctx.adc and layer.config.circuit.adc_bits and layer.n_slices == 1 and bool(layer.converters.adc_fs.any()):
@@ -64,3 +65,23 @@ def _per_column(layer: AnalogLayer, v: Tensor, y: Tensor) -> Tensor:
     if layer.channel_dim == -1:
         return v
     return v.view(-1, *([1] * (y.dim() - 2)))
+
+
+@torch.no_grad()
+def fresh_chip(xb: Crossbar, chip_id: int, censor: float = 0.0) -> tuple[Tensor, Tensor]:
+    """Effective weight matrix (O, K) of a newly drawn chip ``chip_id`` of crossbar ``xb`` programmed with
+    the current weights: levels, programming variation, faults, drift (and its compensation), IR drop; and
+    the (O,) factor from conductance units to weight units of its columns (scale x drift compensation), which
+    an ADC in conductance units needs. Training draws one per step: it maps the weights once and uses the
+    fast generator (:func:`rng.draw_stream`) for its per-cell draws. The crossbar's own chips are untouched."""
+    m = xb.mapped()
+    written = xb.writer().write_all(m, torch.tensor([chip_id]), None, censor=censor, stream=True)
+    g0, factor = written.g0, written.factor
+    gt = {side: g0[side] * factor[side] if factor[side].numel() else g0[side] for side in g0}
+    dev = xb.weights().device
+    w, _ = xb.conductances(gt["pos"].to(dev), gt["neg"].to(dev))  # (1, S, O, K)
+    comp = written.compensation.to(w)
+    # decoded with the scale of *this* mapping: the programmed chips' scale (``xb.scale``) is that of the
+    # weights when they were last programmed, and training moves the weights away from them
+    column_scale = (m.scale.to(w).reshape(-1) * comp.reshape(-1)).expand(xb.geometry.out_features)
+    return xb.decode(w, m.scale, m.slice_weights)[0] * comp, column_scale

@@ -164,19 +164,19 @@ def _stop_children() -> None:
 
 def _compile(records: list[list[Any]]) -> None:
     """Compile each noted kernel once, on zero tensors of its layout (in the child process)."""
-    from . import kernel
+    from . import compiling, kernel  # noqa: F401  (kernel registers the read loops)
 
     # no torch.set_num_threads here: inductor generates its CPU loops for the thread count it compiles under,
     # and a kernel compiled for one thread is not the parent's (it compiled again: 193 s, LeNet-5)
-    kernel.epilogue(True)  # dynamo's recompile limit, as a compiled pass sets it
+    compiling.raise_recompile_limit()  # as a compiled pass sets it
     with torch.no_grad():
         for name, static, metas in records:
             args = [_make(m) for m in metas]
             if name == "dac":
-                kernel.dac_kernel(*_tuples(static))(*args)
+                compiling.dac_kernel(*_tuples(static))(*args)
             else:
-                kernel.compiled_kernel(name, _tuples(static))(*args)
-    if kernel._compile_failed:
+                compiling.compiled_kernel(name, _tuples(static))(*args)
+    if compiling.failed():
         raise RuntimeError("torch.compile failed")
 
 

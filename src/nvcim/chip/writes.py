@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 from torch import Tensor
 
 from ..config.schema import ChipConfig
@@ -104,3 +105,26 @@ class CellWriter:
         z_cell = rng.draw("normal", rng.key(self.seed, self.name, side, purpose), ids, shape, compiled=self.compiled)
         z_chip = self.between(ids, shape, side == "neg" and reference)
         return model.sample(g_t, lvl, z_cell, z_chip)
+
+    def write_chips(self, m: Mapped, targets: Targets, ids: Tensor, perm: Tensor | None, now: dict[str, Tensor],
+                    dtype: torch.dtype, chunk: int = 0) -> tuple[dict[str, Tensor], Tensor]:
+        """Every cell of chips ``ids`` (perm: their row routing, None: identity) written chunk by chunk into
+        CPU buffers, by cell-state name (those of ``now`` reused where they fit); and the chips' drift
+        compensation. ``chunk``: chips per write (0: as many as keep each float temporary within 32 MiB,
+        glibc's heap limit, up to 64; the draws are counter-based, so the chunking changes no number)."""
+        n = len(ids)
+        parts = -(-n // (chunk or max(1, min(64, 2**23 // max(1, m.pos.numel())))))
+        bounds = [round(i * n / parts) for i in range(parts + 1)]  # even chunks: 3, 3, 2, 2, not 3, 3, 3, 1
+        bufs, drifts = {}, has_drift(self.config.device)
+        for name, t in now.items():  # float cells in the weights' format (float64 after model.double())
+            kind = torch.int8 if name.startswith("faults") else dtype
+            want = (0,) if name.startswith("drift") and not drifts else (n, *targets[name[-3:]][0].shape[1:])
+            bufs[name] = t if tuple(t.shape) == want and t.dtype == kind and t.device.type == "cpu" else \
+                torch.empty(want, dtype=kind)
+        comp = torch.empty(n, dtype=dtype)
+        for a, b in zip(bounds, bounds[1:]):
+            out = {side: tuple(bufs[f"{k}_{side}"][a:b] if bufs[f"{k}_{side}"].numel() else bufs[f"{k}_{side}"]
+                               for k in ("g", "faults", "drift")) for side in ("pos", "neg")}
+            part = None if perm is None else perm[a:b]
+            comp[a:b] = self.write_all(m, ids[a:b], part, targets=targets, out=out).compensation
+        return bufs, comp
