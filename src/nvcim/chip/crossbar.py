@@ -209,8 +209,8 @@ class Crossbar(nn.Module):
         """Weights (..., O, K) that conductance differences (..., S, O, K) stand for: shift-and-add over
         slices, times the column scale (what the digital periphery does). ``scale`` and ``slice_w`` default
         to the programmed chips' own."""
-        sw = (self.slice_w if slice_w is None else slice_w).to(diff).view(-1, 1, 1)
-        return (diff * sw).sum(-3) * (self.scale if scale is None else scale).to(diff).view(-1, 1)
+        return self.mapping.decode(diff, self.scale if scale is None else scale,
+                                   self.slice_w if slice_w is None else slice_w)
 
     def effective(self, chips: Tensor | slice | None = None) -> tuple[Tensor, Tensor]:
         """Conductances (S) the array holds at read time (after drift) for ``chips`` (default all). On

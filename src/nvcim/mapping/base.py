@@ -63,6 +63,12 @@ class Mapping:
         ``(..., S, out_features, K)``: partners as they are, a reference column broadcast over its tile."""
         return expand_reference(neg, out_features, self.config.array.cols) if self.reference else neg
 
+    @staticmethod
+    def decode(diff: Tensor, scale: Tensor, slice_weights: Tensor) -> Tensor:
+        """Weights (..., O, K) that conductance differences (..., S, O, K) stand for: shift-and-add over the
+        slices, times the column scale (what the digital periphery does; :class:`Mapped` holds both)."""
+        return (diff * slice_weights.to(diff).view(-1, 1, 1)).sum(-3) * scale.to(diff).view(-1, 1)
+
     def array_columns(self, out_features: int, slices: int) -> int:
         """Physical array columns that ``out_features`` outputs of ``slices`` bit slices occupy in one row
         tile (cells per logical row)."""
