@@ -119,8 +119,7 @@ class AnalogLayer(nn.Module):
         self.converters.reconfigure(config, geometry)
 
     def fresh_weights(self, chip_id: int, censor: float = 0.0) -> Tensor:
-        """Effective weights (shape of ``weight``) of a newly drawn training chip ``chip_id``
-        (:func:`.train_read.fresh_chip`)."""
+        """Effective weights (shape of ``weight``) of a new training chip (:func:`.train_read.fresh_chip`)."""
         return self.from_matrix(fresh_chip(self.crossbar, chip_id, censor)[0])
 
     # ---- forward --------------------------------------------------------------------------------
@@ -216,8 +215,9 @@ class AnalogLayer(nn.Module):
         if self.config.circuit.managed_io:
             k = self._operands(ctx, c, x, ctx)
             out = managed_io.read(self, x, shared, c, k, ctx, ctx)[0]
-            x_dig = x if self.config.circuit.input_scaling == "absmax" else self.converters.apply_dac(x)
-            out = self._registers(out, k, ctx, lambda: self.prepare(self.pad_input(x_dig), shared, c), shared, c)
+            absmax = self.config.circuit.input_scaling == "absmax"  # the SRAM multiplies the digital input
+            out = self._registers(out, k, ctx, lambda: self.prepare(  # made only when there is an SRAM
+                self.pad_input(x if absmax else self.converters.apply_dac(x)), shared, c), shared, c)
             return self.finish(out, self.pad_input(x), shared)
         x = self.pad_input(x)
         xp = self.prepare(self.converters.apply_dac(x, ctx.compiled), shared, c)

@@ -214,8 +214,7 @@ class SimulatedChip:
         return self.model.digital_layer_io(x)
 
     def weight_matrix(self, layer: str) -> Tensor:
-        lay = self._layers[layer]
-        return lay.as_matrix(lay.weight.detach())
+        return self._layers[layer].weight_matrix().detach()
 
     def bias(self, layer: str) -> Tensor | None:
         b = self._layers[layer].bias
