@@ -58,7 +58,7 @@ def main() -> int:
         fields = [f for f in FIELDS if "doc" in f[2] and f[0] not in ("name", "source")]
 
         @settings(max_examples=300, **SETTINGS)
-        @given(st.sampled_from(fields).flatmap(lambda f: st.tuples(st.just(f[0]), bad_value_for(*f))))
+        @given(st.sampled_from(fields).flatmap(lambda f: st.tuples(st.just(f[0]), bad_value_for(*f), st.just(f[2]))))
         def prop(pv):  # type: ignore[no-untyped-def]
             check_bad_value_property(*pv)
             COUNTS["bad value rejected by name"] += 1
@@ -66,7 +66,7 @@ def main() -> int:
 
     def texts():  # type: ignore[no-untyped-def]
         @settings(max_examples=500, **SETTINGS)
-        @given(st.one_of(st.text(max_size=400), st.binary(max_size=400).map(lambda b: b.crossbar.decode("latin-1"))),
+        @given(st.one_of(st.text(max_size=400), st.binary(max_size=400).map(lambda b: b.decode("latin-1"))),
                st.sampled_from(["toml", "yaml", "json"]))
         def prop(text, fmt):  # type: ignore[no-untyped-def]
             check_text_property(text, fmt)

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 import nvcim
-from nvcim.config import ChipConfig
+from nvcim.config import ChipConfig, Variant
 from nvcim.errors import ConfigError, DatasetError, NvcimError
 
 # a valid measured level table, so that random configs also exercise the 'measured' model
@@ -25,17 +25,45 @@ TABLE.write_text("target,mean,std\n1e-6,1.1e-6,2e-7\n3e-5,2.9e-5,3e-6\n6e-5,6.1e
 CAPS = {"array.rows": 300, "array.cols": 300, "cost.adcs_per_array": 64}
 
 
-def leaf_fields(cls: type = ChipConfig, prefix: str = "") -> list[tuple[str, Any, dict[str, Any]]]:
-    """(dotted path, default, spec metadata) of every leaf field of the config tree."""
+def leaf_fields(cls: type = ChipConfig, prefix: str = "", model: tuple[type[Variant], str] | None = None,
+                skip: frozenset[str] = frozenset()) -> list[tuple[str, Any, dict[str, Any]]]:
+    """(dotted path, default, spec metadata) of every leaf field of the config tree. A typed section adds its
+    ``model``/``scheme`` field (its choices: the registry's names) and every model's own fields, whose
+    metadata say which model has them (``meta["model"] = (the section's base class, name)``)."""
     out = []
     for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
         path = prefix + f.name
-        if dataclasses.is_dataclass(default):
+        if isinstance(default, Variant):
+            base = default.family()
+            out.append((f"{path}.{base.TAG}", default.variant_name(), {"doc": "model", "choices": base.REGISTRY}))
+            out += leaf_fields(base, path + ".")
+            for name, c in default.models().items():
+                out += leaf_fields(c, path + ".", (base, name), frozenset(base.field_names()))
+        elif dataclasses.is_dataclass(default):
             out += leaf_fields(type(default), path + ".")
         else:
-            out.append((path, default, dict(f.metadata)))
+            out.append((path, default, dict(f.metadata, **({"model": model} if model else {}))))
     return out
+
+
+def place(data: dict[str, Any], path: str, value: Any, meta: dict[str, Any]) -> None:
+    """Set ``path`` in a config dict; a model's own field also selects that model (its section then keeps
+    the fields that the model has)."""
+    node = data
+    *parents, leaf = path.split(".")
+    for k in parents:
+        node = node[k]
+    if "model" in meta:
+        base, name = meta["model"]
+        if node.get(base.TAG) != name:
+            own = set(base.models()[name].field_names())
+            for k in [k for k in node if k not in own and k != base.TAG]:
+                del node[k]
+            node[base.TAG] = name
+    node[leaf] = value
 
 
 FIELDS = leaf_fields()
@@ -96,11 +124,7 @@ def config_dicts(draw: Any, max_fields: int = 8) -> dict[str, Any]:
     chosen = draw(st.lists(st.sampled_from(FIELDS), max_size=max_fields, unique_by=lambda f: f[0]))
     data = nvcim.preset(base).to_dict()
     for path, default, meta in chosen:
-        node = data
-        *parents, leaf = path.split(".")
-        for k in parents:
-            node = node[k]
-        node[leaf] = draw(value_for(path, default, meta))
+        place(data, path, draw(value_for(path, default, meta)), meta)
     return data
 
 
@@ -130,14 +154,10 @@ def check_config_property(data: dict[str, Any]) -> str:
     return "valid"
 
 
-def check_bad_value_property(path: str, value: Any) -> None:
+def check_bad_value_property(path: str, value: Any, meta: dict[str, Any] | None = None) -> None:
     """Any bad value of a field gets a ConfigError naming the field, the value and the allowed range."""
     data = nvcim.preset("rram-mlc-4bit").to_dict()  # as a config file would give it: no string parsing
-    node = data
-    *parents, leaf = path.split(".")
-    for k in parents:
-        node = node[k]
-    node[leaf] = value
+    place(data, path, value, meta or {})
     try:
         ChipConfig.from_dict(data)
     except ConfigError as e:

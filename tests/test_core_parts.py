@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
+from typing import ClassVar
 
 import pytest
 import torch
@@ -11,35 +13,117 @@ from helpers import lenet
 import nvcim
 from nvcim.chip import compiling
 from nvcim.chip.geometry import TileGeometry
-from nvcim.config import override, preset
+from nvcim.config import ChipConfig, ProgrammingConfig, dumps, override, preset
+from nvcim.config.fields import spec
 from nvcim.devices import PROGRAMMING_MODELS, ProgrammingModel
 from nvcim.errors import ConfigError, NvcimError
 from nvcim.mapping import MAPPINGS, get_mapping
 
 
-def test_a_device_model_registered_in_one_place_is_a_valid_config_value_and_programs_chips():
-    """A new device model is one class: registered, it is allowed by the config and used by the chip."""
+@dataclasses.dataclass(frozen=True)
+class ScalingConfig(ProgrammingConfig):  # a test device model's own config, with a field of its own
+    model: ClassVar[str] = "test-scaling"
+    factor: float = spec(2.0, "every cell lands at factor x its target", unit="-", lo=0.0, hi=4.0)
 
-    class Doubling(ProgrammingModel):  # writes every cell at twice its target, clipped: easy to recognise
-        name = "test-doubling"
 
-        def sample(self, target, level, z_cell, z_chip):  # noqa: ANN001, ANN201
-            return (2 * target).clamp(max=self.device.g_max)
+class Scaling(ProgrammingModel):  # writes every cell at factor x its target, clipped: easy to recognise
+    config_type = ScalingConfig
+    config: ScalingConfig
 
+    def sample(self, target, level, z_cell, z_chip):  # noqa: ANN001, ANN201
+        return (self.config.factor * target).clamp(max=self.device.g_max)
+
+
+def test_a_device_model_with_its_own_fields_is_one_file_a_valid_config_and_programs_chips():
+    """A new device model is a config class and a model class: registered, the config tree takes its
+    name and its own field (checked against its range), files round-trip it, and the chip runs it."""
     with pytest.raises(ConfigError, match="device.programming.model.*'lognormal'"):
-        override(preset("ideal"), {"device.programming.model": "test-doubling"})
-    PROGRAMMING_MODELS.register(Doubling)
+        override(preset("ideal"), {"device.programming.model": "test-scaling"})
+    PROGRAMMING_MODELS.register(Scaling)
     try:
-        cfg = override(preset("ideal"), {"device.programming.model": "test-doubling"})
+        cfg = override(preset("ideal"), {"device.programming.model": "test-scaling",
+                                         "device.programming.factor": 1.5})
+        assert cfg.device.programming == ScalingConfig(factor=1.5) and cfg.device.programming.model == "test-scaling"
+        assert ChipConfig.from_dict(cfg.to_dict()) == cfg and "factor = 1.5" in dumps(cfg)
+        with pytest.raises(ConfigError, match=r"device.programming.factor = 5.*\[0.0, 4.0\]"):
+            override(cfg, {"device.programming.factor": 5.0})
         m = nvcim.convert(lenet(), cfg, chips=2, seed=0)
         xb = m.analog_layers()[0].crossbar
         pos, _ = xb.nominal()
-        expected = (2 * pos).clamp(max=cfg.device.g_max)
+        expected = (1.5 * pos).clamp(max=cfg.device.g_max)
         assert torch.equal(xb.programmed()[0], expected.expand_as(xb.programmed()[0]))
+        rows = [r for r in nvcim.config.describe(ChipConfig) if r[0] == "device.programming.factor"]
+        assert rows == [("device.programming.factor", 2.0, "[0.0, 4.0]", "[test-scaling] every cell lands at "
+                         "factor x its target")]
     finally:
-        PROGRAMMING_MODELS._classes.pop("test-doubling")
+        PROGRAMMING_MODELS._classes.pop("test-scaling")
+        PROGRAMMING_MODELS._by_config.pop(ScalingConfig)
     with pytest.raises(ConfigError):
-        override(preset("ideal"), {"device.programming.model": "test-doubling"})
+        override(preset("ideal"), {"device.programming.model": "test-scaling"})
+
+
+def test_typed_sections_reject_the_fields_of_other_models_by_name():
+    """A field that the chosen model does not have is an error naming the models that have it (before the
+    split, a lognormal chip's middle_factor was accepted and did nothing)."""
+    with pytest.raises(ConfigError) as e:
+        override(preset("rram-mlc-4bit"), {"device.programming.middle_factor": 2.0})
+    msg = str(e.value)
+    assert "device.programming.middle_factor = 2.0" in msg and "a field of model 'lognormal': sigma, correct_bias" \
+        in msg and "middle_factor belongs to model 'state-dependent'" in msg
+    with pytest.raises(ConfigError, match="device.programming.sigma.*'none'.*belongs to model 'additive', "
+                                          "'lognormal', 'pcm', 'state-dependent'"):
+        override(preset("ideal"), {"device.programming.sigma": 0.1})
+    with pytest.raises(ConfigError, match="mapping.weight_bits = 8.*scheme 'offset'.*belongs to scheme "
+                                          "'differential'"):
+        override(preset("rram-mlc-4bit"), {"mapping.scheme": "offset", "mapping.weight_bits": 8})
+    with pytest.raises(ConfigError, match="device.drift.nu_mean.*model 'pcm'"):
+        override(preset("pcm"), {"device.drift.nu_mean": 0.05})
+
+
+def test_a_model_change_keeps_the_shared_fields_and_drops_the_old_models_own():
+    fefet = preset("fefet-2bit")  # state-dependent: sigma 0.1, middle_factor 2
+    logn = override(fefet, {"device.programming.model": "lognormal"})
+    assert logn.device.programming == nvcim.devices.LognormalConfig(sigma=0.1)
+    back = override(logn, {"device.programming.model": "state-dependent", "device.programming.middle_factor": 3})
+    assert back.device.programming == nvcim.devices.StateDependentConfig(sigma=0.1, middle_factor=3.0)
+    pcm = override(preset("pcm"), {"device.drift.model": "power-law", "device.drift.nu_mean": 0.05})
+    assert (pcm.device.drift.nu_mean, pcm.device.drift.t_read) == (0.05, preset("pcm").device.drift.t_read)
+
+
+def test_files_of_the_flat_sections_keep_loading():
+    """A file written before the split holds every model's fields; those of other models load at their old
+    defaults (the values they always had), and the config is the typed one."""
+    flat = preset("rram-mlc-4bit").identity_dict()  # the flat shape, as 4eb76e7 wrote it
+    assert set(flat["device"]["programming"]) == {"model", "sigma", "level_sigma", "middle_factor", "table",
+                                                  "correct_bias"}
+    assert set(flat["device"]["drift"]) == {"model", "nu_mean", "nu_std", "t0", "t_read", "compensate"}
+    assert set(flat["mapping"]) == {"scheme", "weight_bits", "scaling", "clip_sigma"}
+    assert ChipConfig.from_dict(flat) == preset("rram-mlc-4bit")
+    flat["device"]["programming"]["middle_factor"] = 2.0  # set: it would have done nothing, so it is an error
+    with pytest.raises(ConfigError, match="device.programming.middle_factor"):
+        ChipConfig.from_dict(flat)
+
+
+def test_point_keys_hold_across_the_typed_split():
+    """Experiment-store keys hash the flat shape: the keys of these experiments, computed by the tree
+    before the split (4eb76e7, tests/data/point_keys_4eb76e7.json), are the keys now, so older stores
+    resume without recomputing."""
+    import json
+    from pathlib import Path
+
+    from nvcim.config import preset_names
+    from nvcim.experiments.spec import from_dict
+
+    old = json.loads((Path(__file__).parent / "data" / "point_keys_4eb76e7.json").read_text())
+    base = {"model": "mlp", "dataset": "digits", "chips": 8, "seeds": [0], "methods": ["none", "self-tune"],
+            "limit": 120, "variance": "float32"}
+    exps = [dict(base, name=n, chip=n, sweep={"circuit.adc_percentile": [99.9, 99.99],
+                                              "mapping.clip_sigma": [0.0, 2.0]}) for n in preset_names()]
+    exps.append(dict(base, name="models", chip="rram-mlc-4bit", sweep={
+        "device.programming.model": ["lognormal", "additive", "pcm"], "device.programming.sigma": [0.05, 0.3],
+        "mapping.scheme": ["differential", "offset"], "device.drift.nu_mean": [0.0, 0.05]}))
+    new = {e["name"]: [p.key for p in from_dict(e).points()] for e in exps}
+    assert new == old and len(old["models"]) == 3 * 2 * 2 * 2 * 2
 
 
 def test_registries_name_the_field_the_choices_and_the_nearest():
@@ -55,7 +139,7 @@ def test_registries_name_the_field_the_choices_and_the_nearest():
 def test_mappings_answer_the_scheme_questions():
     diff = get_mapping(preset("rram-mlc-4bit"))
     off = get_mapping(override(preset("rram-mlc-4bit"), {"mapping.scheme": "offset", "array.cols": 4}))
-    assert not diff.reference and diff.bit_slicing and off.reference and not off.bit_slicing
+    assert not diff.reference and off.reference and type(off.config.mapping).__name__ == "OffsetConfig"
     # cells per logical row: a G+ and a G- column per output and slice; an output column each plus one
     # reference column per tile of 4 columns
     assert diff.array_columns(10, 2) == 40 and off.array_columns(10, 1) == 10 + 3

@@ -44,7 +44,7 @@ def test_every_config_either_validates_and_simulates_or_names_its_field(data):
 def test_every_measured_device_config_either_validates_and_simulates_or_names_its_field(data):
     from properties import TABLE
 
-    data["device"]["programming"].update(model="measured", table=str(TABLE))
+    data["device"]["programming"] = {"model": "measured", "table": str(TABLE)}
     check_config_property(data)
 
 
@@ -55,7 +55,7 @@ def test_every_field_rejects_bad_values_by_name(path, default, meta):
     def prop(value):
         if path in ("name", "source") and isinstance(value, str):
             return
-        check_bad_value_property(path, value)
+        check_bad_value_property(path, value, meta)
 
     prop()
 

@@ -4,6 +4,11 @@
 Adding a device model, mapping, converter, drift model, read-noise model, metric or method is one file: a
 class with a ``name``, decorated with its registry's ``register``. Config fields list their choices from
 the registry (imported when first needed), so that nothing repeats the list.
+
+A model with settings of its own (a device model, drift law or mapping) names its typed config class as
+``config_type`` instead of a ``name``: the config class's name in files (``LognormalConfig.model =
+'lognormal'``) becomes the registered name, and :meth:`Registry.for_config` dispatches on the config's type
+(torchao's way: the config is the choice, and the registry maps its type to the code that runs it).
 """
 
 from __future__ import annotations
@@ -26,9 +31,15 @@ class Registry(Generic[T]):
         self.field = field
         self._classes: dict[str, type[T]] = {}
         self._instances: dict[str, T] = {}
+        self._by_config: dict[type, type[T]] = {}
 
     def register(self, cls: type[T]) -> type[T]:
-        """Class decorator: ``cls.name`` becomes a known name."""
+        """Class decorator: ``cls.name`` becomes a known name; a class with a typed ``config_type`` is
+        registered under that config's name and found again from its config's type."""
+        config_type = getattr(cls, "config_type", None)
+        if config_type is not None:
+            cls.name = config_type.variant_name()  # type: ignore[attr-defined]
+            self._by_config[config_type] = cls
         name = cls.name  # type: ignore[attr-defined]
         if not name:
             raise TypeError(f"{cls.__name__} has no name to register under")
@@ -47,11 +58,26 @@ class Registry(Generic[T]):
 
     def get(self, name: str) -> type[T]:
         """The class registered as ``name``; an error naming the field and the known names otherwise."""
-        if name not in self._classes:
+        if not isinstance(name, str) or name not in self._classes:  # a list or table from a file, too
             near = difflib.get_close_matches(str(name), self.names(), n=1)
             raise ConfigError(self.field, name, "one of " + ", ".join(repr(n) for n in self.names()),
                               f"Did you mean '{near[0]}'?" if near else "")
         return self._classes[name]
+
+    def config_class(self, name: str) -> type:
+        """The typed config class of the model registered as ``name`` (an error listing the names otherwise)."""
+        cls = self.get(name)
+        config_type = getattr(cls, "config_type", None)
+        if config_type is None:
+            raise TypeError(f"{cls.__name__} ({self.field} = {name!r}) has no typed config")
+        return config_type  # type: ignore[no-any-return]
+
+    def for_config(self, config: object) -> type[T]:
+        """The implementation registered for ``type(config)`` (or the nearest registered base class)."""
+        for t in type(config).__mro__:
+            if t in self._by_config:
+                return self._by_config[t]
+        raise TypeError(f"no {self.field} is registered for {type(config).__name__}")
 
     def create(self, name: str, *args: Any, **kwargs: Any) -> T:
         """A new instance of the class registered as ``name``."""
@@ -72,9 +98,11 @@ class Registered(Sequence[str]):
     def __init__(self, module: str, attribute: str) -> None:
         self.module, self.attribute = module, attribute
 
+    def registry(self) -> Registry[Any]:
+        return getattr(importlib.import_module(self.module), self.attribute)  # type: ignore[no-any-return]
+
     def names(self) -> list[str]:
-        registry: Registry[Any] = getattr(importlib.import_module(self.module), self.attribute)
-        return registry.names()
+        return self.registry().names()
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.names())

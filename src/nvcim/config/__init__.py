@@ -9,15 +9,20 @@ from .schema import (
     CircuitConfig,
     CostConfig,
     DeviceConfig,
+    DifferentialConfig,
     DriftConfig,
     FaultConfig,
     MappingConfig,
+    NoVariationConfig,
+    PowerLawDriftConfig,
     ProgrammingConfig,
     VariabilityConfig,
 )
+from .variants import Variant
 
 __all__ = [
-    "ArrayConfig", "ChipConfig", "CircuitConfig", "CostConfig", "DeviceConfig", "DriftConfig", "FaultConfig",
-    "MappingConfig", "ProgrammingConfig", "VariabilityConfig", "describe", "dumps", "load_config",
+    "ArrayConfig", "ChipConfig", "CircuitConfig", "CostConfig", "DeviceConfig", "DifferentialConfig",
+    "DriftConfig", "FaultConfig", "MappingConfig", "NoVariationConfig", "PowerLawDriftConfig",
+    "ProgrammingConfig", "VariabilityConfig", "Variant", "describe", "dumps", "load_config",
     "override", "parse_sets", "preset", "preset_names", "save_config",
 ]

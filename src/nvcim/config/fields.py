@@ -100,17 +100,32 @@ def check(obj: Any) -> None:
                 raise ConfigError(f.name, v, allowed_text(meta))
 
 
-def describe(cls: type, prefix: str = "") -> list[tuple[str, Any, str, str]]:
-    """Rows (dotted path, default, allowed range with unit, doc) for every field of a config class."""
+def describe(cls: type, prefix: str = "", only: Iterable[str] | None = None,
+             model: str = "") -> list[tuple[str, Any, str, str]]:
+    """Rows (dotted path, default, allowed range with unit, doc) for every field of a config class; a typed
+    section (:class:`~nvcim.config.variants.Variant`) lists its ``model``/``scheme`` choices, its common
+    fields, then each model's own fields with the model's name in brackets before their doc."""
+    from .variants import Variant
+
     rows: list[tuple[str, Any, str, str]] = []
     for f in dataclasses.fields(cls):
+        if only is not None and f.name not in only:
+            continue
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc,operator]
         path = f"{prefix}{f.name}"
-        if dataclasses.is_dataclass(default):
+        if isinstance(default, Variant):
+            base, models = default.family(), default.models()
+            rows.append((f"{path}.{base.TAG}", default.variant_name(),
+                         "one of " + ", ".join(repr(n) for n in models), base.TAG_DOC))
+            rows += describe(base, path + ".")
+            common = set(base.field_names())
+            for name, c in models.items():
+                rows += describe(c, path + ".", [n for n in c.field_names() if n not in common], name)
+        elif dataclasses.is_dataclass(default):
             rows += describe(type(default), path + ".")
         elif "doc" in f.metadata:
             meta = dict(f.metadata)
             allowed = "text" if isinstance(default, str) and not meta["choices"] else (
                 "true/false" if isinstance(default, bool) else allowed_text(meta))
-            rows.append((path, default, allowed, meta["doc"]))
+            rows.append((path, default, allowed, f"[{model}] {meta['doc']}" if model else meta["doc"]))
     return rows

@@ -10,6 +10,7 @@ from typing import Any
 
 from ..errors import ConfigError, NvcimError
 from .schema import ChipConfig
+from .variants import Variant
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -112,15 +113,33 @@ def override(config: ChipConfig, changes: dict[str, Any]) -> ChipConfig:
     """A validated copy of ``config`` with ``{"dotted.path": value}`` changes applied.
 
     String values are parsed as literals (``"0.2"`` -> 0.2), as on the command line's ``--set``.
+
+    A change of a typed section's model (``device.programming.model``, ``mapping.scheme``) comes first and
+    keeps the section's fields that the new model has (``sigma`` from one spread model to another); the
+    fields of the new model are then set like any other, and those it lacks are errors.
     """
     data = copy.deepcopy(config.to_dict())
-    for path, value in changes.items():
+    tags = [p for p in changes if isinstance(_section(config, p.split(".")[:-1]), Variant)
+            and p.rsplit(".", 1)[-1] == _section(config, p.split(".")[:-1]).TAG]
+    for path in tags + [p for p in changes if p not in tags]:
+        value = changes[path]
         keys = path.split(".")
         node = data
         for i, k in enumerate(keys[:-1]):
             if not isinstance(node.get(k), dict):
                 raise ConfigError(".".join(keys[: i + 1]), value, "a config section; see `nvcim presets NAME`")
             node = node[k]
+        section = _section(config, keys[:-1])
+        if isinstance(section, Variant):
+            if path in tags:
+                own = {section.TAG, *_new_model(section, path, value).field_names()}
+                for k in [k for k in node if k not in own]:
+                    del node[k]
+                node[keys[-1]] = value
+                continue
+            if keys[-1] not in node:  # perhaps a field of the model: the typed section checks it
+                node[keys[-1]] = value
+                continue
         if keys[-1] not in node:
             import difflib
 
@@ -132,6 +151,20 @@ def override(config: ChipConfig, changes: dict[str, Any]) -> ChipConfig:
         node[keys[-1]] = parse_value(value) if isinstance(value, str) and not isinstance(
             node[keys[-1]], str) else value
     return ChipConfig.from_dict(data)
+
+
+def _section(config: Any, keys: list[str]) -> Any:
+    """The config object at the dotted ``keys`` (None where there is none)."""
+    for k in keys:
+        config = getattr(config, k, None)
+    return config
+
+
+def _new_model(section: Variant, path: str, name: Any) -> type[Variant]:
+    try:
+        return section.REGISTRY.registry().config_class(name)  # type: ignore[no-any-return]
+    except ConfigError as e:
+        raise ConfigError(path, name, e.allowed, e.hint) from None
 
 
 def parse_sets(items: list[str]) -> dict[str, Any]:

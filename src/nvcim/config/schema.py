@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from ..errors import ConfigError
 from ..registry import Registered
 from .fields import check, spec
+from .variants import Variant
 
 MIN_ON_OFF = 1.001  # smallest g_max / g_min: float32 conductances resolve no narrower window
 # the choices of these fields are the names in their registries (a model added in one file is allowed)
@@ -26,26 +27,37 @@ MAPPINGS = Registered("nvcim.mapping", "MAPPINGS")
 
 
 @dataclass(frozen=True)
-class ProgrammingConfig:
-    """Programming (write) variation, drawn once per chip: device-to-device, fixed until re-programmed."""
+class ProgrammingConfig(Variant):
+    """Programming (write) variation, drawn once per chip: device-to-device, fixed until re-programmed.
 
-    model: str = spec("none", "variation model; 'measured' reads device.programming.table",
-                      choices=PROGRAMMING_MODELS)
-    sigma: float = spec(0.0, "within-chip (cell-to-cell) spread. lognormal: std of ln G; additive and "
-                        "state-dependent: std as a fraction of g_max; pcm: scale of the fitted, state-dependent "
-                        "std (1 = Nandakumar et al.'s fit)", unit="-", lo=0.0, hi=10.0)
-    level_sigma: tuple[float, ...] = spec((), "state-dependent: per-level std as a fraction of g_max, "
-                                          "lowest level first (empty = sigma x middle_factor rule)",
-                                          unit="-", lo=0.0, hi=10.0)
-    middle_factor: float = spec(1.0, "state-dependent: sigma multiplier of the middle (non-extreme) "
-                                "levels, NeFT's s", unit="-", lo=1.0, hi=100.0)
-    table: str = spec("", "measured: CSV file with columns target,mean,std (S), one row per level")
-    correct_bias: bool = spec(False, "lognormal: divide by exp(sigma^2/2) so that E[G] = G_target")
+    One class per model, each in its model's file with its own fields (``LognormalConfig`` in
+    ``nvcim.devices.lognormal``, ...); ``model`` names it in files. The default is :class:`NoVariationConfig`.
+    """
+
+    TAG = "model"
+    TAG_DOC = ("programming-variation model (nvcim.devices.PROGRAMMING_MODELS), each with its own fields; "
+               "'measured' reads device.programming.table")
+    REGISTRY = PROGRAMMING_MODELS
+    LEGACY = {"sigma": 0.0, "level_sigma": (), "middle_factor": 1.0, "table": "", "correct_bias": False}
+    model: ClassVar[str] = ""
 
     def __post_init__(self) -> None:
         check(self)
-        if self.model == "measured" and not self.table:
-            raise ConfigError("table", self.table, "a CSV path when model = 'measured'")
+
+    def check_device(self, device: DeviceConfig) -> None:
+        """Raise a :class:`ConfigError` if this model cannot program ``device`` (e.g. it needs levels)."""
+
+    @property
+    def varies(self) -> bool:
+        """Whether cells land off their targets, within a chip (the between-chip part is the variability's)."""
+        return False
+
+
+@dataclass(frozen=True)
+class NoVariationConfig(ProgrammingConfig):
+    """No programming variation: every cell lands on its target (``model = "none"``, the default)."""
+
+    model: ClassVar[str] = "none"
 
 
 @dataclass(frozen=True)
@@ -62,15 +74,16 @@ class FaultConfig:
 
 
 @dataclass(frozen=True)
-class DriftConfig:
-    """Power-law conductance drift G(t) = G(t0) (t/t0)^-nu with a drift exponent nu per cell, drawn by ``model``:
-    power-law: nu ~ N(nu_mean, nu_std) (clipped >= 0); pcm: IBM's state-dependent fit (nvcim.devices.pcm)."""
+class DriftConfig(Variant):
+    """Power-law conductance drift G(t) = G(t0) (t/t0)^-nu with a drift exponent nu per cell, drawn by ``model``
+    (one config class per law: :class:`PowerLawDriftConfig`, the default, or ``nvcim.devices.pcm``'s)."""
 
-    model: str = spec("power-law", "how nu is drawn (nvcim.devices.DRIFT_MODELS): 'power-law' (nu_mean, nu_std "
-                      "for every state) or 'pcm' (mean and std from the target conductance, Joshi et al. 2020)",
-                      choices=DRIFT_MODELS)
-    nu_mean: float = spec(0.0, "power-law: mean drift exponent", unit="-", lo=0.0, hi=1.0)
-    nu_std: float = spec(0.0, "power-law: cell-to-cell std of the drift exponent", unit="-", lo=0.0, hi=1.0)
+    TAG = "model"
+    TAG_DOC = ("how nu is drawn (nvcim.devices.DRIFT_MODELS): 'power-law' (nu_mean, nu_std for every state) or "
+               "'pcm' (mean and std from the target conductance, Joshi et al. 2020)")
+    REGISTRY = DRIFT_MODELS
+    LEGACY = {"nu_mean": 0.0, "nu_std": 0.0}
+    model: ClassVar[str] = ""
     t0: float = spec(1.0, "time of the programming reference read", unit="s", lo=0.0, lo_open=True)
     t_read: float = spec(1.0, "time after programming at which inference runs", unit="s", lo=0.0, lo_open=True)
     compensate: bool = spec(False, "global drift compensation: rescale each layer by a factor measured "
@@ -83,6 +96,15 @@ class DriftConfig:
 
 
 @dataclass(frozen=True)
+class PowerLawDriftConfig(DriftConfig):
+    """nu ~ N(nu_mean, nu_std) per cell, clipped at 0: one law for every state (``model = "power-law"``)."""
+
+    model: ClassVar[str] = "power-law"
+    nu_mean: float = spec(0.0, "mean drift exponent", unit="-", lo=0.0, hi=1.0)
+    nu_std: float = spec(0.0, "cell-to-cell std of the drift exponent", unit="-", lo=0.0, hi=1.0)
+
+
+@dataclass(frozen=True)
 class DeviceConfig:
     """One memory cell: conductance range, levels, variation, read noise, faults, drift."""
 
@@ -92,7 +114,7 @@ class DeviceConfig:
                               lo=1, hi=8, zero_ok=True)
     levels: tuple[float, ...] = spec((), "explicit level conductances, ascending (overrides bits_per_cell)",
                                      unit="S", lo=0.0)
-    programming: ProgrammingConfig = field(default_factory=ProgrammingConfig)
+    programming: ProgrammingConfig = field(default_factory=NoVariationConfig)
     read_noise: float = spec(0.0, "read noise std, drawn fresh at every read (cycle-to-cycle): a fraction of "
                              "G (read_noise_model 'proportional') or of g_max ('additive'); for 'pcm' a scale "
                              "of the fitted 1/f noise (1 = Joshi et al.)", unit="-", lo=0.0, hi=1.0)
@@ -101,7 +123,7 @@ class DeviceConfig:
                                  "growing with the time since programming, Joshi et al. 2020)",
                                  choices=READ_NOISE_MODELS)
     faults: FaultConfig = field(default_factory=FaultConfig)
-    drift: DriftConfig = field(default_factory=DriftConfig)
+    drift: DriftConfig = field(default_factory=PowerLawDriftConfig)
 
     def __post_init__(self) -> None:
         check(self)
@@ -116,6 +138,7 @@ class DeviceConfig:
             if self.levels[0] < self.g_min * (1 - 1e-9) or self.levels[-1] > self.g_max * (1 + 1e-9):
                 raise ConfigError("levels", list(self.levels), f"values within [g_min, g_max] = "
                                   f"[{self.g_min:g}, {self.g_max:g}] S")
+        self.programming.check_device(self)
 
     @property
     def n_levels(self) -> int:
@@ -136,13 +159,15 @@ class VariabilityConfig:
 
 
 @dataclass(frozen=True)
-class MappingConfig:
-    """How signed weights become conductances."""
+class MappingConfig(Variant):
+    """How signed weights become conductances: one config class per scheme (:class:`DifferentialConfig`, the
+    default, or ``nvcim.mapping.offset``'s), named by ``scheme`` in files."""
 
-    scheme: str = spec("differential", "differential: w ~ G+ - G-; offset: w ~ G - G_ref (reference column)",
-                       choices=MAPPINGS)
-    weight_bits: int = spec(0, "bit slicing: signed weight bits spread over cells of bits_per_cell bits; "
-                            "0 = one cell per weight", unit="bit", lo=2, hi=16, zero_ok=True)
+    TAG = "scheme"
+    TAG_DOC = "differential: w ~ G+ - G- (bit slicing possible); offset: w ~ G - G_ref (reference column)"
+    REGISTRY = MAPPINGS
+    LEGACY = {"weight_bits": 0}
+    scheme: ClassVar[str] = ""
     scaling: str = spec("layer", "max|W| per layer or per output column maps onto the conductance range",
                         choices=("layer", "column"))
     clip_sigma: float = spec(0.0, "weight clipping: the full conductance range stands for clip_sigma x the RMS "
@@ -153,6 +178,24 @@ class MappingConfig:
 
     def __post_init__(self) -> None:
         check(self)
+
+    @property
+    def slice_bits(self) -> int:
+        """Signed weight bits spread over bit slices; 0 = one cell (or pair) per weight."""
+        return 0
+
+
+@dataclass(frozen=True)
+class DifferentialConfig(MappingConfig):
+    """Differential pairs, w ~ G+ - G- (``scheme = "differential"``), optionally bit-sliced."""
+
+    scheme: ClassVar[str] = "differential"
+    weight_bits: int = spec(0, "bit slicing: signed weight bits spread over cells of bits_per_cell bits; "
+                            "0 = one cell per weight", unit="bit", lo=2, hi=16, zero_ok=True)
+
+    @property
+    def slice_bits(self) -> int:
+        return self.weight_bits
 
 
 @dataclass(frozen=True)
@@ -270,7 +313,7 @@ class ChipConfig:
     source: str = spec("", "citation for the values (required for presets)")
     device: DeviceConfig = field(default_factory=DeviceConfig)
     variability: VariabilityConfig = field(default_factory=VariabilityConfig)
-    mapping: MappingConfig = field(default_factory=MappingConfig)
+    mapping: MappingConfig = field(default_factory=DifferentialConfig)
     array: ArrayConfig = field(default_factory=ArrayConfig)
     circuit: CircuitConfig = field(default_factory=CircuitConfig)
     cost: CostConfig = field(default_factory=CostConfig)
@@ -278,31 +321,19 @@ class ChipConfig:
     def __post_init__(self) -> None:
         check(self)
         m, d = self.mapping, self.device
-        if m.weight_bits:
-            if d.levels or d.bits_per_cell == 0:
-                raise ConfigError("mapping.weight_bits", m.weight_bits, "0 when the device has explicit or "
-                                  "continuous levels (bit slicing needs 2^bits_per_cell uniform levels)")
-            from ..mapping import MAPPINGS  # the mapping classes import this module: looked up when needed
-
-            if not MAPPINGS.get(m.scheme).bit_slicing:
-                raise ConfigError("mapping.weight_bits", m.weight_bits, f"0 with the {m.scheme} scheme "
-                                  "(bit slicing is implemented for differential pairs)")
-        if d.programming.model == "state-dependent" and d.programming.level_sigma:
-            if len(d.programming.level_sigma) != d.n_levels:
-                raise ConfigError("device.programming.level_sigma", list(d.programming.level_sigma),
-                                  f"one value per level ({d.n_levels} levels)")
-        if d.programming.model in ("state-dependent",) and d.n_levels == 0:
-            raise ConfigError("device.bits_per_cell", 0, "[1, 8] for the state-dependent model")
+        if m.slice_bits and (d.levels or d.bits_per_cell == 0):
+            raise ConfigError("mapping.weight_bits", m.slice_bits, "0 when the device has explicit or "
+                              "continuous levels (bit slicing needs 2^bits_per_cell uniform levels)")
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain nested dict (lists for tuples), the form written to TOML/YAML/JSON."""
-        def conv(v: Any) -> Any:
-            if isinstance(v, tuple):
-                return list(v)
-            if isinstance(v, dict):
-                return {k: conv(x) for k, x in v.items()}
-            return v
-        return conv(dataclasses.asdict(self))
+        """Plain nested dict (lists for tuples), the form written to TOML/YAML/JSON; a typed section writes
+        its ``model``/``scheme`` name first and then its own fields."""
+        return _plain(self, legacy=False)
+
+    def identity_dict(self) -> dict[str, Any]:
+        """:meth:`to_dict` with typed sections in the flat shape of before the split (every model's fields,
+        the others at their defaults): what experiment-store keys hash, so that older stores' keys hold."""
+        return _plain(self, legacy=True)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ChipConfig:
@@ -310,9 +341,20 @@ class ChipConfig:
         return _build(cls, data, "")
 
 
+def _plain(obj: Any, legacy: bool) -> Any:
+    if isinstance(obj, Variant):
+        d = obj.legacy_dict() if legacy else obj.as_dict()
+        return {k: _plain(v, legacy) for k, v in d.items()}
+    if dataclasses.is_dataclass(obj):
+        return {f.name: _plain(getattr(obj, f.name), legacy) for f in dataclasses.fields(obj)}
+    return list(obj) if isinstance(obj, tuple) else obj
+
+
 def _build(cls: type, data: Any, prefix: str) -> Any:
     if not isinstance(data, dict):
         raise ConfigError(prefix or "<root>", data, "a table (mapping of fields)")
+    if issubclass(cls, Variant):  # the model's own class, named by its tag (else the default's)
+        cls, data = cls.choose(data, prefix)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     kwargs: dict[str, Any] = {}
     for key, val in data.items():

@@ -3,8 +3,10 @@
 A programming model gets the target conductances (already rounded to a level), the level index of each
 cell, and standard-normal draws for the within-chip (``z_cell``) and between-chip (``z_chip``) components;
 it returns the programmed conductances. Randomness is drawn centrally (see :mod:`nvcim.chip.rng`) so that a
-model is a pure function and chips stay reproducible. Adding a device model is one file: subclass
-:class:`ProgrammingModel`, decorate it with :func:`register`.
+model is a pure function and chips stay reproducible. Adding a device model is one file: a typed config
+class with the model's own fields (a frozen dataclass subclassing :class:`~nvcim.config.ProgrammingConfig`,
+whose ``model`` constant is its name in files), and a :class:`ProgrammingModel` subclass that names it as
+``config_type``, decorated with :func:`register`.
 
 ``sample`` runs inside the compiled programming loop of large layers (:mod:`nvcim.chip.programming`) and
 eagerly for small ones. Write it from plain arithmetic, with :mod:`nvcim.arith` for exp, log and sqrt, so
@@ -20,20 +22,23 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from ..config.schema import DeviceConfig, VariabilityConfig
+from ..config.schema import DeviceConfig, NoVariationConfig, ProgrammingConfig, VariabilityConfig
 from ..registry import Registry
 
 
 class ProgrammingModel:
-    """Base class of programming-variation models. Subclasses set ``name`` and implement ``sample``."""
+    """Base class of programming-variation models. Subclasses set ``config_type`` and implement ``sample``;
+    ``config`` is the device's programming section, an instance of ``config_type``."""
 
-    name: ClassVar[str] = ""
+    name: ClassVar[str] = ""  # set on registration, from config_type
+    config_type: ClassVar[type[ProgrammingConfig]] = NoVariationConfig
     # whether the between-chip term multiplies every cell it covers (a write gain that a re-write lands with
     # again) rather than adding an offset (which a differential pair cancels)
     between_chip_gain: ClassVar[bool] = False
 
     def __init__(self, device: DeviceConfig, variability: VariabilityConfig) -> None:
         self.device, self.variability = device, variability
+        self.config = device.programming
 
     def round(self, target: Tensor) -> Tensor:
         """``target`` (S) rounded to the nearest programmable level (as it is for a continuous device)."""
@@ -73,12 +78,12 @@ class ProgrammingModel:
 
 
 PROGRAMMING_MODELS: Registry[ProgrammingModel] = Registry("device.programming.model")
-register = PROGRAMMING_MODELS.register  # class decorator: the model by its ``name`` in device.programming.model
+register = PROGRAMMING_MODELS.register  # class decorator: the model for its config_type
 
 
 def get_model(device: DeviceConfig, variability: VariabilityConfig) -> ProgrammingModel:
-    """Instantiate the programming model that ``device.programming.model`` names."""
-    return PROGRAMMING_MODELS.create(device.programming.model, device, variability)
+    """The programming model for the type of ``device.programming``."""
+    return PROGRAMMING_MODELS.for_config(device.programming)(device, variability)
 
 
 @functools.lru_cache(maxsize=64)

@@ -2,25 +2,28 @@
 
 Every model is a power law G(t_read) = G(t0) (t_read / t0)^-nu with a drift exponent nu per cell; a model says
 how nu is drawn, from a standard normal ``z`` per cell and, for state-dependent drift, the cell's target
-conductance. Adding a drift law is one file: subclass :class:`DriftModel`, set ``name``, decorate it with
-``@register``; ``device.drift.model`` then selects it. Models run inside the compiled programming loop, so
-they use plain arithmetic (:mod:`nvcim.arith`) for exp and log.
+conductance. Adding a drift law is one file: a typed config class (a frozen dataclass subclassing
+:class:`~nvcim.config.DriftConfig`, whose ``model`` constant is its name in files, with the law's own
+fields) and a :class:`DriftModel` subclass that names it as ``config_type``, decorated with ``@register``.
+Models run inside the compiled programming loop, so they use plain arithmetic (:mod:`nvcim.arith`) for exp
+and log.
 """
 
 from __future__ import annotations
 
 import math
-from typing import ClassVar
+from typing import ClassVar, cast
 
 from torch import Tensor
 
 from .. import arith
-from ..config.schema import DeviceConfig
+from ..config.schema import DeviceConfig, DriftConfig, PowerLawDriftConfig
 from ..registry import Registry
 
 
 class DriftModel:
-    name: ClassVar[str] = ""
+    name: ClassVar[str] = ""  # set on registration, from config_type
+    config_type: ClassVar[type[DriftConfig]]
 
     def active(self, device: DeviceConfig) -> bool:
         """Whether cells drift at all with these settings (apart from t_read = t0, when none does)."""
@@ -38,13 +41,13 @@ register = DRIFT_MODELS.register
 def has_drift(device: DeviceConfig) -> bool:
     """Whether cells drift before they are read (a drift factor per cell is drawn and stored)."""
     d = device.drift
-    return d.t_read != d.t0 and DRIFT_MODELS.instance(d.model).active(device)
+    return d.t_read != d.t0 and DRIFT_MODELS.instance(DRIFT_MODELS.for_config(d).name).active(device)
 
 
 def drift_factor(g_target: Tensor, z_nu: Tensor, device: DeviceConfig) -> Tensor:
     """(t_read / t0)^-nu of every cell (no growth: nu >= 0), nu from the device's drift model."""
     d = device.drift
-    nu = DRIFT_MODELS.instance(d.model).exponent(g_target, z_nu, device)
+    nu = DRIFT_MODELS.instance(DRIFT_MODELS.for_config(d).name).exponent(g_target, z_nu, device)
     # through arith.exp (the same bits compiled); log t_read - log t0 stays finite where the ratio itself
     # would overflow (t0 = 1e-320 s)
     return arith.exp(-nu * (math.log(d.t_read) - math.log(d.t0)))
@@ -54,11 +57,12 @@ def drift_factor(g_target: Tensor, z_nu: Tensor, device: DeviceConfig) -> Tensor
 class PowerLawDrift(DriftModel):
     """nu ~ N(nu_mean, nu_std) per cell, clipped at 0: the same law for every state (field guide, drift)."""
 
-    name = "power-law"
+    config_type = PowerLawDriftConfig  # defined with the config tree: it is the default
 
     def active(self, device: DeviceConfig) -> bool:
-        return device.drift.nu_mean > 0 or device.drift.nu_std > 0
+        d = cast(PowerLawDriftConfig, device.drift)
+        return d.nu_mean > 0 or d.nu_std > 0
 
     def exponent(self, g_target: Tensor, z: Tensor, device: DeviceConfig) -> Tensor:
-        d = device.drift
+        d = cast(PowerLawDriftConfig, device.drift)
         return (d.nu_mean + d.nu_std * z).clamp_min(0.0)

@@ -8,15 +8,35 @@ from __future__ import annotations
 
 import csv
 import io
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 from torch import Tensor
 
-from ..config.schema import DeviceConfig, VariabilityConfig
-from ..errors import NvcimError
+from ..config.fields import spec
+from ..config.schema import DeviceConfig, ProgrammingConfig, VariabilityConfig
+from ..errors import ConfigError, NvcimError
 from .base import ProgrammingModel, register
+
+
+@dataclass(frozen=True)
+class MeasuredConfig(ProgrammingConfig):
+    """``model = "measured"``: per-level mean and std read from a CSV table."""
+
+    model: ClassVar[str] = "measured"
+    table: str = spec("", "CSV file with columns target,mean,std (S), one row per level")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.table:
+            raise ConfigError("table", self.table, "a CSV path when model = 'measured'")
+
+    @property
+    def varies(self) -> bool:
+        return True
 
 
 @lru_cache(maxsize=32)
@@ -66,12 +86,13 @@ def _finite(v: float) -> bool:
 
 @register
 class Measured(ProgrammingModel):
-    name = "measured"
+    config_type = MeasuredConfig
+    config: MeasuredConfig
 
     def __init__(self, device: DeviceConfig, variability: VariabilityConfig) -> None:
         super().__init__(device, variability)
         # read once, here: sample runs inside the compiled programming loop, which must not read files
-        self._tab = torch.tensor(load_table(device.programming.table), dtype=torch.float32)
+        self._tab = torch.tensor(load_table(self.config.table), dtype=torch.float32)
 
     def _table(self) -> Tensor:
         return self._tab

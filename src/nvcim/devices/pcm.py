@@ -15,10 +15,14 @@ With g_T the target conductance normalised to g_max (the fit was made at g_max =
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import ClassVar
+
 from torch import Tensor
 
 from .. import arith
-from ..config.schema import DeviceConfig
+from ..config.fields import spec
+from ..config.schema import DeviceConfig, DriftConfig, ProgrammingConfig
 from .base import ProgrammingModel, register
 from .drift import DriftModel
 from .drift import register as register_drift
@@ -41,19 +45,40 @@ def drift_mean_std(g_target: Tensor, g_max: float) -> tuple[Tensor, Tensor]:
     return (-0.0155 * ln + 0.0244).clamp(0.049, 0.1), (-0.0125 * ln - 0.0059).clamp(0.008, 0.045)
 
 
+@dataclass(frozen=True)
+class PCMProgrammingConfig(ProgrammingConfig):
+    """``device.programming.model = "pcm"``: the fitted, state-dependent write noise."""
+
+    model: ClassVar[str] = "pcm"
+    sigma: float = spec(0.0, "scale of the fitted, state-dependent std (1 = Nandakumar et al.'s fit)", unit="-",
+                        lo=0.0, hi=10.0)
+
+    @property
+    def varies(self) -> bool:
+        return self.sigma > 0
+
+
+@dataclass(frozen=True)
+class PCMDriftConfig(DriftConfig):
+    """``device.drift.model = "pcm"``: mean and std of nu from the target conductance (Joshi et al. 2020)."""
+
+    model: ClassVar[str] = "pcm"
+
+
 @register
 class PCMProgramming(ProgrammingModel):
-    name = "pcm"
+    config_type = PCMProgrammingConfig
+    config: PCMProgrammingConfig
 
     def sample(self, target: Tensor, level: Tensor | None, z_cell: Tensor, z_chip: Tensor) -> Tensor:
         d = self.device
-        noise = d.programming.sigma * z_cell + self.variability.between_sigma * z_chip
+        noise = self.config.sigma * z_cell + self.variability.between_sigma * z_chip
         return (target + programming_sigma(target, d.g_max) * noise).clamp_min(0.0)
 
 
 @register_drift
 class PCMDrift(DriftModel):
-    name = "pcm"
+    config_type = PCMDriftConfig
 
     def active(self, device: DeviceConfig) -> bool:
         return True

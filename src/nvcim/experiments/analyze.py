@@ -21,20 +21,18 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..config import ChipConfig, override
+from ..devices import has_drift
 from ..errors import ConfigError, NvcimError
 
 # effect name -> (is it present in this config?, overrides that switch it off)
 EFFECTS: dict[str, tuple[Any, dict[str, Any]]] = {
-    "programming variation": (lambda c: c.device.programming.model != "none" and (
-        c.device.programming.sigma > 0 or c.device.programming.level_sigma or c.device.programming.model == "measured")
-        or c.variability.between_sigma > 0,
-        {"device.programming.model": "none", "device.programming.sigma": 0.0, "device.programming.level_sigma": [],
-         "variability.between_sigma": 0.0}),
+    "programming variation": (lambda c: c.device.programming.varies or c.variability.between_sigma > 0,
+                              {"device.programming.model": "none", "variability.between_sigma": 0.0}),
     "read noise": (lambda c: c.device.read_noise > 0, {"device.read_noise": 0.0}),
     "stuck-at faults": (lambda c: c.device.faults.sa0 > 0 or c.device.faults.sa1 > 0,
                         {"device.faults.sa0": 0.0, "device.faults.sa1": 0.0}),
-    "drift": (lambda c: c.device.drift.nu_mean > 0 or c.device.drift.nu_std > 0,
-              {"device.drift.nu_mean": 0.0, "device.drift.nu_std": 0.0}),
+    "drift": (lambda c: has_drift(c.device),  # any drift law: PCM's drifts at every state
+              {"device.drift.model": "power-law", "device.drift.nu_mean": 0.0, "device.drift.nu_std": 0.0}),
     "finite levels": (lambda c: c.device.n_levels > 0,
                       {"device.bits_per_cell": 0, "device.levels": [], "mapping.weight_bits": 0}),
     "on/off ratio": (lambda c: c.device.g_min > 0 and not c.device.levels, {"device.g_min": 0.0}),

@@ -72,7 +72,7 @@ def axis_label(path: str) -> str:
                 unit = "false/true"
             elif unit == "text" or "'" in unit:
                 unit = "category"
-            short = re.split(r"[.;:,]", doc)[0].strip()[:48]
+            short = re.split(r"[.;:,]", re.sub(r"^\[[^]]*\] ", "", doc))[0].strip()[:48]
             return f"{path.rsplit('.', 1)[-1]}: {short}" + f" ({unit or 'dimensionless'})"
     return path
 

@@ -154,7 +154,7 @@ class Point:
         chain = self.chain()
         return {"model": e.model, "dataset": e.dataset, "epochs": e.epochs, "train_seed": e.train_seed,
                 "chips": e.chips, "limit": e.limit, "seed": self.seed, "method": self.method,
-                "options": {m: e.options.get(m, {}) for m in chain}, "config": self.config.to_dict(),
+                "options": {m: e.options.get(m, {}) for m in chain}, "config": self.config.identity_dict(),
                 "numerics": {"variance": self.variance(), "draws": DRAWS},
                 **({"metric": e.metric} if e.metric else {}),  # absent by default: older stores' keys hold
                 **({"hwa": e.hwa_identity()} if e.hwa else {})}

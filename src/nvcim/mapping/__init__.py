@@ -3,12 +3,13 @@
 from ..config.schema import ChipConfig
 from .base import MAPPINGS, Mapped, Mapping, expand_reference
 from .differential import Differential
-from .offset import Offset
+from .offset import Offset, OffsetConfig
 
 
 def get_mapping(config: ChipConfig) -> Mapping:
-    """The mapping that ``config.mapping.scheme`` names."""
-    return MAPPINGS.create(config.mapping.scheme, config)
+    """The mapping for the type of ``config.mapping``."""
+    return MAPPINGS.for_config(config.mapping)(config)
 
 
-__all__ = ["MAPPINGS", "Differential", "Mapped", "Mapping", "Offset", "expand_reference", "get_mapping"]
+__all__ = ["MAPPINGS", "Differential", "Mapped", "Mapping", "Offset", "OffsetConfig", "expand_reference",
+           "get_mapping"]

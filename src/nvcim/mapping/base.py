@@ -16,7 +16,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from ..config.schema import ChipConfig
+from ..config.schema import ChipConfig, MappingConfig
 from ..registry import Registry
 
 
@@ -51,9 +51,9 @@ class Mapping:
     positive cell's shape, in an array column of its own, with its own IR drop) and True when the negative
     side is one reference column per column tile, shared by the tile's columns."""
 
-    name: ClassVar[str] = ""
+    name: ClassVar[str] = ""  # set on registration, from config_type
+    config_type: ClassVar[type[MappingConfig]]  # its typed config: a scheme with its own fields is one file
     reference: ClassVar[bool] = False
-    bit_slicing: ClassVar[bool] = False  # whether it spreads a weight over slices (mapping.weight_bits)
 
     def __init__(self, config: ChipConfig) -> None:
         self.config = config

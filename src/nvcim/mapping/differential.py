@@ -17,29 +17,29 @@ import math
 import torch
 from torch import Tensor
 
+from ..config.schema import DifferentialConfig
 from .base import MAPPINGS, Mapped, Mapping
 
 
 @MAPPINGS.register
 class Differential(Mapping):
-    name = "differential"
-    bit_slicing = True
+    config_type = DifferentialConfig  # defined with the config tree: it is the default
 
     def array_columns(self, out_features: int, slices: int) -> int:
         return 2 * slices * out_features  # a G+ and a G- column per output and slice
 
     def map(self, w: Tensor) -> Mapped:
-        d, mcfg = self.config.device, self.config.mapping
+        d, bits = self.config.device, self.config.mapping.slice_bits
         span = d.g_max - d.g_min
         u, m = self.normalized(w)
         out = w.shape[0]
-        if not mcfg.weight_bits:
+        if not bits:
             mag = u.abs() * span
             pos = d.g_min + torch.where(w > 0, mag, torch.zeros_like(mag))
             neg = d.g_min + torch.where(w < 0, mag, torch.zeros_like(mag))
             scale = (m / span).view(-1).expand(out).clone()
             return Mapped(pos[None], neg[None], scale, torch.ones(1), self.config.array.cols)
-        b, n = d.bits_per_cell, mcfg.weight_bits
+        b, n = d.bits_per_cell, bits
         qmax = 2 ** (n - 1) - 1
         n_slices = math.ceil((n - 1) / b)
         q = torch.round(u * qmax)

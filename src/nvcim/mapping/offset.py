@@ -9,17 +9,27 @@ error shifts all of that tile's outputs together.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import Tensor
 
+from ..config.schema import MappingConfig
 from ..devices.base import get_model, round_to_levels
 from .base import MAPPINGS, Mapped, Mapping
 
 
+@dataclass(frozen=True)
+class OffsetConfig(MappingConfig):
+    """``scheme = "offset"``: w ~ G - G_ref, one reference column per column tile (no bit slicing)."""
+
+    scheme: ClassVar[str] = "offset"
+
+
 @MAPPINGS.register
 class Offset(Mapping):
-    name = "offset"
+    config_type = OffsetConfig
     reference = True
 
     def array_columns(self, out_features: int, slices: int) -> int:
