@@ -183,3 +183,19 @@ def test_a_failed_compile_warns_once_and_everything_runs_eager_from_then_on(monk
         warnings.simplefilter("error")  # no second warning
         assert compiling.compiled_or_eager(broken, eager, 2) == 3
     assert calls == ["compiled", "eager", "eager"] and compiling.failed()
+
+
+def test_every_layer_kind_derives_from_the_analog_layer_directly():
+    """No layer hierarchy deeper than two levels: each kind is AnalogLayer's child, and what kinds share
+    (the 2-D convolution's or the matrix product's tiling) is a mixin that is not itself a layer."""
+    from nvcim.chip import registry
+    from nvcim.chip.layers import AnalogLayer
+
+    kinds = [c for c in [*registry._CONVERTERS.values(), *(c for _, c in registry._MATCHERS)]
+             if isinstance(c, type) and issubclass(c, AnalogLayer)]
+    assert {k.__name__ for k in kinds} >= {"AnalogLinear", "AnalogConv2d", "AnalogConv1d", "AnalogConvTranspose2d",
+                                            "AnalogTransposedLinear"}
+    for kind in kinds:
+        assert AnalogLayer in kind.__bases__, kind
+        for base in kind.__mro__[1:]:
+            assert base is AnalogLayer or not issubclass(base, AnalogLayer), (kind, base)

@@ -1,5 +1,6 @@
 """Analog ``nn.Conv1d``: the 2-D analog convolution on a height-1 image (kernel 1 x k), so the tiling,
-read noise and converters are those of :class:`~nvcim.chip.conv2d.AnalogConv2d`, row for row."""
+read noise and converters are those of :class:`~nvcim.chip.conv2d.AnalogConv2d`, row for row (the same
+:class:`~nvcim.chip.conv2d.Conv2dProduct`)."""
 
 from __future__ import annotations
 
@@ -8,12 +9,13 @@ from torch import Tensor, nn
 
 from ..config.schema import ChipConfig
 from ..errors import ShapeError
-from .conv2d import AnalogConv2d
+from .conv2d import Conv2dProduct
+from .layers import AnalogLayer
 from .registry import register
 
 
 @register(nn.Conv1d)
-class AnalogConv1d(AnalogConv2d):
+class AnalogConv1d(Conv2dProduct, AnalogLayer):
     """K = (C_in / groups) k rows; inputs (B, C_in, L) run as (B, C_in, 1, L)."""
 
     def __init__(self, digital: nn.Conv1d, config: ChipConfig, name: str) -> None:

@@ -1,8 +1,10 @@
-"""Analog ``nn.Conv2d`` (the base of Conv1d and ConvTranspose2d too)."""
+"""Analog ``nn.Conv2d``, and :class:`Conv2dProduct`, the unrolled 2-D convolution on the arrays that the
+Conv1d and ConvTranspose2d layers share."""
 
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -14,10 +16,16 @@ from .context import Prepared, contiguous_rows
 from .layers import AnalogLayer
 from .registry import register
 
+if TYPE_CHECKING:  # the mixin is read as a layer, whose attributes it uses
+    _Layer = AnalogLayer
+else:
+    _Layer = object
 
-@register(nn.Conv2d)
-class AnalogConv2d(AnalogLayer):
-    """Analog ``nn.Conv2d``, unrolled as K = (C_in / groups) kh kw rows.
+
+class Conv2dProduct(_Layer):
+    """The product of a 2-D convolution on the arrays, unrolled as K = (C_in / groups) kh kw rows: a mixin
+    that the convolution layers put before :class:`AnalogLayer` (``class AnalogConv1d(Conv2dProduct,
+    AnalogLayer)``), so that every layer kind derives from :class:`AnalogLayer` directly.
 
     Tiles are kernel-aligned: a tile holds the whole kernels of at most floor(rows / (kh kw)) input
     channels, so a kernel never straddles two arrays, and each tile is one group of a grouped convolution.
@@ -45,7 +53,7 @@ class AnalogConv2d(AnalogLayer):
             self.padding: tuple[int, ...] = (0, 0)
         else:
             self.padding = tuple(digital.padding)
-        super().__init__(digital, config, name)
+        super().__init__(digital, config, name)  # type: ignore[arg-type]  # AnalogLayer's, next in the MRO
 
     def pad_input(self, x: Tensor) -> Tensor:
         """The input as the array sees it: padded first where the convolution cannot pad with zeros itself."""
@@ -155,3 +163,8 @@ class AnalogConv2d(AnalogLayer):
             k = self.dilation[i] * (self.kernel_size[i] - 1) + 1
             out.append((hw[i] + 2 * self.padding[i] - k) // self.stride[i] + 1)  # type: ignore[operator]
         return out[0], out[1]
+
+
+@register(nn.Conv2d)
+class AnalogConv2d(Conv2dProduct, AnalogLayer):
+    """Analog ``nn.Conv2d``: the 2-D product as it is."""

@@ -2,7 +2,8 @@
 upsampled with zeros (and padded), with the kernel flipped and its in/out channels swapped on the arrays.
 
 The arrays hold K = (C_in / groups) kh kw rows per output channel, like
-:class:`~nvcim.chip.conv2d.AnalogConv2d`; the zero-stuffing and padding happen digitally before the DAC
+:class:`~nvcim.chip.conv2d.AnalogConv2d` (the same :class:`~nvcim.chip.conv2d.Conv2dProduct`); the
+zero-stuffing and padding happen digitally before the DAC
 (zeros convert to zero). The layer's ``weight`` keeps PyTorch's (C_in, C_out / groups, kh, kw) layout, so
 state_dict keys and shapes are the module's; :meth:`as_matrix` maps it to the cells.
 """
@@ -13,12 +14,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..config.schema import ChipConfig
-from .conv2d import AnalogConv2d
+from .conv2d import Conv2dProduct
+from .layers import AnalogLayer
 from .registry import Unsupported, register
 
 
 @register(nn.ConvTranspose2d)
-class AnalogConvTranspose2d(AnalogConv2d):
+class AnalogConvTranspose2d(Conv2dProduct, AnalogLayer):
     """Analog transposed convolution (any stride, padding, output_padding, dilation, groups)."""
 
     def __init__(self, digital: nn.ConvTranspose2d, config: ChipConfig, name: str) -> None:
@@ -76,5 +78,3 @@ class AnalogConvTranspose2d(AnalogConv2d):
         cols = F.unfold(self.pad_input(v), self.kernel_size, self.dilation, 0, 1)  # type: ignore[arg-type]
         b, _, n_l = cols.shape
         return cols.view(b, self.groups, self.k, n_l).permute(0, 3, 1, 2).reshape(-1, self.k)
-
-

@@ -19,7 +19,7 @@ from torch import nn
 from ..config import ChipConfig, load_config, preset
 from ..devices import has_drift
 from ..errors import ConfigError, ConversionError
-from .conv2d import AnalogConv2d
+from .conv2d import Conv2dProduct
 from .layers import AnalogLayer
 from .model import AnalogModel, Runtime
 from .registry import Unsupported, converter_for, digital_reason, non_matrix_kind
@@ -222,7 +222,7 @@ def convert(
     elif report.digital:
         log.info(report.summary())
     model.eval()
-    attach_tails(model, AnalogConv2d)  # ReLU / max pooling right after a convolution: fused into its epilogue
+    attach_tails(model, Conv2dProduct)  # ReLU / max pooling right after a convolution: fused into its epilogue
     wrapper = AnalogModel(model, cfg, chips, seed, runtime or Runtime())
     wrapper.report = report
     wrapper.program(torch.arange(chips), on_demand=_cells_on_demand(wrapper))

@@ -1,8 +1,10 @@
-"""Analog ``nn.Linear``."""
+"""Analog ``nn.Linear``, and :class:`LinearProduct`, the matrix product on the arrays that GPT-2's transposed
+linear layer shares."""
 
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -14,15 +16,21 @@ from .context import Prepared, col_padded, row_padded
 from .layers import AnalogLayer
 from .registry import register
 
+if TYPE_CHECKING:  # the mixin is read as a layer, whose attributes it uses
+    _Layer = AnalogLayer
+else:
+    _Layer = object
 
-@register(nn.Linear)
-class AnalogLinear(AnalogLayer):
-    """Analog ``nn.Linear``: K = in_features rows, split evenly over ceil(K / ``array.rows``) tiles."""
+
+class LinearProduct(_Layer):
+    """The product of a linear layer on the arrays: K = in_features rows, split evenly over
+    ceil(K / ``array.rows``) tiles. A mixin that the linear layers put before :class:`AnalogLayer`, so that
+    every layer kind derives from :class:`AnalogLayer` directly."""
 
     channel_dim = -1
 
     def __init__(self, digital: nn.Linear, config: ChipConfig, name: str) -> None:
-        super().__init__(digital, config, name)
+        super().__init__(digital, config, name)  # type: ignore[arg-type]  # AnalogLayer's, next in the MRO
         self.in_features = digital.in_features
 
     @property
@@ -83,3 +91,8 @@ class AnalogLinear(AnalogLayer):
     def finish(self, y: Tensor, x: Tensor, shared: bool) -> Tensor:
         n, _, c, o = y.shape
         return y.transpose(1, 2).reshape(n * c, *x.shape[1:-1], o)
+
+
+@register(nn.Linear)
+class AnalogLinear(LinearProduct, AnalogLayer):
+    """Analog ``nn.Linear``: the product as it is."""

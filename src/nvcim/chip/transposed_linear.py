@@ -14,7 +14,8 @@ import torch
 from torch import Tensor, nn
 
 from ..config.schema import ChipConfig
-from .linear import AnalogLinear
+from .layers import AnalogLayer
+from .linear import LinearProduct
 from .registry import register_structural
 
 
@@ -29,7 +30,7 @@ def is_transposed_linear(module: nn.Module) -> bool:
 
 
 @register_structural(is_transposed_linear)
-class AnalogTransposedLinear(AnalogLinear):
+class AnalogTransposedLinear(LinearProduct, AnalogLayer):
     """Analog ``Conv1D`` (GPT-2): the arrays hold the (out, in) matrix ``weight.T``."""
 
     def __init__(self, digital: nn.Module, config: ChipConfig, name: str) -> None:
