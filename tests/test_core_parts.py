@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import warnings
 from typing import ClassVar
@@ -13,7 +14,8 @@ from helpers import lenet
 import nvcim
 from nvcim.chip import compiling
 from nvcim.chip.geometry import TileGeometry
-from nvcim.config import ChipConfig, ProgrammingConfig, dumps, override, preset
+from nvcim.circuits import ADC_MODELS, ADCModel
+from nvcim.config import ADCConfig, ChipConfig, ProgrammingConfig, dumps, override, preset
 from nvcim.config.fields import spec
 from nvcim.devices import PROGRAMMING_MODELS, ProgrammingModel
 from nvcim.errors import ConfigError, NvcimError
@@ -60,6 +62,63 @@ def test_a_device_model_with_its_own_fields_is_one_file_a_valid_config_and_progr
         PROGRAMMING_MODELS._by_config.pop(ScalingConfig)
     with pytest.raises(ConfigError):
         override(preset("ideal"), {"device.programming.model": "test-scaling"})
+
+
+@dataclasses.dataclass(frozen=True)
+class CoarseADCConfig(ADCConfig):  # a test ADC with a setting of its own
+    model: ClassVar[str] = "test-coarse"
+    merge: int = spec(2, "adjacent codes read as one (a power of 2)", unit="codes", lo=1, hi=64)
+
+
+class CoarseADC(ADCModel):  # the uniform ADC with ``merge`` codes per step: log2(merge) bits fewer
+    config_type = CoarseADCConfig
+    config: CoarseADCConfig
+
+    def quantize(self, y, delta, lo, hi):  # noqa: ANN001, ANN201
+        m = self.config.merge
+        return torch.clamp(torch.round(y / (delta * m)), lo // m, hi // m) * (delta * m)
+
+
+def test_an_adc_model_with_its_own_setting_is_one_file_and_reaches_the_compiled_loops():
+    """An ADC model's own field travels to the fused epilogue (eager and compiled) through its config's key:
+    6 bits with 4 codes merged read exactly as a 4-bit uniform ADC."""
+    base = override(preset("ideal"), {"device.bits_per_cell": 0, "circuit.adc_bits": 6, "circuit.adc_range": 0.25,
+                                      "circuit.dac_range": 1.0})
+    ADC_MODELS.register(CoarseADC)
+    try:
+        cfg = override(base, {"circuit.adc.model": "test-coarse", "circuit.adc.merge": 4})
+        assert cfg.circuit.adc == CoarseADCConfig(merge=4) and cfg.circuit.adc_key.startswith('{"model": "test-coarse"')
+        assert ChipConfig.from_dict(cfg.to_dict()) == cfg and "[circuit.adc]" in dumps(cfg)
+        four_bits = override(base, {"circuit.adc_bits": 4})
+        torch.manual_seed(0)
+        net, x = torch.nn.Sequential(torch.nn.Linear(40, 12)), torch.rand(16, 40)
+
+        def run(c: ChipConfig, mode: str = "off") -> torch.Tensor:
+            m = nvcim.convert(copy.deepcopy(net), c, chips=2, seed=0, runtime=nvcim.Runtime(compile=mode))
+            m.calibrate(x)
+            return m(x)
+
+        want = run(four_bits)
+        for mode in ("off", "on"):
+            assert torch.equal(run(cfg, mode), want), mode
+        assert not torch.equal(run(base), want)  # 6 bits do differ
+    finally:
+        ADC_MODELS._classes.pop("test-coarse")
+        ADC_MODELS._by_config.pop(CoarseADCConfig)
+        ADC_MODELS._keyed.clear()
+
+
+def test_older_files_name_the_converter_models_flat():
+    """``circuit.adc_model`` / ``dac_model`` of older files and scripts: the typed sections' models."""
+    old = {"circuit": {"adc_bits": 8, "adc_model": "symmetric", "dac_bits": 8, "dac_model": "symmetric"}}
+    cfg = ChipConfig.from_dict(old)
+    assert (cfg.circuit.adc_model, cfg.circuit.dac_model) == ("symmetric", "symmetric")
+    assert cfg == override(ChipConfig(), {"circuit.adc_model": "symmetric",
+                                                                        "circuit.dac_model": "symmetric",
+                                                                        "circuit.adc_bits": 8, "circuit.dac_bits": 8})
+    assert cfg.identity_dict()["circuit"]["adc_model"] == "symmetric" and "adc" not in cfg.identity_dict()["circuit"]
+    with pytest.raises(ConfigError, match="circuit.adc_model.*absent when adc.model is set"):
+        ChipConfig.from_dict({"circuit": {"adc_model": "symmetric", "adc": {"model": "uniform"}}})
 
 
 def test_typed_sections_reject_the_fields_of_other_models_by_name():

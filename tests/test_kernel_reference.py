@@ -119,7 +119,7 @@ def test_the_additive_read_noise_model_reaches_the_chip_outputs():
 
 
 def test_unknown_converter_models_name_the_field_and_the_choices():
-    with pytest.raises(ConfigError, match="circuit.adc_model.*'midrise', 'symmetric', 'uniform'"):
+    with pytest.raises(ConfigError, match="circuit.adc.model.*'midrise', 'symmetric', 'uniform'"):
         nvcim.override(nvcim.preset("ideal"), {"circuit.adc_model": "flash"})
     with pytest.raises(ConfigError, match="device.read_noise_model"):
         nvcim.override(nvcim.preset("ideal"), {"device.read_noise_model": "pink"})

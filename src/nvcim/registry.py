@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import json
 from collections.abc import Iterator, Sequence
 from typing import Any, Generic, TypeVar
 
@@ -32,6 +33,7 @@ class Registry(Generic[T]):
         self._classes: dict[str, type[T]] = {}
         self._instances: dict[str, T] = {}
         self._by_config: dict[type, type[T]] = {}
+        self._keyed: dict[str, T] = {}
 
     def register(self, cls: type[T]) -> type[T]:
         """Class decorator: ``cls.name`` becomes a known name; a class with a typed ``config_type`` is
@@ -45,6 +47,7 @@ class Registry(Generic[T]):
             raise TypeError(f"{cls.__name__} has no name to register under")
         self._classes[name] = cls
         self._instances.pop(name, None)
+        self._keyed.clear()
         return cls
 
     def names(self) -> list[str]:
@@ -82,6 +85,19 @@ class Registry(Generic[T]):
     def create(self, name: str, *args: Any, **kwargs: Any) -> T:
         """A new instance of the class registered as ``name``."""
         return self.get(name)(*args, **kwargs)
+
+    def for_key(self, key: str) -> T:
+        """The shared instance for a config's ``key()`` (a model's name, or the JSON of a config with fields
+        of its own), made from that config: what the compiled loops carry as a static string."""
+        if key not in self._keyed:
+            if key.startswith("{"):
+                data = json.loads(key)
+                cls = self.config_class(data.pop(next(iter(data))))  # the tag is written first
+                config = cls(**data)
+            else:
+                config = self.config_class(key)()
+            self._keyed[key] = self.for_config(config)(config)  # type: ignore[call-arg]
+        return self._keyed[key]
 
     def instance(self, name: str) -> T:
         """The shared instance of a stateless implementation (converters, read noise, drift)."""

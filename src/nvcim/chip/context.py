@@ -67,7 +67,7 @@ class EpilogueOperands:
     scale: Tensor  # (c, O) weight per unit signal (column scale x drift compensation x gain register)
     bias: Tensor  # (O,) digital bias
     extra: Tensor | None  # (c, O) per-chip additive register part, added after the kernel
-    adc_model: str = "uniform"  # name in nvcim.circuits.ADC_MODELS
+    adc_model: str = "uniform"  # the ADC config's key (circuit.adc_key): a model name, or JSON with its fields
 
 
 @dataclass(frozen=True)

@@ -52,7 +52,7 @@ class Converters(nn.Module):
         if not bool(self.dac_fs > 0):
             raise NvcimError(f"{self.layer_name}: the DAC range is not calibrated: call model.calibrate(x) "
                              "or set circuit.dac_range")
-        model = self.config.circuit.dac_model
+        model = self.config.circuit.dac_key
         if compiled and not torch.is_grad_enabled():
             return dac_kernel(model, bits, bool(self.dac_signed))(x, self.dac_fs)
         return get_dac(model).quantize(x, self.dac_fs, bits, bool(self.dac_signed))

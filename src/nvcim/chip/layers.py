@@ -292,7 +292,7 @@ class AnalogLayer(nn.Module):
             if not bool(adc_fs.any()):
                 raise NvcimError("the ADC range is not calibrated: call model.calibrate(x) or set "
                                  "circuit.adc_range")
-            adc = get_adc(cc.adc_model)
+            adc = get_adc(cc.adc_key)
             delta = adc.step(adc_fs, cc.adc_bits).expand(self.row_tiles, self.n_slices, self.out_features)
             lo, hi = adc.codes(cc.adc_bits)
         if chip is not None and (cc.adc_gain_sigma or cc.adc_offset_sigma):
@@ -312,7 +312,7 @@ class AnalogLayer(nn.Module):
             if xb.tune_offset.requires_grad or xb.tuned():
                 extra = (bias.view(1, -1) * (tg - 1) + xb.tune_offset[chip.chips]).to(y)
         ops = EpilogueOperands(gain, offset, delta, lo, hi, xb.slice_w.to(y), scale.to(y), _plain(bias.to(y)),
-                               extra, cc.adc_model)
+                               extra, cc.adc_key)
         if not torch.is_grad_enabled():
             cache_of.cache[key] = ops
         return ops

@@ -102,7 +102,7 @@ def read(layer: AnalogLayer, x: Tensor, shared: bool, c: int, ops: EpilogueOpera
             if sigma2 is not None:  # independent Gaussians add: one draw of the summed variance
                 var = var + sigma2
         rk = None if bkeys is None or var is None else rng.mix(bkeys ^ rng._s32(rng.key("managed", j)))
-        q, sat = run_kernel("managed", (cc.adc_model,), compiled, y, var, rk, loff, eoff, ops.gain, ops.offset,
+        q, sat = run_kernel("managed", (cc.adc_key,), compiled, y, var, rk, loff, eoff, ops.gain, ops.offset,
                             ops.delta, ops.lo, ops.hi, _per_output(a * f, og))
         return q, sat, y
 
@@ -132,8 +132,8 @@ def _dac(layer: AnalogLayer, xn: Tensor, compiled: bool) -> Tensor:
         return xn
     one = torch.ones((), device=xn.device, dtype=xn.dtype)
     if compiled:
-        return dac_kernel(cc.dac_model, cc.dac_bits, bool(layer.converters.dac_signed))(xn, one)
-    return get_dac(cc.dac_model).quantize(xn, one, cc.dac_bits, bool(layer.converters.dac_signed))
+        return dac_kernel(cc.dac_key, cc.dac_bits, bool(layer.converters.dac_signed))(xn, one)
+    return get_dac(cc.dac_key).quantize(xn, one, cc.dac_bits, bool(layer.converters.dac_signed))
 
 
 def managed_kernel(y: Tensor, var: Tensor | None, keys: Tensor | None, loff: Tensor, eoff: Tensor,

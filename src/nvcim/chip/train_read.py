@@ -41,7 +41,7 @@ def tiles_through_adc(layer: AnalogLayer, x: Tensor, w: Tensor, col: Tensor) -> 
     through, so training learns weights whose partial sums survive the converter. One cell per weight
     only (sliced weights would need a product per slice too)."""
     cc = layer.config.circuit
-    adc = get_adc(cc.adc_model)
+    adc = get_adc(cc.adc_key)
     lo, hi = adc.codes(cc.adc_bits)
     delta = adc.step(layer.converters.adc_fs, cc.adc_bits).to(w).expand(layer.row_tiles, layer.n_slices,
                                                                          layer.out_features)

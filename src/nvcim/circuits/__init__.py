@@ -12,10 +12,14 @@ from . import (  # noqa: F401  (registration)
     read_noise_proportional,
 )
 from .adc import ADC_MODELS, ADCModel, get_adc
+from .adc_midrise import MidriseADCConfig
+from .adc_symmetric import SymmetricADCConfig
 from .converters import dac, ste_round
 from .dac import DAC_MODELS, DACModel, get_dac
+from .dac_symmetric import SymmetricDACConfig
 from .irdrop import attenuation, nodal_column_currents
 from .read_noise import READ_NOISE_MODELS, ReadNoiseModel, get_read_noise
 
-__all__ = ["ADC_MODELS", "ADCModel", "DAC_MODELS", "DACModel", "READ_NOISE_MODELS", "ReadNoiseModel",
+__all__ = ["ADC_MODELS", "ADCModel", "DAC_MODELS", "DACModel", "MidriseADCConfig", "READ_NOISE_MODELS",
+           "ReadNoiseModel", "SymmetricADCConfig", "SymmetricDACConfig",
            "attenuation", "dac", "get_adc", "get_dac", "get_read_noise", "nodal_column_currents", "ste_round"]

@@ -5,10 +5,21 @@ on signals that sit on a code boundary differs."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import ClassVar
+
 import torch
 from torch import Tensor
 
+from ..config.schema import ADCConfig
 from .adc import ADCModel, register
+
+
+@dataclass(frozen=True)
+class MidriseADCConfig(ADCConfig):
+    """``circuit.adc.model = "midrise"``."""
+
+    model: ClassVar[str] = "midrise"
 
 
 def _ste_floor(v: Tensor) -> Tensor:
@@ -19,7 +30,7 @@ def _ste_floor(v: Tensor) -> Tensor:
 
 @register
 class MidriseADC(ADCModel):
-    name = "midrise"
+    config_type = MidriseADCConfig
 
     def saturated(self, y: Tensor, delta: Tensor, lo: int, hi: int) -> Tensor:
         v = y / delta

@@ -5,16 +5,27 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import ClassVar
+
 import torch
 from torch import Tensor
 
+from ..config.schema import ADCConfig
 from .adc import ADCModel, register
 from .converters import ste_round
 
 
+@dataclass(frozen=True)
+class SymmetricADCConfig(ADCConfig):
+    """``circuit.adc.model = "symmetric"``."""
+
+    model: ClassVar[str] = "symmetric"
+
+
 @register
 class SymmetricADC(ADCModel):
-    name = "symmetric"
+    config_type = SymmetricADCConfig
 
     def codes(self, bits: int) -> tuple[int, int]:
         top = max(1, 2 ** (bits - 1) - 1)

@@ -1,21 +1,29 @@
 """The DAC interface: how a layer's digital inputs become row voltages (in input units).
 
-A model is a stateless object with a pure tensor function, :meth:`DACModel.quantize`. A new DAC model is
-one file: subclass :class:`DACModel`, set ``name``, decorate with ``@register`` and import it in
-``circuits/__init__.py``; ``circuit.dac_model`` then selects it.
+A model is an object made from its config (``circuit.dac``) with a pure tensor function,
+:meth:`DACModel.quantize`. A new DAC model is one file: its config class (subclassing
+:class:`~nvcim.config.schema.DACConfig`, its name as the class constant ``model``, its own fields declared
+with ``spec``) and a :class:`DACModel` subclass that names it as ``config_type``, decorated with
+``@register`` and imported in ``circuits/__init__.py``; ``circuit.dac.model`` then selects it.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from typing import ClassVar
 
 from torch import Tensor
 
+from ..config.schema import DACConfig
 from ..registry import Registry
 
 
 class DACModel(ABC):
-    name = ""
+    name: ClassVar[str] = ""  # set on registration, from config_type
+    config_type: ClassVar[type[DACConfig]]
+
+    def __init__(self, config: DACConfig) -> None:
+        self.config = config
 
     @abstractmethod
     def quantize(self, x: Tensor, full_scale: Tensor, bits: int, signed: bool) -> Tensor:
@@ -23,9 +31,10 @@ class DACModel(ABC):
         when the layer's inputs take both signs. Gradients pass straight through."""
 
 
-DAC_MODELS: Registry[DACModel] = Registry("circuit.dac_model")
+DAC_MODELS: Registry[DACModel] = Registry("circuit.dac.model")
 register = DAC_MODELS.register
 
 
-def get_dac(name: str) -> DACModel:
-    return DAC_MODELS.instance(name)
+def get_dac(key: str) -> DACModel:
+    """The DAC model of ``circuit.dac_key`` (a model's name, or its config's key)."""
+    return DAC_MODELS.for_key(key)

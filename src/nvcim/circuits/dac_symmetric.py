@@ -4,15 +4,26 @@ codes. This is aihwkit's DAC: ``inp_res`` 1/(2^b - 2) over [-inp_bound, inp_boun
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import ClassVar
+
 from torch import Tensor
 
+from ..config.schema import DACConfig
 from .converters import dac
 from .dac import DACModel, register
 
 
+@dataclass(frozen=True)
+class SymmetricDACConfig(DACConfig):
+    """``circuit.dac.model = "symmetric"``."""
+
+    model: ClassVar[str] = "symmetric"
+
+
 @register
 class SymmetricDAC(DACModel):
-    name = "symmetric"
+    config_type = SymmetricDACConfig
 
     def quantize(self, x: Tensor, full_scale: Tensor, bits: int, signed: bool) -> Tensor:
         return dac(x, full_scale, bits, True)

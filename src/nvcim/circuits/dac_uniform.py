@@ -5,13 +5,14 @@ from __future__ import annotations
 
 from torch import Tensor
 
+from ..config.schema import UniformDACConfig
 from .converters import dac
 from .dac import DACModel, register
 
 
 @register
 class UniformDAC(DACModel):
-    name = "uniform"
+    config_type = UniformDACConfig  # defined with the config tree: it is the default
 
     def quantize(self, x: Tensor, full_scale: Tensor, bits: int, signed: bool) -> Tensor:
         return dac(x, full_scale, bits, signed)

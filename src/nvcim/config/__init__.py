@@ -4,10 +4,12 @@ from .fields import describe
 from .io import dumps, load_config, override, parse_sets, save_config
 from .presets import preset, preset_names
 from .schema import (
+    ADCConfig,
     ArrayConfig,
     ChipConfig,
     CircuitConfig,
     CostConfig,
+    DACConfig,
     DeviceConfig,
     DifferentialConfig,
     DriftConfig,
@@ -16,13 +18,16 @@ from .schema import (
     NoVariationConfig,
     PowerLawDriftConfig,
     ProgrammingConfig,
+    UniformADCConfig,
+    UniformDACConfig,
     VariabilityConfig,
 )
 from .variants import Variant
 
 __all__ = [
-    "ArrayConfig", "ChipConfig", "CircuitConfig", "CostConfig", "DeviceConfig", "DifferentialConfig",
-    "DriftConfig", "FaultConfig", "MappingConfig", "NoVariationConfig", "PowerLawDriftConfig",
-    "ProgrammingConfig", "VariabilityConfig", "Variant", "describe", "dumps", "load_config",
+    "ADCConfig", "ArrayConfig", "ChipConfig", "CircuitConfig", "CostConfig", "DACConfig", "DeviceConfig",
+    "DifferentialConfig", "DriftConfig", "FaultConfig", "MappingConfig", "NoVariationConfig",
+    "PowerLawDriftConfig", "ProgrammingConfig", "UniformADCConfig", "UniformDACConfig", "VariabilityConfig",
+    "Variant", "describe", "dumps", "load_config",
     "override", "parse_sets", "preset", "preset_names", "save_config",
 ]

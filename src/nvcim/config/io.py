@@ -119,6 +119,7 @@ def override(config: ChipConfig, changes: dict[str, Any]) -> ChipConfig:
     fields of the new model are then set like any other, and those it lacks are errors.
     """
     data = copy.deepcopy(config.to_dict())
+    changes = {_canonical(config, p): v for p, v in changes.items()}
     tags = [p for p in changes if isinstance(_section(config, p.split(".")[:-1]), Variant)
             and p.rsplit(".", 1)[-1] == _section(config, p.split(".")[:-1]).TAG]
     for path in tags + [p for p in changes if p not in tags]:
@@ -151,6 +152,16 @@ def override(config: ChipConfig, changes: dict[str, Any]) -> ChipConfig:
         node[keys[-1]] = parse_value(value) if isinstance(value, str) and not isinstance(
             node[keys[-1]], str) else value
     return ChipConfig.from_dict(data)
+
+
+def _canonical(config: Any, path: str) -> str:
+    """``path`` with a key that moved into a typed section (``circuit.adc_model``) at its new place
+    (``circuit.adc.model``), so that older scripts and sweeps keep working."""
+    parent, _, leaf = path.rpartition(".")
+    moved = getattr(_section(config, parent.split(".") if parent else []), "MOVED", {})
+    if leaf in moved:
+        return ".".join([*(parent.split(".") if parent else []), *moved[leaf]])
+    return path
 
 
 def _section(config: Any, keys: list[str]) -> Any:

@@ -215,19 +215,61 @@ class ArrayConfig:
 
 
 @dataclass(frozen=True)
+class DACConfig(Variant):
+    """The row DAC's model (``circuit.dac``), with the settings of its own that a model has. The resolution
+    and range, common to every DAC, are the circuit's (``circuit.dac_bits``, ``circuit.dac_range``)."""
+
+    TAG = "model"
+    TAG_DOC = ("DAC model (nvcim.circuits.DAC_MODELS): 'uniform' (signed codes for signed inputs, 2^b levels "
+               "for non-negative ones) or 'symmetric' (always signed: aihwkit's)")
+    REGISTRY = DAC_MODELS
+    model: ClassVar[str] = ""
+
+    def __post_init__(self) -> None:
+        check(self)
+
+
+@dataclass(frozen=True)
+class UniformDACConfig(DACConfig):
+    """``circuit.dac.model = "uniform"`` (the default)."""
+
+    model: ClassVar[str] = "uniform"
+
+
+@dataclass(frozen=True)
+class ADCConfig(Variant):
+    """The column ADC's model (``circuit.adc``), with the settings of its own that a model has. The
+    resolution, range, calibration and errors, common to every ADC, are the circuit's (``circuit.adc_*``)."""
+
+    TAG = "model"
+    TAG_DOC = ("ADC model (nvcim.circuits.ADC_MODELS): 'uniform' (mid-tread, rounds), 'midrise' (floors, "
+               "reconstructs bin centres) or 'symmetric' (mid-tread, +-(2^(b-1)-1) codes: aihwkit's)")
+    REGISTRY = ADC_MODELS
+    model: ClassVar[str] = ""
+
+    def __post_init__(self) -> None:
+        check(self)
+
+
+@dataclass(frozen=True)
+class UniformADCConfig(ADCConfig):
+    """``circuit.adc.model = "uniform"`` (the default)."""
+
+    model: ClassVar[str] = "uniform"
+
+
+@dataclass(frozen=True)
 class CircuitConfig:
     """Converters: DAC on the rows, ADC on every tile column."""
 
+    # files from before the converters' typed sections wrote the models' names here
+    MOVED: ClassVar[dict[str, tuple[str, str]]] = {"dac_model": ("dac", "model"), "adc_model": ("adc", "model")}
     dac_bits: int = spec(0, "input DAC resolution; 0 = ideal", unit="bit", lo=1, hi=16, zero_ok=True)
-    dac_model: str = spec("uniform", "DAC model (nvcim.circuits.DAC_MODELS): 'uniform' (signed codes for "
-                          "signed inputs, 2^b levels for non-negative ones) or 'symmetric' (always signed: aihwkit's)",
-                          choices=DAC_MODELS)
+    dac: DACConfig = field(default_factory=UniformDACConfig)
     dac_range: float = spec(0.0, "input full scale in activation units; 0 = calibrate on data",
                             unit="activation", lo=1e-6, hi=1e6, zero_ok=True)
     adc_bits: int = spec(0, "column ADC resolution; 0 = ideal", unit="bit", lo=1, hi=16, zero_ok=True)
-    adc_model: str = spec("uniform", "ADC model (nvcim.circuits.ADC_MODELS): 'uniform' (mid-tread, rounds), "
-                          "'midrise' (floors, reconstructs bin centres) or 'symmetric' (mid-tread, +-(2^(b-1)-1) "
-                          "codes: aihwkit's)", choices=ADC_MODELS)
+    adc: ADCConfig = field(default_factory=UniformADCConfig)
     adc_range: float = spec(0.0, "ADC full scale as a fraction of the largest possible tile column "
                             "signal (rows x (g_max-g_min) x input full scale); 0 = calibrate on data",
                             unit="-", lo=1e-6, hi=1.0, zero_ok=True)
@@ -260,6 +302,26 @@ class CircuitConfig:
         if self.bound_management and not self.adc_bits:
             raise ConfigError("bound_management", self.bound_management,
                               "false when adc_bits = 0 (an ideal ADC never saturates)")
+
+    @property
+    def adc_model(self) -> str:
+        """The ADC model's name."""
+        return self.adc.model
+
+    @property
+    def dac_model(self) -> str:
+        """The DAC model's name."""
+        return self.dac.model
+
+    @property
+    def adc_key(self) -> str:
+        """The ADC model and its own settings as one string (:meth:`Variant.key`): the compiled loops' key."""
+        return self.adc.key()
+
+    @property
+    def dac_key(self) -> str:
+        """The DAC model and its own settings as one string (:meth:`Variant.key`)."""
+        return self.dac.key()
 
     @property
     def managed_io(self) -> bool:
@@ -346,7 +408,12 @@ def _plain(obj: Any, legacy: bool) -> Any:
         d = obj.legacy_dict() if legacy else obj.as_dict()
         return {k: _plain(v, legacy) for k, v in d.items()}
     if dataclasses.is_dataclass(obj):
-        return {f.name: _plain(getattr(obj, f.name), legacy) for f in dataclasses.fields(obj)}
+        out = {f.name: _plain(getattr(obj, f.name), legacy) for f in dataclasses.fields(obj)}
+        for old, (section, tag) in getattr(obj, "MOVED", {}).items() if legacy else ():
+            out[old] = out[section][tag]  # the flat key of before, and the section only for its own fields
+            if len(out[section]) == 1:
+                del out[section]
+        return out
     return list(obj) if isinstance(obj, tuple) else obj
 
 
@@ -355,6 +422,14 @@ def _build(cls: type, data: Any, prefix: str) -> Any:
         raise ConfigError(prefix or "<root>", data, "a table (mapping of fields)")
     if issubclass(cls, Variant):  # the model's own class, named by its tag (else the default's)
         cls, data = cls.choose(data, prefix)
+    for old, (section, tag) in getattr(cls, "MOVED", {}).items():  # a flat key of older files
+        if old in data:
+            data = dict(data)
+            inner = data.get(section, {})
+            if isinstance(inner, dict) and tag in inner:
+                raise ConfigError(f"{prefix}.{old}" if prefix else old, data[old],
+                                  f"absent when {section}.{tag} is set (one of the two)")
+            data[section] = {**inner, tag: data.pop(old)} if isinstance(inner, dict) else inner
     fields = {f.name: f for f in dataclasses.fields(cls)}
     kwargs: dict[str, Any] = {}
     for key, val in data.items():

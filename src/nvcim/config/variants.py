@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import json
 from typing import Any, ClassVar
 
 from ..errors import ConfigError
@@ -91,6 +92,14 @@ class Variant:
         """The section as files write it: ``TAG`` first, then this model's fields."""
         return {self.TAG: self.variant_name(),
                 **{f.name: getattr(self, f.name) for f in dataclasses.fields(self)}}  # type: ignore[arg-type]
+
+    def key(self) -> str:
+        """A string that stands for this config: the model's name when it has no fields, else the JSON of
+        :meth:`as_dict` (tag first). Compiled loops take it as a static argument, and the registry's
+        :meth:`~nvcim.registry.Registry.for_key` makes the model from it again."""
+        d = self.as_dict()
+        return self.variant_name() if len(d) == 1 else json.dumps(
+            {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()})
 
     def legacy_dict(self) -> dict[str, Any]:
         """:meth:`as_dict` completed with the flat section's other fields at their old defaults: the shape
