@@ -245,3 +245,18 @@ def test_hardware_cost_counts_sram_weights_and_per_chip_addresses():
     lay.crossbar.sram_mask = per_chip
     # each entry also stores its position: 30 000 weights need 15 bits, 2 bytes
     assert hardware_cost(model, torch.zeros(1, 300)).layers[0].sram_bytes == 10 * (2 + 2)
+
+
+def test_analyze_finds_each_effect_whatever_the_model_and_switches_it_off():
+    """The effects are found through the typed configs: PCM's state-dependent drift (no nu_mean) is drift,
+    and every programming model with a spread is programming variation; switching either off leaves none."""
+    from nvcim.devices import has_drift
+    from nvcim.experiments.analyze import EFFECTS, _switch_off
+
+    drift, variation = EFFECTS["drift"][0], EFFECTS["programming variation"][0]
+    pcm, mlc = nvcim.preset("pcm"), nvcim.preset("rram-mlc-4bit")
+    assert drift(pcm) and not drift(mlc) and variation(pcm) and variation(mlc)
+    assert not variation(nvcim.override(mlc, {"device.programming.sigma": 0.0}))
+    off = _switch_off(pcm, ["drift", "programming variation"])
+    assert off is not None and not has_drift(off.device) and not variation(off)
+    assert off.device.drift.t_read == pcm.device.drift.t_read and off.device.read_noise == pcm.device.read_noise

@@ -49,8 +49,9 @@ class ProgrammingConfig(Variant):
 
     @property
     def varies(self) -> bool:
-        """Whether cells land off their targets, within a chip (the between-chip part is the variability's)."""
-        return False
+        """Whether cells land off their targets, within a chip (the between-chip part is the variability's):
+        for a model with a spread ``sigma``, when it is positive; models that vary otherwise say so."""
+        return bool(getattr(self, "sigma", 0.0) > 0)
 
 
 @dataclass(frozen=True)

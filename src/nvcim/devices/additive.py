@@ -22,10 +22,6 @@ class AdditiveConfig(ProgrammingConfig):
     sigma: float = spec(0.0, "within-chip (cell-to-cell) spread: std as a fraction of g_max", unit="-",
                         lo=0.0, hi=10.0)
 
-    @property
-    def varies(self) -> bool:
-        return self.sigma > 0
-
 
 @register
 class Additive(ProgrammingModel):

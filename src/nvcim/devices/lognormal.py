@@ -28,10 +28,6 @@ class LognormalConfig(ProgrammingConfig):
     sigma: float = spec(0.0, "within-chip (cell-to-cell) spread: std of ln G", unit="-", lo=0.0, hi=10.0)
     correct_bias: bool = spec(False, "divide by exp(sigma^2/2) so that E[G] = G_target")
 
-    @property
-    def varies(self) -> bool:
-        return self.sigma > 0
-
 
 @register
 class Lognormal(ProgrammingModel):

@@ -53,10 +53,6 @@ class PCMProgrammingConfig(ProgrammingConfig):
     sigma: float = spec(0.0, "scale of the fitted, state-dependent std (1 = Nandakumar et al.'s fit)", unit="-",
                         lo=0.0, hi=10.0)
 
-    @property
-    def varies(self) -> bool:
-        return self.sigma > 0
-
 
 @dataclass(frozen=True)
 class PCMDriftConfig(DriftConfig):
