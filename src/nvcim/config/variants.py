@@ -71,22 +71,28 @@ class Variant:
                 raise ConfigError(f"{path}.{cls.TAG}" if path else cls.TAG, name, e.allowed, e.hint) from None
         own = chosen.field_names()
         for key in [k for k in data if isinstance(k, str) and k not in own]:
-            value = data[key]
-            if key in cls.LEGACY and _same(value, cls.LEGACY[key]):
-                del data[key]
-                continue
-            models = cls.models()
-            others = [n for n, c in models.items() if key in c.field_names()]
+            if key in cls.LEGACY and _same(data[key], cls.LEGACY[key]):
+                del data[key]  # an older file's field of another model, at the value it always had
+            else:
+                raise cls._not_a_field(key, data[key], chosen, path)
+        return chosen, data
+
+    @classmethod
+    def _not_a_field(cls, key: str, value: Any, chosen: type[Variant], path: str) -> ConfigError:
+        """The error for ``key``, which ``chosen`` lacks: its fields, and which models have ``key`` (or the
+        nearest field name of any model)."""
+        models, own = cls.models(), chosen.field_names()
+        having = [n for n, c in models.items() if key in c.field_names()]
+        if having:
+            hint = f"{key} belongs to {cls.TAG} " + ", ".join(repr(n) for n in having)
+        else:
             near = difflib.get_close_matches(key, sorted({f for c in models.values() for f in c.field_names()}), n=1)
-            hint = (f"{key} belongs to {cls.TAG} " + ", ".join(repr(n) for n in others) if others else
-                    f"Did you mean '{path + '.' if path else ''}{near[0]}'?" if near else "")
-            if near and not others and near[0] not in own:
+            hint = f"Did you mean '{path + '.' if path else ''}{near[0]}'?" if near else ""
+            if near and near[0] not in own:
                 hint += f" (a field of {cls.TAG} " + ", ".join(
                     repr(n) for n, c in models.items() if near[0] in c.field_names()) + ")"
-            raise ConfigError(f"{path}.{key}" if path else key, value,
-                              f"a field of {cls.TAG} '{chosen.variant_name()}': "
-                              + (", ".join(own) if own else "(it has none)"), hint)
-        return chosen, data
+        return ConfigError(f"{path}.{key}" if path else key, value, f"a field of {cls.TAG} "
+                           f"'{chosen.variant_name()}': " + (", ".join(own) if own else "(it has none)"), hint)
 
     def as_dict(self) -> dict[str, Any]:
         """The section as files write it: ``TAG`` first, then this model's fields."""
@@ -108,6 +114,9 @@ class Variant:
 
 
 def _same(value: Any, default: Any) -> bool:
+    """Whether a file's ``value`` is the field's old ``default`` (a list for a tuple; a bool only for a bool)."""
     if isinstance(default, tuple):
         return isinstance(value, (list, tuple)) and tuple(value) == default
-    return type(value) is not bool and value == default if not isinstance(default, bool) else value is default
+    if isinstance(default, bool) or isinstance(value, bool):
+        return value is default
+    return bool(value == default)
