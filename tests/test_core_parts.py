@@ -121,6 +121,16 @@ def test_older_files_name_the_converter_models_flat():
         ChipConfig.from_dict({"circuit": {"adc_model": "symmetric", "adc": {"model": "uniform"}}})
 
 
+def test_a_model_without_a_config_type_is_refused_and_replaces_nothing():
+    class Forgot(ProgrammingModel):  # neither config_type nor name
+        def sample(self, target, level, z_cell, z_chip):  # noqa: ANN001, ANN201
+            return target
+
+    with pytest.raises(TypeError, match="Forgot has no name"):
+        PROGRAMMING_MODELS.register(Forgot)
+    assert PROGRAMMING_MODELS.get("none").__name__ == "NoVariation"
+
+
 def test_typed_sections_reject_the_fields_of_other_models_by_name():
     """A field that the chosen model does not have is an error naming the models that have it (before the
     split, a lognormal chip's middle_factor was accepted and did nothing)."""

@@ -99,6 +99,10 @@ class Registry(Generic[T]):
             self._keyed[key] = self.for_config(config)(config)  # type: ignore[call-arg]
         return self._keyed[key]
 
+    def instance_for(self, config: object) -> T:
+        """The shared instance of the stateless implementation registered for ``type(config)``."""
+        return self.instance(self.for_config(config).name)  # type: ignore[attr-defined]
+
     def instance(self, name: str) -> T:
         """The shared instance of a stateless implementation (converters, read noise, drift)."""
         if name not in self._instances:

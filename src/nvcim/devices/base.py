@@ -22,7 +22,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from ..config.schema import DeviceConfig, NoVariationConfig, ProgrammingConfig, VariabilityConfig
+from ..config.schema import DeviceConfig, ProgrammingConfig, VariabilityConfig
 from ..registry import Registry
 
 
@@ -31,7 +31,7 @@ class ProgrammingModel:
     ``config`` is the device's programming section, an instance of ``config_type``."""
 
     name: ClassVar[str] = ""  # set on registration, from config_type
-    config_type: ClassVar[type[ProgrammingConfig]] = NoVariationConfig
+    config_type: ClassVar[type[ProgrammingConfig]]  # no default: a model without one has no name
     # whether the between-chip term multiplies every cell it covers (a write gain that a re-write lands with
     # again) rather than adding an offset (which a differential pair cancels)
     between_chip_gain: ClassVar[bool] = False

@@ -41,13 +41,13 @@ register = DRIFT_MODELS.register
 def has_drift(device: DeviceConfig) -> bool:
     """Whether cells drift before they are read (a drift factor per cell is drawn and stored)."""
     d = device.drift
-    return d.t_read != d.t0 and DRIFT_MODELS.instance(DRIFT_MODELS.for_config(d).name).active(device)
+    return d.t_read != d.t0 and DRIFT_MODELS.instance_for(d).active(device)
 
 
 def drift_factor(g_target: Tensor, z_nu: Tensor, device: DeviceConfig) -> Tensor:
     """(t_read / t0)^-nu of every cell (no growth: nu >= 0), nu from the device's drift model."""
     d = device.drift
-    nu = DRIFT_MODELS.instance(DRIFT_MODELS.for_config(d).name).exponent(g_target, z_nu, device)
+    nu = DRIFT_MODELS.instance_for(d).exponent(g_target, z_nu, device)
     # through arith.exp (the same bits compiled); log t_read - log t0 stays finite where the ratio itself
     # would overflow (t0 = 1e-320 s)
     return arith.exp(-nu * (math.log(d.t_read) - math.log(d.t0)))
