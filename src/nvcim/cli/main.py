@@ -288,7 +288,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
           f"(worst 1 %: {100 * a.accuracy.kpp:.2f} %), recovery ratio {report.recovery_ratio:.2f}\n"
           f"     with {pick.chain}: {c.write_verify_pulses:.0f} write pulses per chip, {100 * c.sram_fraction:.1f} % "
           f"SRAM weights, {c.labelled_samples} labelled and {c.calibration_samples} unlabelled inputs, "
-          f"{c.wall_time_s:.0f} s for the search and the {args.chips} chips")
+          f"{c.wall_time_s:.0f} s for the search and the {args.chips} chips"
+          + (f"\n  note: {b.accuracy.kpp_note()}" if not b.accuracy.kpp_bounded else ""))
     _print_auto([auto], out)
     _story(report, out / "demo.png", title, f"auto: {pick.chain}")
     print(f"  wrote {out / 'result.json'} and {out / 'demo.png'}")

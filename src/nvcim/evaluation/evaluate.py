@@ -61,7 +61,8 @@ class EvalResult:
         best = "max" if not self.metric.get("higher_is_better", True) else "min"
         return (f"{name}: ideal {self.fmt(self.ideal_accuracy)}  |  chips ({self.chips}): "
                 f"{self.fmt(a.mean)} ± {spread}, worst {a.kpp_k:g} % {self.fmt(a.kpp)}, "
-                f"{best} {self.fmt(a.max if best == 'max' else a.min)}  |  {self.wall_time_s:.1f} s")
+                f"{best} {self.fmt(a.max if best == 'max' else a.min)}  |  {self.wall_time_s:.1f} s"
+                + (f"\n  note: {a.kpp_note()}" if not a.kpp_bounded else ""))
 
 
 def _batches(data: Data, batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import NvcimError
+from ..evaluation.metrics import kpp
 from .store import Store
 
 MAX_SERIES = 8  # lines per sweep figure before other axes are pooled
@@ -26,23 +27,13 @@ COLORS = ["#4C72B0", "#DD8452", "#55A868", "#C44E52", "#8172B3", "#937860", "#DA
           "#64B5CD"]
 
 
-def _kpp(values: list[float], k: float = 1.0) -> float:
-    s = sorted(values)
-    if not s:
-        return math.nan
-    pos = (len(s) - 1) * k / 100.0
-    lo = int(math.floor(pos))
-    hi = min(lo + 1, len(s) - 1)
-    return s[lo] + (s[hi] - s[lo]) * (pos - lo)
-
-
 def _stats(per_chip: list[float], higher_is_better: bool = True) -> dict[str, float]:
-    """Mean, std and the worst 1 % (the low tail, or the high tail of a lower-is-better metric)."""
+    """Mean, std and the worst 1 % (the low tail, or the high tail of a lower-is-better metric), by the one
+    definition of ``nvcim.evaluation.metrics.kpp`` that result.json uses."""
     n = len(per_chip)
     mean = sum(per_chip) / n
     std = math.sqrt(sum((a - mean) ** 2 for a in per_chip) / max(1, n - 1))
-    worst = _kpp(per_chip) if higher_is_better else _kpp(per_chip, 99.0)
-    return {"mean": mean, "std": std, "kpp": worst, "min": min(per_chip), "n": n}
+    return {"mean": mean, "std": std, "kpp": kpp(per_chip, 1.0, higher_is_better), "min": min(per_chip), "n": n}
 
 
 TOP1: dict[str, Any] = {"name": "top1", "higher_is_better": True, "unit": "%"}
