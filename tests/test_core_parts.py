@@ -192,7 +192,12 @@ def test_point_keys_hold_across_the_typed_split():
         "device.programming.model": ["lognormal", "additive", "pcm"], "device.programming.sigma": [0.05, 0.3],
         "mapping.scheme": ["differential", "offset"], "device.drift.nu_mean": [0.0, 0.05]}))
     new = {e["name"]: [p.key for p in from_dict(e).points()] for e in exps}
-    assert new == old and len(old["models"]) == 3 * 2 * 2 * 2 * 2
+    # the IR-drop model changed on 2026-12-07: points on resistive wires (the flash preset) must not resume
+    # as the old results, every other key holds
+    wired = {n for n in preset_names() if preset(n).array.wire_resistance}
+    assert wired == {"flash"}
+    assert {n: k for n, k in new.items() if n not in wired} == {n: k for n, k in old.items() if n not in wired}
+    assert all(set(new[n]).isdisjoint(old[n]) for n in wired) and len(old["models"]) == 3 * 2 * 2 * 2 * 2
 
 
 def test_registries_name_the_field_the_choices_and_the_nearest():

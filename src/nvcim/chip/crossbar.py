@@ -276,7 +276,7 @@ class Crossbar(nn.Module):
     def ir_attenuation(self, g: Tensor) -> Tensor:
         """IR-drop attenuation of every cell of conductances ``g`` (..., O, K); ones on ideal wires."""
         a = self.config.array
-        return self.geometry.ir_attenuation(g, a.wire_resistance, a.ir_activity) if a.wire_resistance else \
+        return self.geometry.ir_attenuation(g, a.wire_resistance) if a.wire_resistance else \
             torch.ones_like(g)
 
     # ---- the digital registers ------------------------------------------------------------------

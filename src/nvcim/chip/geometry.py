@@ -55,14 +55,14 @@ class TileGeometry:
             raise NvcimError(f"{layer}: a row permutation must reorder rows within their tiles")
         return perm
 
-    def ir_attenuation(self, g: Tensor, r: float, activity: float) -> Tensor:
+    def ir_attenuation(self, g: Tensor, r: float) -> Tensor:
         """IR-drop attenuation of every cell of conductances ``g`` (..., O, K), array by array (rows = K,
-        columns = outputs), for wire resistance ``r`` (ohm per segment) at mean input drive ``activity``."""
+        columns = outputs), for wire resistance ``r`` (ohm per segment); the same for every input."""
         rows, cols, t, n_ct = self.rows_per_tile, self.cols, self.row_tiles, self.n_col_tiles
         lead = g.shape[:-2]
         phys = self.to_tile_rows(g)  # (..., O, T, R)
         phys = F.pad(phys, (0, 0, 0, 0, 0, n_ct * cols - self.out_features))
         phys = phys.reshape(*lead, n_ct, cols, t, rows).permute(*range(len(lead)), -2, -4, -1, -3)
-        att = attenuation(phys, r, activity)  # (..., T, n_ct, R, C)
+        att = attenuation(phys, r)  # (..., T, n_ct, R, C)
         att = att.permute(*range(len(lead)), -3, -1, -4, -2).reshape(*lead, n_ct * cols, t, rows)
         return self.from_tile_rows(att[..., : self.out_features, :, :])

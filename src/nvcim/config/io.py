@@ -141,6 +141,8 @@ def override(config: ChipConfig, changes: dict[str, Any]) -> ChipConfig:
             if keys[-1] not in node:  # perhaps a field of the model: the typed section checks it
                 node[keys[-1]] = value
                 continue
+        if keys[-1] in getattr(section, "RETIRED", {}):
+            raise ConfigError(path, value, "absent: " + section.RETIRED[keys[-1]][1])
         if keys[-1] not in node:
             import difflib
 

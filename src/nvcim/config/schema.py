@@ -203,16 +203,25 @@ class DifferentialConfig(MappingConfig):
 class ArrayConfig:
     """Crossbar tiles and wires."""
 
+    # a field of older files, read and dropped: the IR-drop model needs no input activity since 2026-12-07
+    # (the wires are linear: one transfer matrix serves every input; nvcim.circuits.irdrop)
+    RETIRED: ClassVar[dict[str, tuple[Any, str]]] = {
+        "ir_activity": (0.5, "the IR-drop model no longer assumes an input activity (it holds for every input)")}
+
     rows: int = spec(128, "rows (inputs) per crossbar tile; larger layers are split, partial sums "
                      "added digitally", unit="cells", lo=1, hi=65536)
     cols: int = spec(128, "columns (outputs) per crossbar tile", unit="cells", lo=1, hi=65536)
-    wire_resistance: float = spec(0.0, "wire resistance per cell segment, drives the first-order "
-                                  "IR-drop model", unit="Ω", lo=0.0, hi=1e4)
-    ir_activity: float = spec(0.5, "IR drop: mean input drive as a fraction of full scale, at which "
-                              "the input-independent drop is evaluated", unit="-", lo=0.0, hi=1.0)
+    wire_resistance: float = spec(0.0, "wire resistance per cell segment, drives the self-consistent "
+                                  "IR-drop model (checked against a nodal solve)", unit="Ω", lo=0.0, hi=1e4)
 
     def __post_init__(self) -> None:
         check(self)
+
+    def identity_extra(self) -> dict[str, Any]:
+        """What experiment-store keys hash beside the fields: the retired ``ir_activity`` at its old default
+        where the wires are ideal (results unchanged, so older keys hold), the IR model's date where they
+        are not (results changed, so older points are not resumed as if they were the same)."""
+        return {"ir_activity": 0.5} if not self.wire_resistance else {"ir_model": "self-consistent-2026-12-07"}
 
 
 @dataclass(frozen=True)
@@ -410,6 +419,8 @@ def _plain(obj: Any, legacy: bool) -> Any:
         return {k: _plain(v, legacy) for k, v in d.items()}
     if dataclasses.is_dataclass(obj):
         out = {f.name: _plain(getattr(obj, f.name), legacy) for f in dataclasses.fields(obj)}
+        if legacy and hasattr(obj, "identity_extra"):
+            out.update(obj.identity_extra())
         for old, (section, tag) in getattr(obj, "MOVED", {}).items() if legacy else ():
             out[old] = out[section][tag]  # the flat key of before, and the section only for its own fields
             if len(out[section]) == 1:
@@ -431,6 +442,14 @@ def _build(cls: type, data: Any, prefix: str) -> Any:
                 raise ConfigError(f"{prefix}.{old}" if prefix else old, data[old],
                                   f"absent when {section}.{tag} is set (one of the two)")
             data[section] = {**inner, tag: data.pop(old)} if isinstance(inner, dict) else inner
+    retired = getattr(cls, "RETIRED", {})
+    if any(key in data for key in retired):
+        import warnings
+
+        for key in [k for k in data if k in retired and data[k] != retired[k][0]]:  # a choice, now ignored
+            warnings.warn(f"{prefix + '.' if prefix else ''}{key} = {data[key]!r} is no longer used and was "
+                          f"ignored: {retired[key][1]}", UserWarning, stacklevel=2)
+        data = {k: v for k, v in data.items() if k not in retired}
     fields = {f.name: f for f in dataclasses.fields(cls)}
     kwargs: dict[str, Any] = {}
     for key, val in data.items():
