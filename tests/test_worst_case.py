@@ -8,8 +8,15 @@ import math
 import pytest
 import torch
 
-from nvcim.evaluation.metrics import (AccuracyStats, chips_for_bound, kpp, kpp_ci, percentile_ci,
-                                      percentile_coverage, percentile_ranks)
+from nvcim.evaluation.metrics import (
+    AccuracyStats,
+    chips_for_bound,
+    kpp,
+    kpp_ci,
+    percentile_ci,
+    percentile_coverage,
+    percentile_ranks,
+)
 from nvcim.experiments.report import _stats
 
 REPS = 2000  # Monte-Carlo repetitions: the coverage's standard error is sqrt(c (1 - c) / REPS) ~ 0.005

@@ -34,7 +34,6 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-
 IR_STEPS = 10  # Richardson steps of the self-consistent attenuation
 
 
