@@ -790,3 +790,38 @@ def test_reinitialize_draws_the_model_as_pytorch_builds_it(digits):
     cost = kd.apply(SimulatedChip(nvcim.convert(copy.deepcopy(net), MLC, chips=2, seed=0)), data)
     assert torch.allclose(kd._teacher, teacher)
     assert "from a fresh initialisation" in cost.notes[0]
+
+
+def test_swim_sensitivity_is_the_guides_formula_on_a_per_example_fisher(digits):
+    """SWIM's score: H_ii max|W| + |w_i|, H the per-example empirical Fisher (mean of squared per-example
+    gradients), computed here by hand on the ideal model and compared to the method's scores."""
+    import torch.nn.functional as F
+
+    from nvcim.methods.base import FISHER_SAMPLES
+
+    chips = _chips(digits, SLICED, chips=2)
+    chip, data = SimulatedChip(chips), TaskData(digits.train, digits.train[0])
+    scores = get("write-verify", fraction=0.1, sensitivity="swim").scores(chip, data)
+    x, y = digits.train
+    idx = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))[:FISHER_SAMPLES]
+    model, _ = trained_model("lenet5", digits, progress=False)
+    model = copy.deepcopy(model).eval()
+    layers = {name: m for name, m in model.named_modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))}
+    fisher = {name: torch.zeros_like(m.weight) for name, m in layers.items()}
+    batch_mean_sq = {name: torch.zeros_like(m.weight) for name, m in layers.items()}
+    for i in idx.tolist():
+        grads = torch.autograd.grad(F.cross_entropy(model(x[i:i + 1]), y[i:i + 1]),
+                                    [m.weight for m in layers.values()])
+        for name, g in zip(layers, grads):
+            fisher[name] += g**2 / len(idx)
+    for b in idx.split(16):  # the old estimate: squared gradients of 16-example batch means
+        grads = torch.autograd.grad(F.cross_entropy(model(x[b]), y[b]), [m.weight for m in layers.values()])
+        for name, g in zip(layers, grads):
+            batch_mean_sq[name] += g**2 / len(idx.split(16))
+    assert set(scores) == set(layers)
+    for name, m in layers.items():
+        w = m.weight.detach().reshape(m.weight.shape[0], -1)
+        want = fisher[name].reshape(w.shape) * w.abs().max() + w.abs()
+        assert torch.allclose(scores[name].float(), want, rtol=1e-4, atol=1e-9), name
+        # the per-example Fisher is not the squared batch mean: that one is several times smaller
+        assert float(fisher[name].sum()) > 3 * float(batch_mean_sq[name].sum())

@@ -112,19 +112,22 @@ def decode_factors(chip: Chip, name: str) -> Tensor:
         1, s_, 1, 1).expand(1, s_, o_, k_), torch.zeros(1, s_, o_, k_))[0, :, 0].cpu() for si in range(s_)])
 
 
-def fisher_diagonal(chip: Chip, data: TaskData, batches: int = 32, batch_size: int = 16) -> dict[str, Tensor]:
-    """E[(dL/dw)^2] of every analog layer's weight matrix ``(O, K)`` on the ideal model (the chip's
-    reference), from ``batches`` seeded batches of labelled training data."""
+FISHER_SAMPLES = 256  # labelled examples behind a Fisher diagonal
+
+
+def fisher_diagonal(chip: Chip, data: TaskData, samples: int = FISHER_SAMPLES) -> dict[str, Tensor]:
+    """The empirical Fisher diagonal E_i[(dL_i/dw)^2] of every analog layer's weight matrix ``(O, K)`` on the
+    ideal model (the chip's reference): the mean over ``samples`` seeded training examples of each
+    example's own squared gradient (a Gauss-Newton estimate of the loss Hessian's diagonal). Squaring the
+    gradient of a batch mean instead would shrink it by the batch size and add cross terms."""
     x, y = data.train
     gen = torch.Generator().manual_seed(0)
-    idx = torch.randperm(len(y), generator=gen)[: batches * batch_size]
+    idx = torch.randperm(len(y), generator=gen)[:samples]
     acc: dict[str, Tensor] = {}
-    for i in range(0, len(idx), batch_size):
-        b = idx[i:i + batch_size]
-        for name, g in chip.reference_grads(x[b], y[b], data.task.loss).items():
+    for i in idx.tolist():
+        for name, g in chip.reference_grads(x[i:i + 1], y[i:i + 1], data.task.loss).items():
             acc[name] = acc[name] + g**2 if name in acc else g**2
-    n = max(1, (len(idx) + batch_size - 1) // batch_size)
-    return {k: v / n for k, v in acc.items()}
+    return {k: v / max(1, len(idx)) for k, v in acc.items()}
 
 
 def shuffled_batches(n: int, batch_size: int, gen: torch.Generator) -> Iterator[Tensor]:

@@ -4,10 +4,11 @@ The iterative loop (program -> verify read -> re-pulse until |G_read - G_t| <= t
 re-pulses) runs on the chip (:meth:`Chip.write_verify`). Selection ranks *weights* and verifies all cells
 of the chosen ones, with one global threshold across layers:
 
-- ``swim``: a diagonal Fisher (Gauss-Newton) estimate of the loss Hessian, H_ii ~ E[g_i^2], from the ideal
-  model's gradients on labelled training batches, times max|W|^2 of the layer, i.e. the expected loss
-  increase from a weight error proportional to the layer's range. (Our reading of SWIM's second-derivative
-  sensitivity; SWIM assumes the trained model and its data are known.)
+- ``swim``: SWIM's sensitivity as the field guide gives it, H_ii max|W| + |w_i|: the diagonal of the loss
+  Hessian, estimated by the per-example empirical Fisher H_ii ~ E_n[(dL_n/dw_i)^2] on the ideal model and
+  labelled training examples, times the layer's max|W| (the scale of a programming error, which is
+  proportional to the layer's range), plus the weight's magnitude. (SWIM assumes the trained model and its
+  data are known.)
 - ``expected``: the same Fisher diagonal times the weight's *expected* squared programming error,
   E[dw_i^2] = sum over its cells of (decode factor x datasheet write spread at the cell's target)^2, i.e. the
   expected loss increase that verifying the weight removes. It differs from ``swim`` where the spread
@@ -36,7 +37,7 @@ from torch import Tensor
 
 from ..chip.interface import Chip
 from ..errors import NvcimError
-from .base import Cost, Method, TaskData, decode_factors, fisher_diagonal, register
+from .base import FISHER_SAMPLES, Cost, Method, TaskData, decode_factors, fisher_diagonal, register
 
 
 @register
@@ -80,7 +81,7 @@ class WriteVerify(Method):
             return {name: fisher[name] * expected_sq_error(chip, name).to(fisher[name]) for name in weights}
         if self.sensitivity == "swim":
             fisher = fisher_diagonal(chip, data)
-            return {name: fisher[name] * w.abs().max() ** 2 for name, w in weights.items()}
+            return {name: swim_sensitivity(fisher[name], w) for name, w in weights.items()}
         if self.sensitivity == "magnitude":
             return {name: w.abs() / w.abs().max().clamp_min(1e-30) for name, w in weights.items()}
         gen = torch.Generator().manual_seed(self.seed)
@@ -126,7 +127,7 @@ class WriteVerify(Method):
             pulses += self._verify(chip, name, mp.unsqueeze(0).expand(n, *mp.shape),
                                    mn.unsqueeze(0).expand(n, *mn.shape))
         return Cost(write_verify_pulses=float(pulses.mean()), verified_fraction=chosen / max(1, total),
-                    labelled_samples=min(len(data.train[1]), 32 * 16),
+                    labelled_samples=min(len(data.train[1]), FISHER_SAMPLES),
                     notes=[f"write-verify ({100 * self.fraction:g} % of the cells by expected loss), tol "
                            f"{self.tol:g} of the range, <= {self.max_pulses} pulses{self._stuck_note(n)}"])
 
@@ -159,10 +160,15 @@ class WriteVerify(Method):
             pulses += self._verify(chip, name, mpos, mneg)
         label = "full" if self.fraction >= 1 else f"{100 * self.fraction:g} % by {self.sensitivity}"
         return Cost(write_verify_pulses=float(pulses.mean()), verified_fraction=chosen / max(1, total),
-                    labelled_samples=min(len(data.train[1]), 32 * 16)  # fisher_diagonal's default sample
+                    labelled_samples=min(len(data.train[1]), FISHER_SAMPLES)  # fisher_diagonal's sample
                     if self.sensitivity in ("swim", "expected") and self.fraction < 1 else 0,
                     notes=[f"write-verify ({label}), tol {self.tol:g} of the range, <= {self.max_pulses} pulses"
                            f"{self._stuck_note(n)}"])
+
+
+def swim_sensitivity(fisher: Tensor, w: Tensor) -> Tensor:
+    """SWIM's score of each weight of one layer: H_ii max|W| + |w_i| (field guide, section 5)."""
+    return fisher * w.abs().max() + w.abs().to(fisher)
 
 
 def _neg_mask(chip: Chip, name: str, wmask: Tensor, shape: torch.Size, n: int) -> Tensor:
