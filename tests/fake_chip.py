@@ -170,8 +170,8 @@ class FakeChip:
             o, k = w.shape
             s = self._scale(name)
             z = torch.randn(2, o, k, generator=gen)
-            if censor:
-                z = z.clamp(-censor, censor)
+            if censor:  # right-censored in the weight: the pos cell's draw above, the neg cell's below
+                z = torch.stack([z[0].clamp(max=censor), z[1].clamp(min=-censor)])
             g = self._nominal(name) + sigma * z  # (2, O, K) pos, neg
             u = torch.rand(2, o, k, generator=gen)
             g = torch.where(u < f.sa0, self.g_min, torch.where(u < f.sa0 + f.sa1, self.g_max, g.clamp(0, self.g_max)))

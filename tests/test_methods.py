@@ -825,3 +825,24 @@ def test_swim_sensitivity_is_the_guides_formula_on_a_per_example_fisher(digits):
         assert torch.allclose(scores[name].float(), want, rtol=1e-4, atol=1e-9), name
         # the per-example Fisher is not the squared batch mean: that one is several times smaller
         assert float(fisher[name].sum()) > 3 * float(batch_mean_sq[name].sum())
+
+
+def test_right_censoring_clips_only_the_weights_upper_error_tail():
+    """vat's censor (Yan et al. 2023): a training chip's weight errors stop at +2 c sigma (c sigma from each
+    cell of the pair) above and keep their Gaussian tail below."""
+    cfg = nvcim.override(nvcim.preset("ideal"), {"device.programming.model": "additive",
+                                                 "device.programming.sigma": 0.05, "device.bits_per_cell": 0})
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(256, 256))
+    layer = nvcim.convert(net, cfg, chips=1, seed=0).analog_layers()[0]
+    w = net[0].weight.detach()
+    span = float(w.abs().max())  # the layer's weight range maps onto g_max - g_min
+    c = 0.5
+    plain = layer.fresh_weights(3) - w
+    cens = layer.fresh_weights(3, censor=c) - w
+    unit = 0.05 * span / (1 - 1e-6 / 1e-4)  # sigma g_max in weight units
+    assert float(cens.max()) <= 2 * c * unit * (1 + 1e-4)  # the right tail is cut ...
+    assert float(plain.max()) > 3 * c * unit  # ... where it was there before
+    assert float(cens.min()) < -3 * c * unit  # the left tail stays
+    # the draws are the same below the cut: most weights' errors are unchanged
+    assert float((cens == plain).double().mean()) > 0.2

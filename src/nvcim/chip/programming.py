@@ -32,7 +32,10 @@ class WriteSpec:
 
     device: DeviceConfig
     variability: VariabilityConfig
-    censor: float = 0.0  # clip the cell and chip draws at this many sigma (0: no clipping)
+    # right-censoring (Yan et al., ICCAD 2023): > 0 clips the cell and chip draws above +censor sigma (the
+    # right tail), < 0 below censor sigma (a differential pair's negative side, whose high tail lowers the
+    # weight); 0: no clipping. The other tail is left as drawn.
+    censor: float = 0.0
     has_drift: bool = False
 
 
@@ -54,8 +57,10 @@ def cells_from_draws(spec: WriteSpec, model: ProgrammingModel, g_t: Tensor, leve
     codes (empty; a training chip needs only its conductances)."""
     d = spec.device
     fault = fault_codes(u, d) if codes else torch.zeros(0, dtype=torch.int8)
-    if spec.censor:
-        z_cell, z_chip = z_cell.clamp(-spec.censor, spec.censor), z_chip.clamp(-spec.censor, spec.censor)
+    if spec.censor > 0:
+        z_cell, z_chip = z_cell.clamp(max=spec.censor), z_chip.clamp(max=spec.censor)
+    elif spec.censor < 0:
+        z_cell, z_chip = z_cell.clamp(min=spec.censor), z_chip.clamp(min=spec.censor)
     # faults forced by selects on the uniforms, not on the int8 codes (what apply_faults does, several times
     # faster in the compiled loop)
     sa0, stuck = u < d.faults.sa0, u < d.faults.sa0 + d.faults.sa1

@@ -8,6 +8,8 @@ owns the state and calls it.
 
 from __future__ import annotations
 
+import dataclasses
+
 from dataclasses import dataclass
 
 import torch
@@ -67,6 +69,9 @@ class CellWriter:
             g_t, lvl = targets[side]
             shape = tuple(target.shape)
             z_chip = self.between(ids, shape, side == "neg" and m.reference)
+            # right-censoring acts on the *weight's* error: w ~ G+ - G-, so the pos side's draws are clipped
+            # above and the neg side's below (WriteSpec.censor's sign)
+            spec = dataclasses.replace(spec, censor=censor if side == "pos" else -censor)
 
             def key(purpose: str, side: str = side) -> int:
                 return rng.key(self.seed, self.name, side, purpose)

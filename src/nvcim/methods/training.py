@@ -183,7 +183,9 @@ class NoiseAwareTraining(Method):
 @register
 class VAT(NoiseAwareTraining):
     """Variation-aware (noise-injection) training with a fresh chip per batch; ``censor`` > 0 gives the
-    right-censored Gaussian variant (Yan et al., ICCAD 2023, our reading: draws clipped at censor x sigma).
+    right-censored Gaussian variant (Yan et al., ICCAD 2023, our reading: each weight's programming error is
+    clipped above at censor x sigma and left as drawn below; on a differential pair the pos cell's draws are
+    clipped above and the neg cell's below).
 
     Options: ``epochs`` (the budget), ``patience`` (epochs without a better validation before stopping; 0: the
     whole budget), ``val_chips``, ``lr``, ``batch_size``, ``censor`` (sigma units, 0 = off), ``adc`` (auto,
