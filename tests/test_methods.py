@@ -846,3 +846,17 @@ def test_right_censoring_clips_only_the_weights_upper_error_tail():
     assert float(cens.min()) < -3 * c * unit  # the left tail stays
     # the draws are the same below the cut: most weights' errors are unchanged
     assert float((cens == plain).double().mean()) > 0.2
+
+
+def test_auto_without_labels_runs_no_method_that_reads_them():
+    from nvcim.methods.auto import BLOCKS, CHAINS
+
+    assert get("write-verify", fraction=0.1).needs_labels  # SWIM's Fisher sensitivity
+    assert not get("write-verify", fraction=0.1, sensitivity="magnitude").needs_labels
+    assert not get("write-verify").needs_labels  # full verification ranks nothing
+    assert get("rsa").needs_labels and get("vat").needs_labels
+    assert not any(get(m).needs_labels for m in ("self-tune", "map-correct", "chip-kd"))
+    auto = get("auto", labels=False)
+    allowed = [c for c in CHAINS if auto._allowed(c)]
+    assert allowed and "write-verify-10" not in allowed and "rsa-faults" not in allowed
+    assert all(not get(BLOCKS[b][0], **BLOCKS[b][1]).needs_labels for c in allowed for b in c.split("+"))

@@ -114,8 +114,8 @@ class Auto(Method):
 
     def _allowed(self, chain: str) -> bool:
         blocks = chain.split("+")
-        if not self.labels and "rsa-faults" in blocks:
-            return False
+        if not self.labels and any(get(BLOCKS[b][0], **BLOCKS[b][1]).needs_labels for b in blocks):
+            return False  # a chain whose methods read labels (rsa, SWIM's Fisher sensitivity)
         if self.max_sram < 0.05 and "rsa-faults" in blocks:
             return False
         return not (self.max_pulses == 0 and any(b in ("map-correct", "write-verify-10") for b in blocks))

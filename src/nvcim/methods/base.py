@@ -145,6 +145,12 @@ class Method(ABC):
     name = ""
     changes_chip = True
 
+    @property
+    def needs_labels(self) -> bool:
+        """Whether :meth:`apply` reads ``TaskData.train``'s labels (``auto`` with ``labels=False`` runs only
+        chains of methods that do not)."""
+        return True
+
     @abstractmethod
     def apply(self, chip: Chip, data: TaskData, progress: bool = False) -> Cost:
         """Recover in place on every chip of ``chip``."""

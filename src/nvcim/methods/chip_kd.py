@@ -33,6 +33,7 @@ class ChipKD(Method):
     """
 
     name = "chip-kd"
+    needs_labels = False  # type: ignore[assignment]  # unlabelled inputs (and the ideal model) only
 
     def __init__(self, steps: int = 150, batch_size: int = 64, lr: float = 5e-3, tau: float = 2.0,
                  beta: float = 0.0, samples: int = 1024, seed: int = 0, rewrite: float = 0.0) -> None:

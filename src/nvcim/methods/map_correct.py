@@ -128,6 +128,7 @@ class MapCorrect(Method):
     """
 
     name = "map-correct"
+    needs_labels = False  # type: ignore[assignment]  # unlabelled inputs (and the ideal model) only
 
     def __init__(self, partner: bool = True, column: bool = True, ir: bool = True, remap: bool = False,
                  tol: float = 0.05, ir_tol: float = 0.002, reads: int = 4, samples: int = 256,

@@ -43,6 +43,7 @@ class SelfTune(Method):
     """
 
     name = "self-tune"
+    needs_labels = False  # type: ignore[assignment]  # unlabelled inputs (and the ideal model) only
 
     def __init__(self, samples: int = 256, granularity: str = "channel", target: str = "ideal") -> None:
         if samples < 2:

@@ -48,6 +48,7 @@ class NoiseAwareTraining(Method):
     """Shared trainer. Subclasses choose the loss and the activation quantisers."""
 
     changes_chip = False  # it changes the model, and every chip is programmed again from it
+    needs_labels = True  # type: ignore[assignment]
 
     def __init__(self, epochs: int = 30, lr: float = 1e-3, batch_size: int = 0, censor: float = 0.0,
                  seed: int = 0, patience: int = 4, val_chips: int = 8, adc: str = "auto",

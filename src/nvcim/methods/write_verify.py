@@ -73,6 +73,11 @@ class WriteVerify(Method):
         self.fraction, self.sensitivity, self.tol, self.max_pulses, self.seed = (
             fraction, sensitivity, tol, max_pulses, seed)
 
+    @property
+    def needs_labels(self) -> bool:
+        """Selective verification by a Fisher sensitivity reads labels; full, magnitude and random do not."""
+        return self.fraction < 1.0 and self.sensitivity in ("swim", "expected")
+
     def scores(self, chip: Chip, data: TaskData) -> dict[str, Tensor]:
         """Sensitivity of every weight ``(O, K)``, comparable across layers."""
         weights = {name: chip.weight_matrix(name) for name in chip.layer_names()}
