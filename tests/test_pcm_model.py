@@ -118,3 +118,29 @@ def test_compensation_returns_a_drifted_noise_free_chip_to_the_digital_output():
         yc, yd = fit(x).mean(0) - bias, fit.digital(x) - bias
     ratio = (yc * yd).sum() / (yd * yd).sum()  # least-squares scale of the mean chip output against the ideal
     assert float(ratio) == pytest.approx(1.0, abs=0.05)
+
+
+def test_a_rewritten_pcm_cell_draws_its_drift_exponent_again():
+    """Re-programming melts and re-forms the cell: its nu is a fresh draw from the fit at its new target
+    (untouched cells keep theirs), so a re-written chip's drift factors have the fit's spread, not the old one."""
+    t = T_C + 3.15576e7  # a year: drift factors spread widely
+    _, _, m = _cells(t, chips=2)
+    xb = m.analog_layers()[0].crossbar
+    before = xb.drift_pos.clone()
+    mask = torch.zeros_like(xb.g_pos, dtype=torch.bool)
+    mask[..., : CELLS // 2] = True  # the first half of every level's cells
+    xb.rewrite("pos", mask)
+    after = xb.drift_pos
+    live = mask & (xb.faults_pos == 0)
+    assert torch.equal(after[~live], before[~live])  # untouched (and stuck) cells keep their exponent
+    changed = (after != before)[live].double().mean()
+    assert changed > 0.99  # every re-written cell drew a new one
+    # the new factors follow the same law: per level, mean and std of the factor match the untouched half's
+    lr = math.log(t / T_C)
+    m1, m2 = _nu_moments(LEVELS, lr)
+    sd = (m2 - m1**2).sqrt()
+    for j in range(len(LEVELS)):
+        new = after[:, 0, j, : CELLS // 2].double().flatten()
+        new = new[new != 1.0]
+        se = float(sd[j]) / math.sqrt(new.numel())
+        assert abs(float(new.mean()) - float(m1[j])) < 5 * se + 1e-6

@@ -172,6 +172,10 @@ class Crossbar(nn.Module):
         new = self.writer().sample(side, self.chip_ids.cpu(), f"rewrite-{int(self.writes)}", target,
                                    self.mapping.reference).to(g.device)
         setattr(self, f"g_{side}", torch.where(live, new, g))
+        drift = self.drift_pos if side == "pos" else self.drift_neg
+        if drift.numel():  # a re-written cell drifts anew, with a fresh exponent
+            fresh = self.writer().sample_drift(side, self.chip_ids.cpu(), f"rewrite-{int(self.writes)}", target)
+            setattr(self, f"drift_{side}", torch.where(live, fresh.to(drift), drift))
         self._recompensate()
         return mask.flatten(1).sum(1)
 

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from ..config.schema import ChipConfig
-from ..devices import get_model, has_drift, round_to_levels
+from ..devices import drift_factor, get_model, has_drift, round_to_levels
 from ..mapping import Mapped
 from . import programming, rng
 from .geometry import TileGeometry
@@ -110,6 +110,17 @@ class CellWriter:
         z_cell = rng.draw("normal", rng.key(self.seed, self.name, side, purpose), ids, shape, compiled=self.compiled)
         z_chip = self.between(ids, shape, side == "neg" and reference)
         return model.sample(g_t, lvl, z_cell, z_chip)
+
+    def sample_drift(self, side: str, ids: Tensor, purpose: str, target: Tensor) -> Tensor:
+        """Drift factors (t_read/t0)^-nu of cells re-programmed to ``target`` (N, S, O', K) on chips ``ids``:
+        a new write melts and re-forms a PCM cell's amorphous region, so its drift exponent nu is drawn
+        again (and its mean follows the new target, as in IBM's model)."""
+        cfg = self.config
+        model = get_model(cfg.device, cfg.variability)
+        g_t, _ = round_to_levels(target.cpu().clamp(cfg.device.g_min, cfg.device.g_max), model.levels())
+        z_nu = rng.draw("normal", rng.key(self.seed, self.name, side, purpose + "-drift"), ids,
+                        tuple(target.shape[1:]), compiled=self.compiled)
+        return drift_factor(g_t, z_nu, cfg.device).expand_as(z_nu)
 
     def write_chips(self, m: Mapped, targets: Targets, ids: Tensor, perm: Tensor | None, now: dict[str, Tensor],
                     dtype: torch.dtype, chunk: int = 0) -> tuple[dict[str, Tensor], Tensor]:
