@@ -9,7 +9,6 @@ owns the state and calls it.
 from __future__ import annotations
 
 import dataclasses
-
 from dataclasses import dataclass
 
 import torch
