@@ -1,5 +1,6 @@
 """Reports in a real headless browser, impact analysis, the hardware cost model, and the Ray executor."""
 
+import copy
 import math
 import os
 import re
@@ -260,3 +261,20 @@ def test_analyze_finds_each_effect_whatever_the_model_and_switches_it_off():
     off = _switch_off(pcm, ["drift", "programming variation"])
     assert off is not None and not has_drift(off.device) and not variation(off)
     assert off.device.drift.t_read == pcm.device.drift.t_read and off.device.read_noise == pcm.device.read_noise
+
+
+def test_analyze_has_a_row_for_every_layer_kind_on_the_chip():
+    """The built-in ViT (MultiheadAttention, Linear, a Conv2d stem): one per-layer row for every unit the
+    conversion puts on the chip, each run with that unit alone on the chip."""
+    from nvcim.experiments.models import vit
+
+    torch.manual_seed(0)
+    net = vit((1, 8, 8), 10).eval()
+    cfg = nvcim.override(nvcim.preset("ideal"), {"device.faults.sa1": 0.05})
+    x = torch.rand(40, 1, 8, 8)
+    y = net(x).argmax(-1)
+    converted = [n for n, _ in nvcim.convert(copy.deepcopy(net), cfg, chips=1).report.converted]
+    kinds = {type(m).__name__ for n, m in net.named_modules() if n in converted}
+    assert "MultiheadAttention" in kinds and len(converted) >= 3
+    res = analyze(net, cfg, (x, y), x, chips=4, progress=False)
+    assert sorted(r.name for r in res.rows if r.kind == "layer") == sorted(converted)

@@ -108,9 +108,12 @@ def analyze(net: nn.Module, config: ChipConfig, data: tuple[Any, Any], calibrati
     from ..chip import convert
     from ..evaluation import evaluate
 
-    layer_names = [n for n, m in net.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
+    # every unit that conversion puts on the chip (Linear, convolutions, attention, recurrent layers,
+    # GPT-2's Conv1D), by the name its filter sees: a one-chip conversion says which they are
+    layer_names = [n for n, _ in convert(copy.deepcopy(net), config, chips=1, seed=seed).report.converted]
     if not layer_names:
-        raise NvcimError("the model has no nn.Linear or nn.Conv2d layer to analyse")
+        raise NvcimError("the model has no layer that nvcim puts on the chip (Linear, Conv1d/2d, "
+                         "ConvTranspose2d, MultiheadAttention, LSTM/GRU/RNN, GPT-2 Conv1D) to analyse")
     present = [e for e, (has, _) in EFFECTS.items() if has(config)]
     jobs: list[tuple[str, str, ChipConfig | None, Any]] = [("full", "full", config, None)]
     skipped = []
