@@ -25,6 +25,7 @@ class TileGeometry:
     row_tiles: int
     rows_per_tile: int
     cols: int
+    array_rows: int = 0  # rows of the physical array (array.rows); 0: rows_per_tile (a full tile)
 
     @property
     def n_col_tiles(self) -> int:
@@ -61,8 +62,12 @@ class TileGeometry:
         rows, cols, t, n_ct = self.rows_per_tile, self.cols, self.row_tiles, self.n_col_tiles
         lead = g.shape[:-2]
         phys = self.to_tile_rows(g)  # (..., O, T, R)
-        phys = F.pad(phys, (0, 0, 0, 0, 0, n_ct * cols - self.out_features))
+        # a tile's rows sit at the top of its physical array: the column wire runs on past the unused rows
+        # (empty cells) to the sense amplifier, and carries the whole column current on that stretch
+        extra = max(0, self.array_rows - rows)
+        phys = F.pad(phys, (0, extra, 0, 0, 0, n_ct * cols - self.out_features))
+        rows += extra
         phys = phys.reshape(*lead, n_ct, cols, t, rows).permute(*range(len(lead)), -2, -4, -1, -3)
         att = attenuation(phys, r)  # (..., T, n_ct, R, C)
         att = att.permute(*range(len(lead)), -3, -1, -4, -2).reshape(*lead, n_ct * cols, t, rows)
-        return self.from_tile_rows(att[..., : self.out_features, :, :])
+        return self.from_tile_rows(att[..., : self.out_features, :, : self.rows_per_tile])

@@ -76,7 +76,8 @@ class AnalogLayer(nn.Module):
         return self.geometry.tile_index()
 
     def tile_geometry(self) -> TileGeometry:
-        return TileGeometry(self.out_features, self.k, self.row_tiles, self.rows_per_tile(), self.config.array.cols)
+        return TileGeometry(self.out_features, self.k, self.row_tiles, self.rows_per_tile(), self.config.array.cols,
+                            self.config.array.rows)
 
     @property
     def geometry(self) -> TileGeometry:
