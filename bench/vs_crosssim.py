@@ -1,7 +1,11 @@
 """nvcim against Sandia CrossSim 3.2 on the same weights (issue #41, item 4): per-chip accuracy mean ± std of
 each engine and the speed of each, same run, same machine.
 
-    .venv/bin/python bench/vs_crosssim.py [--chips 30] [--images 1000] [--cases ...]
+    .venv/bin/python bench/vs_crosssim.py [--chips 30] [--images 1000] [--cases ...] [--tag _ir]
+
+The recorded figures: the first four cases at 30 chips x 1000 images, ir-drop at 30 chips x 200 images
+(``--cases ir-drop --images 200 --tag _ir``: CrossSim's parasitic solver with read noise takes about 57 ms
+per image and chip, 6 minutes for that run; its read-noise case alone 26 ms).
 
 Trains (or loads from nvcim's cache) LeNet-5 on Fashion-MNIST, writes its weights and the test images to
 bench/results/vs_crosssim_inputs.pt, runs the nvcim cases here, then runs this file again under CrossSim's
@@ -247,8 +251,12 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--engine", choices=("both", "nvcim", "crosssim"), default="both")
     ap.add_argument("--cases", nargs="+", choices=CASES, default=None)
+    ap.add_argument("--tag", default="", help="suffix of the result files (runs of different sizes)")
     args = ap.parse_args()
     CASES[:] = args.cases or CASES
+    global INPUTS, OUT
+    INPUTS = INPUTS.with_name(f"vs_crosssim{args.tag}_inputs.pt")
+    OUT = OUT.with_name(f"vs_crosssim{args.tag}.json")
     if args.engine == "crosssim":
         state = torch.load(INPUTS, weights_only=True)
         OUT.with_suffix(".crosssim.json").write_text(json.dumps(crosssim_cases(args.chips, state)))
@@ -270,7 +278,7 @@ def main() -> None:
     if args.engine == "both":  # each engine runs all cases once: CrossSim first, then nvcim (host otherwise idle)
         py = os.environ.get("CROSSSIM_PYTHON", str(HERE.parent / ".anchors" / "crosssim-venv" / "bin" / "python"))
         subprocess.run([py, __file__, "--engine", "crosssim", "--chips", str(args.chips), "--images",
-                        str(args.images), "--cases", *CASES], check=True)
+                        str(args.images), "--tag", args.tag, "--cases", *CASES], check=True)
         results["crosssim"] = json.loads(OUT.with_suffix(".crosssim.json").read_text())
     results["nvcim"] = nvcim_cases(args.chips, state)
     if "crosssim" in results:
