@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from ..config.schema import ChipConfig
-from ..devices import drift_factor, get_model, has_drift, round_to_levels
+from ..devices import ProgrammingModel, drift_factor, get_model, has_drift, round_to_levels
 from ..mapping import Mapped
 from . import programming, rng
 from .geometry import TileGeometry
@@ -102,9 +102,7 @@ class CellWriter:
         """One re-programming write of every cell of ``side`` on chips ``ids`` (fresh draws per purpose) to
         per-chip ``target`` conductances (N, S, O', K), on the CPU (no faults: stuck cells keep their state).
         ``reference``: the side is the mapping's reference columns."""
-        cfg = self.config
-        model = get_model(cfg.device, cfg.variability)
-        g_t, lvl = round_to_levels(target.cpu().clamp(cfg.device.g_min, cfg.device.g_max), model.levels())
+        model, (g_t, lvl) = self._rounded(target)
         shape = tuple(target.shape[1:])
         z_cell = rng.draw("normal", rng.key(self.seed, self.name, side, purpose), ids, shape, compiled=self.compiled)
         z_chip = self.between(ids, shape, side == "neg" and reference)
@@ -114,12 +112,17 @@ class CellWriter:
         """Drift factors (t_read/t0)^-nu of cells re-programmed to ``target`` (N, S, O', K) on chips ``ids``:
         a new write melts and re-forms a PCM cell's amorphous region, so its drift exponent nu is drawn
         again (and its mean follows the new target, as in IBM's model)."""
-        cfg = self.config
-        model = get_model(cfg.device, cfg.variability)
-        g_t, _ = round_to_levels(target.cpu().clamp(cfg.device.g_min, cfg.device.g_max), model.levels())
+        _, (g_t, _) = self._rounded(target)
         z_nu = rng.draw("normal", rng.key(self.seed, self.name, side, purpose + "-drift"), ids,
                         tuple(target.shape[1:]), compiled=self.compiled)
-        return drift_factor(g_t, z_nu, cfg.device).expand_as(z_nu)
+        return drift_factor(g_t, z_nu, self.config.device).expand_as(z_nu)
+
+    def _rounded(self, target: Tensor) -> tuple[ProgrammingModel, tuple[Tensor, Tensor | None]]:
+        """The programming model and re-write targets (N, S, O', K) clipped to the window and rounded to
+        its levels (with their level index), on the CPU."""
+        cfg = self.config
+        model = get_model(cfg.device, cfg.variability)
+        return model, round_to_levels(target.cpu().clamp(cfg.device.g_min, cfg.device.g_max), model.levels())
 
     def write_chips(self, m: Mapped, targets: Targets, ids: Tensor, perm: Tensor | None, now: dict[str, Tensor],
                     dtype: torch.dtype, chunk: int = 0) -> tuple[dict[str, Tensor], Tensor]:

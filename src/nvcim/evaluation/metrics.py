@@ -33,21 +33,8 @@ def kpp(per_chip: Tensor | list[float], k: float, higher_is_better: bool = True)
     return float(v[r - 1] if higher_is_better else v[v.numel() - r])
 
 
-def binom_cdf(r: int, n: int, p: float) -> float:
-    """P(B <= r) for B ~ Binomial(n, p)."""
-    if r < 0:
-        return 0.0
-    if r >= n or p <= 0:
-        return 1.0
-    if p >= 1:
-        return 0.0
-    lp, lq = math.log(p), math.log1p(-p)
-    return min(1.0, math.fsum(math.exp(math.lgamma(n + 1) - math.lgamma(i + 1) - math.lgamma(n - i + 1)
-                                       + i * lp + (n - i) * lq) for i in range(0, r + 1)))
-
-
-def _cdf_table(n: int, p: float) -> list[float]:
-    """[F(-1), F(0), ..., F(n)] of Binomial(n, p), in O(n)."""
+def binom_cdf_table(n: int, p: float) -> list[float]:
+    """[F(-1), F(0), ..., F(n)] of Binomial(n, p), in O(n): ``table[r + 1] = P(B <= r)``."""
     if p <= 0 or p >= 1:
         return [0.0] + [1.0 if (p <= 0 or r >= n) else 0.0 for r in range(n + 1)]
     lp, lq, c, out, acc = math.log(p), math.log1p(-p), math.lgamma(n + 1), [0.0], 0.0
@@ -62,7 +49,7 @@ def percentile_ranks(n: int, k: float, level: float = 0.95) -> tuple[int | None,
     """1-based ranks (ascending) of the equal-tailed distribution-free CI of the k-th percentile, each end
     covering with probability >= 1 - (1 - level)/2; ``None`` where no order statistic of n can."""
     a = (1 - level) / 2
-    cdf = _cdf_table(n, k / 100.0)  # cdf[r] = F(r - 1)
+    cdf = binom_cdf_table(n, k / 100.0)  # cdf[r] = F(r - 1)
     lows = [r for r in range(1, n + 1) if cdf[r] <= a]          # P(X_(r) > xi_p) = F(r - 1) <= a
     highs = [r for r in range(1, n + 1) if 1 - cdf[r] <= a]     # P(X_(r) < xi_p) = 1 - F(r - 1) <= a
     return (max(lows) if lows else None), (min(highs) if highs else None)
@@ -72,10 +59,8 @@ def percentile_coverage(n: int, k: float, level: float = 0.95) -> float:
     """The exact coverage of :func:`percentile_ci` for a continuous distribution (an unbounded end covers
     always); for discrete values the coverage is at least this."""
     lo, hi = percentile_ranks(n, k, level)
-    p = k / 100.0
-    upper = binom_cdf(hi - 1, n, p) if hi is not None else 1.0
-    lower = binom_cdf(lo - 1, n, p) if lo is not None else 0.0
-    return upper - lower
+    cdf = binom_cdf_table(n, k / 100.0)  # cdf[r] = F(r - 1)
+    return (cdf[hi] if hi is not None else 1.0) - (cdf[lo] if lo is not None else 0.0)
 
 
 def chips_for_bound(k: float, level: float = 0.95) -> int:
