@@ -2,6 +2,7 @@
 compiling, batching or the call pattern never change a result."""
 
 import logging
+import os
 import sys
 
 import pytest
@@ -9,7 +10,7 @@ import torch
 from helpers import lenet, linear
 
 import nvcim
-from nvcim.chip import Runtime, rng
+from nvcim.chip import Runtime, rng, warmup
 from nvcim.chip import model as model_mod
 from nvcim.config import override, preset
 
@@ -68,17 +69,19 @@ def test_a_chip_pass_records_no_graph_unless_a_register_or_the_input_needs_one()
     assert lay.crossbar.tune_offset.grad is not None and lay.crossbar.tune_offset.grad.abs().sum() > 0
 
 
-def test_auto_compile_policy_by_call_and_by_total_with_one_log_line(monkeypatch):
+def test_auto_compile_policy_by_call_and_by_total_with_one_log_line(monkeypatch, fresh_cache):
     """Runtime.compile="auto" compiles a call that is large enough, or once the calls so far are, never
     when a gradient is being taken, and says so once. (The decision is checked without compiling.)"""
     decided = []
 
     def fake_pass(self, x, image_ids, read_key, compiled):
         decided.append(compiled)
+        warmup.note("flat", ("uniform",), (torch.zeros(len(decided), 3),))  # a kernel no machine compiled
         return torch.zeros(self.chips, x.shape[0], 10)
 
     monkeypatch.setattr(model_mod.AnalogModel, "_chip_pass", fake_pass)
     monkeypatch.setattr(model_mod, "can_compile", lambda device: True)
+    monkeypatch.setattr(warmup, "CHILD", [sys.executable, "-c", "import sys; sys.stdin.read()"])  # compiles nothing
     m = nvcim.convert(lenet(), MLC, chips=10, seed=0)
     m.calibrate(_x(4))
     per_image = m.bytes_per_chip_image(_x(1)) / 6.0 * m.chips
@@ -90,8 +93,11 @@ def test_auto_compile_policy_by_call_and_by_total_with_one_log_line(monkeypatch)
     logging.getLogger("nvcim").addHandler(handler)
     try:
         m(_x(4))  # 4 images: small, 4 in all
-        m(_x(12))  # a large call: recorded (the fake pass calls no kernel, so nothing is left to compile)
-        assert m._warmup is not None and m._warmup.ready
+        m(_x(12))  # a large call: recorded, its kernel compiled by a child (one that compiles nothing here)
+        assert m._warmup is not None and m._warmup.records
+        for p in m._warmup.procs:
+            p.wait(timeout=60)
+        assert m._warmup.ready
         m(_x(4))  # small again, 20 in all
         m(_x(6))  # small, 26 in all: past the total
         m.analog_layers()[0].crossbar.sram_w = torch.zeros(10, 6, 25, requires_grad=True)
@@ -100,45 +106,44 @@ def test_auto_compile_policy_by_call_and_by_total_with_one_log_line(monkeypatch)
         logging.getLogger("nvcim").removeHandler(handler)
     # the recorded pass takes a compiled pass's decisions (its kernels run eager): compiled=True
     assert decided == [False, True, False, True, False]
-    assert sum("compiling the chip kernels" in msg for msg in said) == 1
+    assert sum("with torch.compile in the background" in msg for msg in said) == 1
 
 
-def test_the_recorded_pass_notes_exactly_the_kernels_a_compiled_pass_calls(monkeypatch):
+def test_the_recorded_pass_notes_exactly_the_kernels_a_compiled_pass_calls(fresh_cache):
     """The background compile (nvcim.chip.warmup) compiles what the first large pass noted; that must be
     every kernel, with the layouts, that a compiled pass then asks for. Checked without compiling: the
     compiled kernels are replaced by eager ones that note their calls."""
-    from nvcim.chip import compiling, converters, warmup
+    from nvcim.chip import compiling, kernel_cache
 
     asked: list = []
 
-    def fake_compiled(name, static):
+    def fake_compiled(name, static, lay):
         run = compiling.eager_kernel(name, static)
         return lambda *a: (asked.append((name, static, tuple(warmup._meta(v) for v in a))), run(*a))[1]
 
-    def fake_dac(model, bits, signed):
-        q = nvcim.circuits.get_dac(model).quantize
-        return lambda x, fs: (asked.append(("dac", (model, bits, signed), (warmup._meta(x), warmup._meta(fs)))),
-                              q(x, fs, bits, signed))[1]
-
     x = _x(12)
-    for cfg in (MLC, SLICED):
+    real = compiling._compiled_kernel
+    for i, cfg in enumerate((MLC, SLICED)):
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(fresh_cache / str(i))  # an empty ledger (the fixture resets)
+        kernel_cache.forget()
         m = nvcim.convert(lenet(), cfg, chips=4, seed=1, runtime=Runtime(chip_block=2))
         m.calibrate(x)
         with torch.no_grad(), warmup.recording() as noted:
             recorded = m._chip_pass(x, None, 3, compiled=True)
-        monkeypatch.setattr(compiling, "_compiled_kernel", fake_compiled)
-        monkeypatch.setattr(converters, "dac_kernel", fake_dac)
+        compiling._compiled_kernel = fake_compiled
         asked.clear()
-        with torch.no_grad():
-            compiled = m._chip_pass(x, None, 3, compiled=True)
-        monkeypatch.undo()
+        try:
+            with torch.no_grad():
+                compiled = m._chip_pass(x, None, 3, compiled=True)
+        finally:
+            compiling._compiled_kernel = real
         assert noted and {str(r) for r in noted} == {str(a) for a in asked}
         names = {r[0] for r in noted}
         assert "dac" in names and any(n.endswith("_tail") for n in names)  # the compiled pass's fused tails
         assert torch.equal(recorded, compiled)
 
 
-def test_a_background_compile_switches_passes_to_compiled_with_the_same_numbers(monkeypatch):
+def test_a_background_compile_switches_passes_to_compiled_with_the_same_numbers(monkeypatch, fresh_cache):
     """Runtime.compile="auto": the first large pass runs eager and starts the compiling child; passes stay
     eager until it is done, then run compiled, and every pass gives the same numbers."""
 
@@ -151,32 +156,33 @@ def test_a_background_compile_switches_passes_to_compiled_with_the_same_numbers(
     with torch.no_grad():
         first = m(x, read_key=3)  # recorded
         w = m._warmup
-        assert w is not None and w.records and w.proc is not None
-        assert w.proc.wait(timeout=900) == 0, w.proc.stderr.read() if w.proc.stderr else ""
+        assert w is not None and w.records and w.procs
+        for p, log in zip(w.procs, w.logs):
+            assert p.wait(timeout=900) == 0, log.read_text()
         assert w.ready and m._compile_now(x) == "on"
         again = m(x, read_key=3)  # compiled
     assert torch.equal(first, again)
-    # a model with the same layers in this process: nothing left to compile, no child
+    # a model with the same layers: nothing left to compile (the ledger has its kernels), no child
     m2 = nvcim.convert(linear(64, 8), MLC, chips=2, seed=1, runtime=Runtime(chip_block=2))
     m2.calibrate(x)
     with torch.no_grad():
         m2(x, read_key=3)
-    assert m2._warmup is not None and m2._warmup.proc is None and m2._warmup.ready
+    assert m2._warmup is not None and not m2._warmup.procs and m2._warmup.ready
 
 
-def test_a_failed_background_compile_leaves_passes_eager_and_says_so(monkeypatch, caplog):
+def test_a_failed_background_compile_leaves_passes_eager_and_says_so(monkeypatch, caplog, fresh_cache):
     from nvcim.chip import warmup
 
     monkeypatch.setattr(model_mod, "can_compile", lambda device: True)
     monkeypatch.setattr(warmup, "CHILD", [sys.executable, "-c", "import sys; sys.exit('no compiler here')"])
-    monkeypatch.setattr(warmup, "_compiled", set())
     m = nvcim.convert(lenet(), override(MLC, {"device.read_noise": 0.01}), chips=2, seed=1)
     x = _x(8)
     m.calibrate(x)
     monkeypatch.setattr(model_mod, "COMPILE_CALL_ELEMENTS", 0.0)
     with torch.no_grad():
         first = m(x, read_key=3)
-        m._warmup.proc.wait(timeout=60)
+        for p in m._warmup.procs:
+            p.wait(timeout=60)
         with caplog.at_level(logging.WARNING, logger="nvcim"):
             assert m._compile_now(x) == "off" and m._warmup.failed
             again = m(x, read_key=3)

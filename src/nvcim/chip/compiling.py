@@ -10,6 +10,8 @@ recorded for a background compile (:mod:`.warmup`) can note each call and run it
 from __future__ import annotations
 
 import functools
+import hashlib
+import json
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -18,9 +20,9 @@ import torch
 from torch import Tensor
 
 from ..circuits import get_dac
-from . import warmup
+from . import kernel_cache, warmup
 
-_KERNELS: dict[str, Callable[..., Tensor]] = {}
+_KERNELS: dict[str, tuple[Callable[..., Any], tuple[int, ...]]] = {}  # name -> (loop, batch operands)
 _failed = False  # a compile failed in this process: everything runs eager from then on
 
 
@@ -43,21 +45,22 @@ def compiled_or_eager(compiled: Callable[..., Any] | None, eager: Callable[..., 
     return eager(*args, **kwargs)
 
 
-def register_kernel(name: str, fn: Callable[..., Any]) -> None:
+def register_kernel(name: str, fn: Callable[..., Any], batch: tuple[int, ...] = (0,)) -> None:
     """A loop that :func:`eager_kernel` and :func:`compiled_kernel` serve by ``name`` (its trailing
-    arguments are ``static``, what a compiled version specialises on)."""
-    _KERNELS[name] = fn
+    arguments are ``static``, what a compiled version specialises on). ``batch``: the positions of the
+    operands whose leading dimension is the (sub-)batch, compiled symbolic (:func:`_compiled_kernel`)."""
+    _KERNELS[name] = (fn, batch)
 
 
 def run_kernel(name: str, static: tuple, compiled: bool, *args: Any) -> Any:
     """Loop ``name`` on ``args``, compiled when asked and possible."""
-    return compiled_or_eager(compiled_kernel(name, static) if compiled else None, eager_kernel(name, static), *args)
+    return (compiled_kernel if compiled else eager_kernel)(name, static)(*args)
 
 
 def eager_kernel(name: str, static: tuple) -> Callable[..., Tensor]:
     """Loop ``name`` with its trailing arguments ``static`` bound (each call noted for a background
     compile, :mod:`.warmup`, while one is being recorded)."""
-    fn = _KERNELS[name]
+    fn = _KERNELS[name][0]
 
     def run(*a: Any) -> Any:
         warmup.note(name, static, a)
@@ -66,31 +69,81 @@ def eager_kernel(name: str, static: tuple) -> Callable[..., Tensor]:
     return run
 
 
+def kernel_key(name: str, static: tuple, metas: Any) -> tuple[str, kernel_cache.Layout]:
+    """The ledger key (:mod:`.kernel_cache`) and layout of loop ``name`` compiled for operands of
+    :func:`~.kernel_cache.meta` ``metas``."""
+    lay = kernel_cache.layout(name, static, metas, _KERNELS[name][1])
+    return kernel_cache.key(lay, warmup.nominal_threads()), lay
+
+
 def compiled_kernel(name: str, static: tuple) -> Callable[..., Tensor]:
-    """Loop ``name`` compiled (:func:`_compiled_kernel`); while a pass is recorded for a background compile
-    (:mod:`.warmup`), the eager loop instead, its call noted: the recorded pass takes every decision a
-    compiled pass takes (fused tails, the compiled DAC) and so notes the kernels that pass will call."""
-    if warmup.recording_now():
-        return eager_kernel(name, static)
-    return _compiled_kernel(name, static)
+    """Loop ``name`` compiled. In a hybrid pass (:func:`.warmup.hybrid`, and the pass recorded for a
+    background compile) only where this machine has compiled its layout before (:mod:`.kernel_cache`: the
+    compile is then a cache load); elsewhere eager, the call noted when recording. Compiled kernels run at
+    the thread count outside :func:`.warmup.sharing_cores`, the one a background compile made them for."""
+    batch = _KERNELS[name][1]
+    eager = eager_kernel(name, static)
+
+    def run(*a: Any) -> Any:
+        a = tuple(_own_storage(v) for v in a)
+        k, lay = kernel_key(name, static, [kernel_cache.meta(v) for v in a])
+        if warmup.hybrid_now() and not kernel_cache.known(k):
+            return eager(*a)
+        import torch._dynamo  # here: importing dynamo takes 0.8 s, which eager runs need not pay
+
+        for i in batch:
+            t = a[i]
+            if isinstance(t, Tensor) and t.dim() and t.shape[0] > 1:
+                torch._dynamo.maybe_mark_dynamic(t, 0)
+        compiled = _compiled_kernel(name, static, json.dumps(lay, default=str))
+        # at the nominal thread count: inductor makes a CPU loop for the count it compiles under, and dynamo
+        # guards on it (a pass while a background compile has a core would trace every kernel again)
+        threads, before = warmup.nominal_threads(), torch.get_num_threads()
+        if threads != before:
+            torch.set_num_threads(threads)
+        try:
+            out = compiled_or_eager(compiled, eager, *a)
+        finally:
+            if threads != before:
+                torch.set_num_threads(before)
+        if not _failed and not kernel_cache.known(k):
+            kernel_cache.mark(k, lay)
+        return out
+
+    return run
 
 
-@functools.lru_cache(maxsize=128)
-def _compiled_kernel(name: str, static: tuple) -> Callable[..., Tensor]:
-    """Loop ``name`` under ``torch.compile``, one compiled function per ``static`` (the tail's ops and the
-    output geometry), closed over and compiled with automatic dynamic shapes, so that only what does change
-    (the sub-batch size) becomes symbolic: under ``dynamic=True`` the geometry would be symbolic too, and
-    the pooling windows' index arithmetic on symbols neither fuses with the epilogue nor vectorises (2.5x
-    slower, measured)."""
-    fn = _KERNELS[name]
+def _own_storage(t: Any) -> Any:
+    """A tensor operand as one of its own: a view (a sub-batch of the caller's batch) as a plain tensor on the
+    same memory, and one that starts inside its storage as a copy. Dynamo traces a view with its base's
+    size and a storage offset as a number, so that a kernel first called on a sub-batch other than the
+    first traced a graph that no background compile (on fresh tensors) stored (measured: the first DAC of
+    LeNet-5, compiled again in the foreground)."""
+    if not isinstance(t, Tensor) or not (t._is_view() or t.storage_offset()):
+        return t
+    if t.storage_offset():
+        return t.clone()  # keeps the strides of a dense tensor
+    return torch.empty(0, dtype=t.dtype, device=t.device).set_(t.untyped_storage(), 0, t.shape, t.stride())
+
+
+@functools.lru_cache(maxsize=512)
+def _compiled_kernel(name: str, static: tuple, lay: str) -> Callable[..., Tensor]:
+    """Loop ``name`` under ``torch.compile``, one function per operand layout ``lay``
+    (:func:`~.kernel_cache.layout`): its batch dimensions symbolic (marked by the caller), everything else
+    static. Why static: under ``dynamic=True`` the geometry would be symbolic too; the pooling windows' index
+    arithmetic on symbols neither fuses with the epilogue nor vectorises (2.5x slower, measured), and the
+    graph would depend on which sizes happen to be equal (dynamo gives equal sizes one symbol), so that a
+    process traced a graph other than the one a background compile stored for the same layout (measured:
+    2 of 8 LeNet-5 graphs, 35 s compiled in the foreground). Why one function per layout: dynamo's automatic
+    dynamic shapes make a function's second graph depend on the calls before it; a function that sees one
+    layout traces the same graph in every process."""
+    fn = _KERNELS[name][0]
 
     def bound(*a: Any) -> Tensor:
         return fn(*a, *static)
 
-    # a loop whose only static operand is the ADC model stays shape-polymorphic (the sub-batch and the
-    # geometry vary with every layer); the tails specialise on their geometry (see above)
-    return torch.compile(own_code(bound, f"{name}_{_compiled_kernel.cache_info().currsize}"),
-                         dynamic=True if len(static) == 1 else None)
+    tag = hashlib.sha256(lay.encode()).hexdigest()[:10]
+    return torch.compile(own_code(bound, f"{name}_{tag}"), dynamic=None)
 
 
 def own_code(fn: Callable[..., Any], name: str) -> Callable[..., Any]:
@@ -110,21 +163,14 @@ def raise_recompile_limit() -> None:
         cfg.recompile_limit = 64
 
 
-@functools.lru_cache(maxsize=16)
+def _dac_loop(x: Tensor, full_scale: Tensor, model: str, bits: int, signed: bool) -> Tensor:
+    return get_dac(model).quantize(x, full_scale, bits, signed)
+
+
+register_kernel("dac", _dac_loop, batch=(0,))
+
+
 def dac_kernel(model: str, bits: int, signed: bool) -> Callable[[Tensor, Tensor], Tensor]:
     """The DAC model ``model`` as one compiled pass (eager, the uniform DAC is four passes over a block's
     activations) for ``bits`` and ``signed``; eager where compiling fails."""
-    quantize = get_dac(model).quantize
-
-    def bound(x: Tensor, full_scale: Tensor) -> Tensor:
-        return quantize(x, full_scale, bits, signed)
-
-    fn = torch.compile(own_code(bound, f"dac_{model}_{bits}_{int(signed)}"), dynamic=None)
-
-    def run(x: Tensor, full_scale: Tensor) -> Tensor:
-        if warmup.recording_now():
-            warmup.note("dac", (model, bits, signed), (x, full_scale))
-            return bound(x, full_scale)
-        return compiled_or_eager(fn, bound, x, full_scale)
-
-    return run
+    return compiled_kernel("dac", (model, bits, signed))

@@ -314,9 +314,11 @@ def _flat_tail_kernel(y: Tensor, var: Tensor | None, kb: Tensor | None, pk: Tens
     return _finish_tail(z, ops, c)
 
 
-for _name, _fn in (("flat", _flat_kernel), ("general", _general_kernel), ("flat_tail", _flat_tail_kernel),
-                  ("general_tail", _general_tail_kernel)):
-    register_kernel(_name, _fn)
+# operands led by the (sub-)batch: y, var and the keys of position 0 (flat) or the image keys (general)
+register_kernel("flat", _flat_kernel, batch=(0, 1, 2))
+register_kernel("general", _general_kernel, batch=(0, 1, 3))
+register_kernel("flat_tail", _flat_tail_kernel, batch=(0, 1, 2))
+register_kernel("general_tail", _general_tail_kernel, batch=(0, 1, 3))
 
 
 def epilogue(compiled: bool) -> Callable[..., Tensor]:

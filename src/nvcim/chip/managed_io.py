@@ -155,7 +155,7 @@ def managed_kernel(y: Tensor, var: Tensor | None, keys: Tensor | None, loff: Ten
     return model.quantize(y, delta, lo, hi) * back, model.saturated(y, delta, lo, hi)
 
 
-register_kernel("managed", managed_kernel)
+register_kernel("managed", managed_kernel, batch=(0, 1, 2, 3))
 
 
 def _weights(layer: AnalogLayer, cache_of: Pass, chip: ChipPass | None) -> tuple[Tensor, Tensor | None]:

@@ -198,25 +198,34 @@ class AnalogModel(nn.Module):
         grad = torch.is_grad_enabled() and (x.requires_grad or self._registers_need_grad())
         with torch.set_grad_enabled(grad):
             how = "off" if grad else self._compile_now(x)
-            if how != "record":
-                with warmup.sharing_cores(self._warmup):
-                    return self._chip_pass(x, image_ids, read_key, compiled=how == "on")
-            with warmup.recording() as calls:  # a compiled pass's decisions, its kernels run eager and noted
-                out = self._chip_pass(x, image_ids, read_key, compiled=True)
-            self._warmup = warmup.Warmup(calls).start()
-            return out
+            if how == "record":  # a compiled pass's decisions; kernels not compiled before run eager, noted
+                with warmup.recording() as calls:
+                    out = self._chip_pass(x, image_ids, read_key, compiled=True)
+                self._warmup = warmup.Warmup(calls).start()
+                if self._warmup.records and not self._announced:
+                    self._announced = True
+                    n = len(self._warmup.records)
+                    log.info("compiling %d chip kernel%s with torch.compile in the background (once per machine "
+                             "and layer shape, a few minutes on a small CPU; it goes on if this process ends); "
+                             "until then kernels not compiled yet run eager; Runtime(compile='off') skips it",
+                             n, "" if n == 1 else "s")
+                return out
+            with warmup.sharing_cores(self._warmup), \
+                    warmup.hybrid() if how == "hybrid" else contextlib.nullcontext():
+                return self._chip_pass(x, image_ids, read_key, compiled=how != "off")
 
     def _registers_need_grad(self) -> bool:
         return any(t.requires_grad for lay in self.analog_layers()
                    for t in (lay.crossbar.tune_gain, lay.crossbar.tune_offset, lay.crossbar.sram_w))
 
     def _compile_now(self, x: Tensor) -> str:
-        """Runtime.compile for this pass: "on" or "off" (compiled or eager), or "record": eager, recording its
-        kernels for a background compile. "on"/"off" are forced; "auto" compiles once the work repays it and
-        the kernels are ready: the first pass that would repay it runs eager while its kernels compile in a
-        child process (:mod:`.warmup`), so the first result does not wait for inductor, and passes switch
-        to the compiled kernels when they are ready. Compiled and eager passes give the same numbers
-        (tested), so the choice, and hence the call pattern, changes speed only."""
+        """Runtime.compile for this pass: "on" or "off" (compiled or eager), "hybrid" (each kernel compiled
+        where this machine compiled it before, else eager), or "record": hybrid, noting the eager kernels
+        for a background compile. "on"/"off" are forced; "auto" compiles once the work repays it: the first
+        pass that would repay it is recorded while the kernels it lacks compile in a child process
+        (:mod:`.warmup`), so the first result does not wait for inductor; passes are hybrid while the child
+        runs and compiled once it is done. Compiled and eager passes give the same numbers (tested), so the
+        choice, and hence the call pattern, changes speed only."""
         mode = self.runtime.compile
         if mode != "auto":
             return mode
@@ -226,13 +235,10 @@ class AnalogModel(nn.Module):
                                             and self._elements_run < COMPILE_TOTAL_ELEMENTS):
             return "off"
         if self._warmup is None:
-            if not self._announced:
-                self._announced = True
-                log.info("compiling the chip kernels of this model with torch.compile in the background (once "
-                         "per process and layer shape; a minute or two on a small CPU, seconds when cached); "
-                         "chip passes run eager until it is done; Runtime(compile='off') skips it")
             return "record"
-        return "on" if self._warmup.ready else "off"
+        if self._warmup.ready:
+            return "on"
+        return "hybrid" if self._warmup.running else "off"
 
     def _chip_pass(self, x: Tensor, image_ids: Tensor | None, read_key: int | None, compiled: bool) -> Any:
         b = x.shape[0]
