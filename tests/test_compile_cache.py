@@ -129,3 +129,21 @@ def test_a_kernel_claimed_by_one_compiling_process_is_skipped_by_another(fresh_c
         holder.wait()
     with kernel_cache.claim("k" * 32, wait=True) as mine:  # released with its process
         assert mine is True
+
+
+def test_a_ledger_that_cannot_be_written_costs_time_not_results(tmp_path, monkeypatch):
+    """An inductor cache folder that cannot be made (here: under a file): nothing is known, entering a kernel
+    and claiming one do not fail, so a pass runs and its kernels compile in the background as before."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(blocker / "inductor"))
+    kernel_cache.forget()
+    try:
+        assert kernel_cache.directory() is None
+        assert not kernel_cache.known("k" * 32)
+        kernel_cache.mark("j" * 32, ["flat", [], []])  # remembered in this process only
+        assert kernel_cache.known("j" * 32) and not (blocker / "inductor").exists()
+        with kernel_cache.claim("k" * 32, wait=False) as mine:
+            assert mine is True
+    finally:
+        kernel_cache.forget()

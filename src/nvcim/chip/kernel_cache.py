@@ -16,7 +16,6 @@ cache is (its entries would then promise cache hits that cannot happen).
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import os
@@ -26,6 +25,11 @@ from typing import Any
 
 import torch
 from torch import Tensor
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: no locks, so concurrent background compiles may repeat a kernel
+    fcntl = None  # type: ignore[assignment]
 
 Layout = list[Any]
 _known: set[str] = set()  # ledger entries seen in this process (an entry is never removed while it runs)
@@ -63,16 +67,20 @@ def key(lay: Layout, threads: int) -> str:
 
 
 def directory() -> Path | None:
-    """The ledger's folder (made on first use), or None where inductor's FX graph cache is off."""
+    """The ledger's folder (made on first use), or None where inductor's FX graph cache is off or the
+    folder cannot be made (the ledger only saves time: without it every kernel compiles in the background)."""
     from torch._inductor import config
     from torch._inductor.runtime.cache_dir_utils import cache_dir
 
     if not config.fx_graph_cache:
         return None
-    path = Path(cache_dir()) / "nvcim-kernels"
-    if path not in _made:
-        path.mkdir(parents=True, exist_ok=True)
-        _made.add(path)
+    try:
+        path = Path(cache_dir()) / "nvcim-kernels"
+        if path not in _made:
+            path.mkdir(parents=True, exist_ok=True)
+            _made.add(path)
+    except OSError:
+        return None
     return path
 
 
@@ -94,8 +102,9 @@ def mark(k: str, lay: Layout) -> None:
     if root is None:
         return
     tmp = root / f".{k}.{os.getpid()}"
-    tmp.write_text(json.dumps(lay, default=str) + "\n")
-    os.replace(tmp, root / k)
+    with contextlib.suppress(OSError):  # a full or read-only disk: the kernel compiles again next time
+        tmp.write_text(json.dumps(lay, default=str) + "\n")
+        os.replace(tmp, root / k)
 
 
 def forget() -> None:
@@ -110,11 +119,16 @@ def claim(k: str, wait: bool) -> Iterator[bool]:
     it when ``wait``, else False at once. Background compiles share a kernel list this way, each taking
     the next kernel no other holds, and none compiles a kernel twice."""
     root = directory()
-    if root is None:
+    if root is None or fcntl is None:
         yield True
         return
-    (root / "locks").mkdir(exist_ok=True)
-    with open(root / "locks" / k, "w") as f:
+    try:
+        (root / "locks").mkdir(exist_ok=True)
+        f = open(root / "locks" / k, "w")  # noqa: SIM115 (closed below)
+    except OSError:
+        yield True
+        return
+    with f:
         try:
             fcntl.flock(f, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -177,8 +177,8 @@ class Warmup:
                 self._state = "failed"
                 p, f = bad[0]
                 err = (f.read_text() if f.exists() else "").strip().splitlines()
-                log.warning("compiling the chip kernels failed (%s); chip passes stay eager",
-                            err[-1] if err else f"exit status {p.returncode}")
+                log.warning("compiling the chip kernels failed (%s; the whole log: %s); chip passes stay eager",
+                            err[-1] if err else f"exit status {p.returncode}", f)
         return self._state == "ready"
 
     @property
@@ -218,7 +218,7 @@ def _compile(job: dict[str, Any]) -> None:
 
     _nominal = int(job["threads"])  # compiled kernels run (and so are made) at the parent's thread count
     compiling.raise_recompile_limit()  # as a compiled pass sets it
-    held_elsewhere = []
+    held_elsewhere: list[list[Any]] = []
     with torch.no_grad():
         for wait, records in ((False, job["records"]), (True, held_elsewhere)):
             for name, static, metas in list(records):
