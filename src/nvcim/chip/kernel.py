@@ -97,11 +97,15 @@ def general_epilogue(y: Tensor, var: Tensor | None, ck: Tensor | None, ik: Tenso
     """:func:`analog_epilogue` for any number of row tiles and slices."""
     b, n_l, c, t, s, o = y.shape
     h, w = hw or (1, n_l)
-    eidx = odd = None
-    if var is not None:  # key of (b, l, chip, tso) = mix(ck + ik) + (m(l) T S O + tso) G, wrapping
+    eidx = odd = kb = None
+    if var is not None and ck is not None and ik is not None:
+        # key of (b, l, chip, tso) = mix(ck + ik) + (m(l) T S O + tso) G, wrapping. The (B, c) keys are mixed
+        # here, not in the loop: the same integers, and inductor re-expands an inlined value at every
+        # reference, so each hash step inside the loop doubled the cost of compiling it
+        kb = rng.read_keys(ck, ik)
         pk, odd = position_keys(h, w, t * s * o * rng._GOLD, y.device)
         eidx = (pk.view(n_l, 1) + _index_keys(t * s * o, rng._GOLD, y.device).view(1, -1)).view(-1)
-    args = (y, var, ck, ik, eidx, odd, gain, offset, delta, lo, hi, slice_w, out_scale, bias)
+    args = (y, var, kb, eidx, odd, gain, offset, delta, lo, hi, slice_w, out_scale, bias)
     get = get or eager_kernel
     return get("general_tail", (*tail, adc))(*args) if tail else get("general", (adc,))(*args)
 
@@ -141,16 +145,15 @@ def _general_post(y: Tensor, gain: Tensor | None, offset: Tensor | None, delta: 
     return y
 
 
-def _general_kernel(y: Tensor, var: Tensor | None, ck: Tensor | None, ik: Tensor | None, eidx: Tensor | None,
-                    odd: Tensor | None, gain: Tensor | None, offset: Tensor | None, delta: Tensor | None, lo: int,
-                    hi: int, slice_w: Tensor, out_scale: Tensor, bias: Tensor | None, adc: str) -> Tensor:
-    """The loop of :func:`general_epilogue`; ``eidx`` (L T S O,) holds the element key offsets, ``odd``
-    (L,) the positions that take the sine of their pair."""
+def _general_kernel(y: Tensor, var: Tensor | None, kb: Tensor | None, eidx: Tensor | None, odd: Tensor | None,
+                    gain: Tensor | None, offset: Tensor | None, delta: Tensor | None, lo: int, hi: int,
+                    slice_w: Tensor, out_scale: Tensor, bias: Tensor | None, adc: str) -> Tensor:
+    """The loop of :func:`general_epilogue`; ``kb`` (B, c) holds the mixed keys of (image, chip), ``eidx``
+    (L T S O,) the element key offsets, ``odd`` (L,) the positions that take the sine of their pair."""
     var = None if var is None else var.to(y.dtype)  # a bfloat16 variance is widened here
     b, n_l, c, t, s, o = y.shape
-    if var is not None and ck is not None and ik is not None and eidx is not None:
-        keys = rng.read_keys(ck, ik)
-        k = keys.view(b, 1, c, 1, 1, 1) + eidx.view(1, n_l, 1, t, s, o)
+    if var is not None and kb is not None and eidx is not None:
+        k = kb.view(b, 1, c, 1, 1, 1) + eidx.view(1, n_l, 1, t, s, o)
         z = read_noise(k, None if odd is None else odd.view(1, n_l, 1, 1, 1, 1))
         y = y + torch.sqrt(var.clamp_min(0.0)) * z
     return _general_post(y, gain, offset, delta, lo, hi, slice_w, out_scale, bias, adc).contiguous()
@@ -187,7 +190,7 @@ def _finish_tail(z: Tensor, ops: tuple[str | int, ...], c: int) -> Tensor:
     return z.reshape(b, ho, wo, c, -1).permute(0, 3, 1, 2, 4).contiguous()
 
 
-def _general_tail_kernel(y: Tensor, var: Tensor | None, ck: Tensor | None, ik: Tensor | None,
+def _general_tail_kernel(y: Tensor, var: Tensor | None, kb: Tensor | None,
                          eidx: Tensor | None, odd: Tensor | None, gain: Tensor | None, offset: Tensor | None,
                          delta: Tensor | None, lo: int, hi: int, slice_w: Tensor, out_scale: Tensor,
                          bias: Tensor | None, ops: tuple[str | int, ...], h: int, w: int, adc: str) -> Tensor:
@@ -196,12 +199,11 @@ def _general_tail_kernel(y: Tensor, var: Tensor | None, ck: Tensor | None, ik: T
     output is written; the same numbers, element for element, as the kernel followed by the tail."""
     var = None if var is None else var.to(y.dtype)  # a bfloat16 variance is widened here
     k = _pool_window(ops)
-    if var is None or ck is None or ik is None or eidx is None or not k or k % 2:
-        out = _general_kernel(y, var, ck, ik, eidx, odd, gain, offset, delta, lo, hi, slice_w, out_scale, bias,
-                              adc)
+    if var is None or kb is None or eidx is None or not k or k % 2:
+        out = _general_kernel(y, var, kb, eidx, odd, gain, offset, delta, lo, hi, slice_w, out_scale, bias, adc)
         return apply_tail(out, ops, h, w)
     b, _, c, t, s, o = y.shape
-    keys = rng.read_keys(ck, ik).view(b, 1, 1, c, 1, 1, 1)
+    keys = kb.view(b, 1, 1, c, 1, 1, 1)
     yw, vw = _windows(y, h, w, k), _windows(var, h, w, k)  # (B, H', k, W', k, c, T, S, O)
     ew = _windows(eidx.view(1, h * w, t, s, o), h, w, k)[0]  # (H', k, W', k, T, S, O)
 
@@ -314,11 +316,11 @@ def _flat_tail_kernel(y: Tensor, var: Tensor | None, kb: Tensor | None, pk: Tens
     return _finish_tail(z, ops, c)
 
 
-# operands led by the (sub-)batch: y, var and the keys of position 0 (flat) or the image keys (general)
+# operands led by the (sub-)batch: y, var and the mixed keys (of position 0, flat; of each image and chip, general)
 register_kernel("flat", _flat_kernel, batch=(0, 1, 2))
-register_kernel("general", _general_kernel, batch=(0, 1, 3))
+register_kernel("general", _general_kernel, batch=(0, 1, 2))
 register_kernel("flat_tail", _flat_tail_kernel, batch=(0, 1, 2))
-register_kernel("general_tail", _general_tail_kernel, batch=(0, 1, 3))
+register_kernel("general_tail", _general_tail_kernel, batch=(0, 1, 2))
 
 
 def epilogue(compiled: bool) -> Callable[..., Tensor]:
