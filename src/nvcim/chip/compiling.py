@@ -154,8 +154,8 @@ def own_code(fn: Callable[..., Any], name: str) -> Callable[..., Any]:
 
 
 def raise_recompile_limit() -> None:
-    """One graph per layer kind (size-1 dims and strides specialise): a deep model has more kinds than
-    dynamo's default limit of 8, after which every call would silently run eager."""
+    """Dynamo's default limit of 8 graphs per code object, after which every call would silently run eager:
+    raised as a guard (each compiled function now sees one operand layout, so it should need one graph)."""
     import torch._dynamo
 
     cfg = torch._dynamo.config

@@ -46,7 +46,8 @@ _hybrid = False
 _nominal: int | None = None  # the thread count while sharing_cores lowered it (or the parent's, in a child)
 CHILD = [sys.executable, "-m", "nvcim.chip.warmup"]  # the compiling process (tests replace it)
 # compiling processes per background compile: inductor's code generation is one Python thread, and on a small CPU
-# two children halve the wait for a model's kernels (measured: LeNet-5 ... s against ... s)
+# two children roughly halve the wait for a model's kernels (measured, LeNet-5's 11 kernels cold: 123 s after
+# the start against 4-5 minutes with one child, bench_first_result.py)
 COMPILERS = min(4, os.cpu_count() or 1)
 
 
@@ -130,7 +131,6 @@ class Warmup:
             if not kernel_cache.known(key):  # a later model with the same layers: nothing left to compile
                 unique.setdefault(key, [name, list(static), [list(m) for m in metas]])
         self.records = list(unique.values())
-        self.keys = list(unique)
         self.procs: list[subprocess.Popen] = []  # the compiling children
         self.proc: subprocess.Popen | None = None  # the first of them
         self.logs: list[Path] = []  # their standard error (removed by each child that succeeds)
