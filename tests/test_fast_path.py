@@ -84,7 +84,7 @@ def test_auto_compile_policy_by_call_and_by_total_with_one_log_line(monkeypatch,
     monkeypatch.setattr(warmup, "CHILD", [sys.executable, "-c", "import sys; sys.stdin.read()"])  # compiles nothing
     m = nvcim.convert(lenet(), MLC, chips=10, seed=0)
     m.calibrate(_x(4))
-    per_image = m.bytes_per_chip_image(_x(1)) / 6.0 * m.chips
+    per_image = m.profile(_x(1)).work_elements * m.chips
     monkeypatch.setattr(model_mod, "COMPILE_CALL_ELEMENTS", 10 * per_image)
     monkeypatch.setattr(model_mod, "COMPILE_TOTAL_ELEMENTS", 25 * per_image)
     said: list[str] = []

@@ -64,7 +64,7 @@ def test_results_independent_of_chunking_and_batch_size():
     with torch.no_grad():
         full = m(x, read_key=9)
         m.runtime = Runtime(memory_mb=1.0)  # forces chip chunks of 1 and image sub-batches
-        m._bytes_per_chip_image.clear()
+        m._profiles.clear()
         assert m.plan(x)[1] < 30  # image sub-batches
         chunked = m(x, read_key=9)
         halves = torch.cat([m(x[:13], image_ids=torch.arange(13), read_key=9),
@@ -92,7 +92,7 @@ def test_analog_values_independent_of_batch_and_chip_block(name, shape):
         halves = torch.cat([m(x[:5], image_ids=torch.arange(5), read_key=9),
                             m(x[5:], image_ids=torch.arange(5, 11), read_key=9)], dim=1)
         m.runtime = Runtime(chip_block=1)
-        m._bytes_per_chip_image.clear()
+        m._profiles.clear()
         one_by_one = m(x, read_key=9)
     assert torch.equal(full, halves)
     assert torch.equal(full, one_by_one)

@@ -9,6 +9,7 @@ program, rewrite, remap rows, read, set a register, checkpoint, restore. Draws a
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
 
 import torch
@@ -234,7 +235,10 @@ class Crossbar(nn.Module):
         """The index of ``chips`` into the cell buffers; on demand, their cells are written first unless they
         are the resident ones."""
         if not self.on_demand:
-            return slice(None) if chips is None else chips
+            if chips is None or (isinstance(chips, Tensor) and chips.numel() == self.n_chips
+                                 and torch.equal(chips.cpu(), torch.arange(self.n_chips))):
+                return slice(None)  # every chip in order: the buffers themselves, no copy
+            return chips
         if not isinstance(chips, Tensor):
             raise self.not_stored("reading every chip's conductances")
         key = tuple(chips.tolist())
@@ -242,6 +246,18 @@ class Crossbar(nn.Module):
             self._write_cells(chips.cpu())
             self._resident = key
         return slice(None)
+
+    def stamp(self) -> tuple:
+        """What the conductances read now depend on: each cell tensor (held weakly) with its in-place
+        version, and the design. Every change of the cells makes new tensors or bumps a version, so an
+        unchanged stamp (:meth:`unchanged`) means the same conductances."""
+        return (self.config, tuple((weakref.ref(t), t._version) for t in (getattr(self, n) for n in CELLS)))
+
+    def unchanged(self, stamp: tuple) -> bool:
+        """Whether the cells are as they were when :meth:`stamp` gave ``stamp``."""
+        config, cells = stamp
+        return config is self.config and all(ref() is getattr(self, n) and getattr(self, n)._version == v
+                                              for n, (ref, v) in zip(CELLS, cells))
 
     def nominal(self) -> tuple[Tensor, Tensor]:
         """Noise-free programmed targets (rounded to levels), shape (1, S, O, K) each."""
@@ -276,6 +292,12 @@ class Crossbar(nn.Module):
                 neg0 = self.mapping.expand_neg(neg0, out)
             w2 = get_read_noise(d.read_noise_model).pair_variance(pos, neg, d, pos0, neg0)
         return pos - neg, w2
+
+    def read(self, chips: Tensor) -> tuple[Tensor, Tensor | None]:
+        """:meth:`conductances` of ``chips`` as read now (on demand: their cells are written first)."""
+        pos, neg = self.effective(chips)
+        at_t0 = self.programmed(chips) if self.drift_pos.numel() else None  # without drift: as programmed
+        return self.conductances(pos, neg, at_t0)
 
     def ir_attenuation(self, g: Tensor) -> Tensor:
         """IR-drop attenuation of every cell of conductances ``g`` (..., O, K); ones on ideal wires."""

@@ -164,8 +164,7 @@ def _weights(layer: AnalogLayer, cache_of: Pass, chip: ChipPass | None) -> tuple
     key = (id(layer), "managed")
     if key not in cache_of.cache:
         if chip is not None:
-            xb = layer.crossbar
-            w, wv = xb.conductances(*xb.effective(chip.chips), at_t0=xb.programmed(chip.chips))
+            w, wv = layer.crossbar.read(chip.chips)
         else:
             w, wv = layer.crossbar.conductances(*layer.crossbar.nominal())
         g = int(getattr(layer, "groups", 1))

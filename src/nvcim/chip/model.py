@@ -55,7 +55,7 @@ class AnalogModel(nn.Module):
         self._announced = False
         self._warmup: warmup.Warmup | None = None  # the background compile of this model's kernels
         self.report: Any = None  # the ConversionReport of convert()
-        self._bytes_per_chip_image: dict[tuple[int, ...], float] = {}
+        self._profiles: dict[tuple[int, ...], probes.ActivationProfile] = {}
         self._auto: tuple[Runtime, int, float] | None = None  # (for, chips per block, activation bytes)
         self._batch_checked: set[tuple[int, ...]] = set()  # input shapes whose layer inputs follow the batch
 
@@ -229,7 +229,7 @@ class AnalogModel(nn.Module):
         mode = self.runtime.compile
         if mode != "auto":
             return mode
-        elements = self.bytes_per_chip_image(x) / 6.0 * self.chips * x.shape[0]
+        elements = self.profile(x).work_elements * self.chips * x.shape[0]
         self._elements_run += elements
         if not can_compile(self.device) or (elements < COMPILE_CALL_ELEMENTS
                                             and self._elements_run < COMPILE_TOTAL_ELEMENTS):
@@ -300,7 +300,7 @@ class AnalogModel(nn.Module):
     def plan(self, x: Tensor) -> tuple[int, int]:
         """(chips per block, images per sub-batch): blocks of :meth:`chip_block` chips; sub-batches keep a
         block's activations within :meth:`activation_budget`."""
-        per = self.bytes_per_chip_image(x)
+        per = self.profile(x).peak_bytes
         if self._auto is None or self._auto[0] != self.runtime:
             # resolved once per runtime: a GPU's free memory moves, and a new block shape would recompile
             self._auto = (self.runtime, self.chip_block(), self.activation_budget())
@@ -321,12 +321,13 @@ class AnalogModel(nn.Module):
         """Bytes of activations per chip block and image sub-batch (:func:`.runtime.activation_budget`)."""
         return runtime_activation_budget(self.runtime, self.device)
 
-    def bytes_per_chip_image(self, x: Tensor) -> float:
-        """Activation memory of one image on one chip (:func:`.probes.activation_bytes`, cached per shape)."""
+    def profile(self, x: Tensor) -> probes.ActivationProfile:
+        """Activation memory and work of one image on one chip (:func:`.probes.activation_profile`, cached
+        per input shape)."""
         shape = tuple(x.shape[1:])
-        if shape not in self._bytes_per_chip_image:
-            self._bytes_per_chip_image[shape] = probes.activation_bytes(self, x)
-        return self._bytes_per_chip_image[shape]
+        if shape not in self._profiles:
+            self._profiles[shape] = probes.activation_profile(self, x)
+        return self._profiles[shape]
 
     # ---- saving ---------------------------------------------------------------------------------
     def get_extra_state(self) -> dict[str, Any]:

@@ -4,6 +4,7 @@ analog layer's input follows the batch, and how much activation memory one chip-
 from __future__ import annotations
 
 from collections import OrderedDict
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -48,22 +49,36 @@ def check_batch_inputs(model: AnalogModel, x: Tensor) -> None:
                 f"n != '{name}'), or apply the layer to a batch-shaped tensor (queries expanded to the batch)")
 
 
-def activation_bytes(model: AnalogModel, x: Tensor) -> float:
-    """Estimate of the activation memory (bytes) of one image on one chip, from a probe pass of the ideal
-    model on one image: every module's output, and for analog layers their tile outputs and read-noise
-    operands."""
-    total = 0.0
+@dataclass(frozen=True)
+class ActivationProfile:
+    """What one image on one chip takes in a chip pass, from a probe pass of the ideal model.
+
+    ``peak_bytes``: the activation memory live at the pass's peak: every module's output (all kept, as a
+    network with skip connections may keep them), plus the largest analog layer's transient (its tile
+    outputs and read-noise operands, freed before the next layer runs). ``work_elements``: the elements that
+    the pass's kernels write, every layer's transient counted, which measures the work a compile repays."""
+
+    peak_bytes: float
+    work_elements: float
+
+
+def activation_profile(model: AnalogModel, x: Tensor) -> ActivationProfile:
+    """The :class:`ActivationProfile` of input ``x`` (a probe pass on its first image)."""
+    live = transient = work = 0.0
     hooks = []
 
     def hook(mod: nn.Module, inp: Any, out: Any) -> None:
-        nonlocal total
+        nonlocal live, transient, work
         if not isinstance(out, Tensor):
             return
         n = out[0].numel()
+        live += n
+        work += n
         if isinstance(mod, AnalogLayer):
             noisy = 3 if mod.config.device.read_noise else 1
-            n = n * (mod.row_tiles * mod.n_slices * (noisy + 2) + 2) + 3 * inp[0][0].numel()
-        total += n
+            t = n * (mod.row_tiles * mod.n_slices * (noisy + 2) + 1) + 3 * inp[0][0].numel()
+            transient = max(transient, t)
+            work += t
     for m in model.net.modules():
         if isinstance(m, AnalogLayer) or not list(m.children()):  # a layer owns its crossbar
             hooks.append(m.register_forward_hook(hook))
@@ -72,4 +87,4 @@ def activation_bytes(model: AnalogModel, x: Tensor) -> float:
     finally:
         for h in hooks:
             h.remove()
-    return 4.0 * total
+    return ActivationProfile(4.0 * (live + transient), 4.0 * work / 6.0)
