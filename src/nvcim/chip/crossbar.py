@@ -293,7 +293,7 @@ class Crossbar(nn.Module):
             w2 = get_read_noise(d.read_noise_model).pair_variance(pos, neg, d, pos0, neg0)
         return pos - neg, w2
 
-    def read(self, chips: Tensor) -> tuple[Tensor, Tensor | None]:
+    def read(self, chips: Tensor | slice | None) -> tuple[Tensor, Tensor | None]:
         """:meth:`conductances` of ``chips`` as read now (on demand: their cells are written first)."""
         pos, neg = self.effective(chips)
         at_t0 = self.programmed(chips) if self.drift_pos.numel() else None  # without drift: as programmed

@@ -257,7 +257,7 @@ class AnalogLayer(nn.Module):
         targets; once per chip block (the pass's cache lives for one block), not once per image sub-batch."""
         key, xb = (id(self), shared), self.crossbar
         if key not in cache_of.cache and chip is not None:  # the last block's, if its cells did not change
-            ident = (tuple(chip.chips.tolist()), shared, chip.var_dtype)
+            ident = (None if chip.chips is None else tuple(chip.chips.tolist()), shared, chip.var_dtype)
             memo = self._packed_memo
             if memo is not None and memo[0] == ident and xb.unchanged(memo[1]):
                 cache_of.cache[key] = memo[2]
