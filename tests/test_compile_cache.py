@@ -92,6 +92,35 @@ def test_the_ledger_keys_a_kernel_by_its_layout_without_the_batch_size():
     assert key(y.double(), v, k) != key(y, v, k)  # dtype
 
 
+def test_the_ledger_keys_a_kernel_by_the_code_it_traces(tmp_path, monkeypatch):
+    """An entry written by other kernel code promises nothing: a change in any file the loops trace
+    changes the digest, and with it every key."""
+    root = tmp_path / "nvcim"
+    for d in ("chip", "circuits", "devices"):
+        (root / d).mkdir(parents=True)
+        (root / d / "a.py").write_text("x = 1\n")
+    (root / "arith.py").write_text("y = 2\n")
+    monkeypatch.setattr(kernel_cache, "__file__", str(root / "chip" / "kernel_cache.py"))
+
+    def digest():
+        kernel_cache.source_digest.cache_clear()
+        return kernel_cache.source_digest()
+
+    before = digest()
+    (root / "circuits" / "a.py").write_text("x = 3\n")
+    changed = digest()
+    (root / "devices" / "b.py").write_text("")
+    added = digest()
+    kernel_cache.source_digest.cache_clear()
+    monkeypatch.undo()
+    assert len({before, changed, added}) == 3
+    lay = kernel_cache.layout("flat", ("uniform",), [], ())
+    monkeypatch.setattr(kernel_cache, "source_digest", lambda: before)
+    k1 = kernel_cache.key(lay, 2)
+    monkeypatch.setattr(kernel_cache, "source_digest", lambda: changed)
+    assert kernel_cache.key(lay, 2) != k1
+
+
 def test_operands_become_tensors_of_their_own_with_the_same_values():
     """A sub-batch view is traced as a plain tensor (a view's base and a storage offset would give a graph
     that a background compile on fresh tensors never stored)."""

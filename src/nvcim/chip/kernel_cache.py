@@ -5,7 +5,7 @@ disk, but a process cannot tell before tracing a call whether it will hit that c
 the foreground (tens of seconds on a small CPU). The ledger says it in advance: one file per kernel layout
 (loop name, static arguments, operand layouts with the batch size left out, the thread count it was
 compiled for, the torch version), written once a compile of that layout completed, by whichever process
-compiled it. A pass runs a kernel in the ledger compiled at once (a cache load, about a second) and any
+compiled it, and keyed by a digest of nvcim's kernel code as well. A pass runs a kernel in the ledger compiled at once (a cache load, about a second) and any
 other kernel eager, while a background process compiles it (:mod:`.warmup`).
 
 The ledger lives inside inductor's cache folder (``TORCHINDUCTOR_CACHE_DIR``, default
@@ -16,6 +16,7 @@ cache is (its entries would then promise cache hits that cannot happen).
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -61,9 +62,24 @@ def layout(name: str, static: Sequence[Any], metas: Sequence[Sequence[Any]], bat
 
 
 def key(lay: Layout, threads: int) -> str:
-    """The ledger key of ``lay`` compiled for ``threads`` CPU threads under this torch."""
-    text = json.dumps([torch.__version__, threads, lay], default=str, sort_keys=True)
+    """The ledger key of ``lay`` compiled for ``threads`` CPU threads under this torch and this nvcim's code."""
+    text = json.dumps([torch.__version__, source_digest(), threads, lay], default=str, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+@functools.lru_cache(maxsize=1)
+def source_digest() -> str:
+    """A digest of the code the kernels trace (the simulator's ``chip``, ``circuits`` and ``devices``
+    packages, and the shared arithmetic): a kernel whose code changed under the same layout traces a new
+    graph, which inductor's cache misses, so an entry of the old code must not promise a hit."""
+    root = Path(__file__).resolve().parents[1]
+    files = sorted((f for d in ("chip", "circuits", "devices") for f in (root / d).glob("*.py")), key=str)
+    h = hashlib.sha256()
+    for f in [*files, root / "arith.py"]:
+        h.update(f.name.encode())
+        with contextlib.suppress(OSError):
+            h.update(f.read_bytes())
+    return h.hexdigest()[:16]
 
 
 def directory() -> Path | None:
