@@ -4,9 +4,9 @@ Why: compile work must outlive the process that started it (issue #40). Inductor
 disk, but a process cannot tell before tracing a call whether it will hit that cache, and a miss compiles in
 the foreground (tens of seconds on a small CPU). The ledger says it in advance: one file per kernel layout
 (loop name, static arguments, operand layouts with the batch size left out, the thread count it was
-compiled for, the torch version), written once a compile of that layout completed, by whichever process
-compiled it, and keyed by a digest of nvcim's kernel code as well. A pass runs a kernel in the ledger compiled at once (a cache load, about a second) and any
-other kernel eager, while a background process compiles it (:mod:`.warmup`).
+compiled for, the torch version and a digest of nvcim's kernel code), written once a compile of that layout
+completed, by whichever process compiled it. A pass runs a kernel in the ledger compiled at once (a cache
+load, about a second) and any other kernel eager, while a background process compiles it (:mod:`.warmup`).
 
 The ledger lives inside inductor's cache folder (``TORCHINDUCTOR_CACHE_DIR``, default
 ``/tmp/torchinductor_<user>``), so that removing that folder removes both. It is off when inductor's FX graph
