@@ -150,6 +150,7 @@ class ChipPass(Pass):
     """The programmed chips ``chips`` of one block read the images of one sub-batch."""
 
     chips: Tensor | None = None  # (c,) indices into the chip dimension of this pass
+    block: tuple[int, ...] = ()  # the same indices as host integers (no device sync to read them)
     image_ids: Tensor | None = None  # (B,) global image indices, keys of the read noise
     read_key: int = 0
     compiled: bool = False

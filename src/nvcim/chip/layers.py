@@ -256,8 +256,8 @@ class AnalogLayer(nn.Module):
         """Packed (value, read-noise variance) weights: of ``chip``'s chips, or (None) the noise-free mapped
         targets; once per chip block (the pass's cache lives for one block), not once per image sub-batch."""
         key, xb = (id(self), shared), self.crossbar
-        if key not in cache_of.cache and chip is not None:  # the last block's, if its cells did not change
-            ident = (None if chip.chips is None else tuple(chip.chips.tolist()), shared, chip.var_dtype)
+        if key not in cache_of.cache and chip is not None and chip.block:  # the last block's, cells unchanged
+            ident = (chip.block, shared, chip.var_dtype)
             memo = self._packed_memo
             if memo is not None and memo[0] == ident and xb.unchanged(memo[1]):
                 cache_of.cache[key] = memo[2]
@@ -265,7 +265,8 @@ class AnalogLayer(nn.Module):
             wv = None
             if chip is not None:  # the programmed chips, with read noise
                 self._packed_memo = None  # (not two blocks' weights at once)
-                w, w2 = xb.read(chip.chips)
+                every = chip.block == tuple(range(xb.n_chips)) and not xb.on_demand
+                w, w2 = xb.read(None if every else chip.chips)  # every chip in order: the buffers, no copy
                 if w2 is not None:
                     wv = self.pack(w2, shared)
                     if chip.var_dtype is not None:
@@ -273,8 +274,8 @@ class AnalogLayer(nn.Module):
             else:  # calibration: the noise-free mapped targets
                 w, _ = xb.conductances(*xb.nominal())
             cache_of.cache[key] = (self.pack(w, shared), wv)
-            if chip is not None:
-                self._packed_memo = (ident, xb.stamp(), cache_of.cache[key])
+            if chip is not None and chip.block:
+                self._packed_memo = ((chip.block, shared, chip.var_dtype), xb.stamp(), cache_of.cache[key])
         return cache_of.cache[key]
 
     def _fused_tail(self, ctx: ChipPass, k: EpilogueOperands, x: Tensor) -> TailSpec | None:

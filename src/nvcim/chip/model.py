@@ -274,6 +274,7 @@ class AnalogModel(nn.Module):
         for c0 in range(0, self.chips, block):
             # a full block always: the last one repeats its final chip, dropped below
             chunk = torch.arange(c0, c0 + block, device=self.device).clamp(max=self.chips - 1)
+            ids = tuple(min(i, self.chips - 1) for i in range(c0, c0 + block))  # the same, on the host
             keep = min(block, self.chips - c0)
             parts = []
             cache: dict = {}
@@ -282,8 +283,9 @@ class AnalogModel(nn.Module):
                 # every chip's copy of the input, from the model's entry on: residuals, reshapes that
                 # take the batch size from a tensor, learned queries and the like see one batch
                 xe = xb.repeat_interleave(block, dim=0) if block > 1 else xb
-                self._set(replace(base, chips=chunk, batch=xb.shape[0], image_ids=image_ids[i0:i0 + imgs_per],
-                                  cache=cache, entry=xe, entry_src=xb, entry_version=xe._version, reads={}))
+                self._set(replace(base, chips=chunk, block=ids, batch=xb.shape[0],
+                                  image_ids=image_ids[i0:i0 + imgs_per], cache=cache, entry=xe,
+                                  entry_src=xb, entry_version=xe._version, reads={}))
                 leaves, spec = tree_flatten(self.net(xe))
                 parts.append([per_chip(leaf, xb.shape[0], block, keep) for leaf in leaves])
             blocks.append(parts)
