@@ -273,8 +273,8 @@ class AnalogModel(nn.Module):
         blocks, spec = [], None
         for c0 in range(0, self.chips, block):
             # a full block always: the last one repeats its final chip, dropped below
-            chunk = torch.arange(c0, c0 + block, device=self.device).clamp(max=self.chips - 1)
-            ids = tuple(min(i, self.chips - 1) for i in range(c0, c0 + block))  # the same, on the host
+            ids = tuple(min(i, self.chips - 1) for i in range(c0, c0 + block))  # on the host, and on the device:
+            chunk = torch.tensor(ids, device=self.device)
             keep = min(block, self.chips - c0)
             parts = []
             cache: dict = {}
