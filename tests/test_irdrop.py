@@ -2,11 +2,13 @@
 input), and the simulator's self-consistent model holds against the nodal solve on random, ReLU, sparse and
 real layer inputs at 1-10 ohm on 32-256-row tiles, where the old activity-weighted divider did not."""
 
+import copy
+
 import pytest
 import torch
 from sklearn.datasets import load_digits
 
-from nvcim.circuits import attenuation, nodal_column_currents
+from nvcim.circuits import attenuation, exact_transfer, nodal_column_currents, transfer
 from nvcim.circuits.irdrop import drop_fraction
 
 G_MIN, G_MAX = 1e-6, 1e-4  # the default device window (S)
@@ -140,7 +142,8 @@ def test_ir_predistortion_cancels_the_drop_in_the_nodal_solve():
 def test_a_layer_on_the_chip_reads_what_the_nodal_solve_of_its_arrays_gives():
     """End to end: a linear layer on 64-row arrays (its 90 rows spread 45 + 45, each tile at the top of
     its array, the column wires running on past the empty rows to the sense amplifiers), differential
-    cells, ideal converters: the chip's output is the nodal solve of its G+ and G- arrays, within 1 %."""
+    cells, ideal converters: the chip's output is the nodal solve of its G+ and G- arrays, within 0.1 % (the
+    exact solve, the default) and 1 % (the first-order model)."""
     import nvcim
 
     torch.manual_seed(0)
@@ -148,10 +151,12 @@ def test_a_layer_on_the_chip_reads_what_the_nodal_solve_of_its_arrays_gives():
     cfg = nvcim.override(nvcim.preset("ideal"), {"device.g_min": 0.0, "device.g_max": G_MAX,
                                                  "device.bits_per_cell": 0, "array.rows": 64, "array.cols": 64,
                                                  "array.wire_resistance": 5.0})
+    first = nvcim.convert(torch.nn.Sequential(copy.deepcopy(lin)),
+                          nvcim.override(cfg, {"array.ir_solver": "first-order"}), chips=1, seed=0)
     chips = nvcim.convert(torch.nn.Sequential(lin), cfg, chips=1, seed=0)
     x = torch.rand(16, 90)
     with torch.no_grad():
-        got = chips(x)[0].double()
+        got, got_first = chips(x)[0].double(), first(x)[0].double()
     w, v = lin.weight.detach().double(), x.double().T
     wmax = w.abs().max()
     exact = torch.zeros(12, 16, dtype=torch.float64)
@@ -167,7 +172,8 @@ def test_a_layer_on_the_chip_reads_what_the_nodal_solve_of_its_arrays_gives():
     ideal = x.double() @ w.T + lin.bias.detach().double()
     scale = ideal.abs().mean()
     assert float((exact - ideal).abs().mean() / scale) > 0.05  # a real drop
-    assert float((got - exact).abs().mean() / scale) < 0.01
+    assert float((got - exact).abs().mean() / scale) < 0.001
+    assert float((got_first - exact).abs().mean() / scale) < 0.01
     # the tile as a 45-row array (sense amplifiers right below the last used row) would read less drop
     short = torch.zeros_like(exact)
     for t in range(2):
@@ -177,3 +183,99 @@ def test_a_layer_on_the_chip_reads_what_the_nodal_solve_of_its_arrays_gives():
             short += (sign * nodal_column_currents(g, v[rows], 5.0) * wmax / G_MAX).T
     short = short + lin.bias.detach().double()
     assert float((short - exact).abs().mean() / scale) > 3 * float((got - exact).abs().mean() / scale)
+
+
+# ---- the exact solve (array.ir_solver = "exact", the default) -------------------------------------------
+def _exact_error(g, v, r, extra=0):
+    """Max over columns and inputs of |I_exact_solve - I_nodal| / I_nodal, the tile at the top of a
+    (rows + extra)-row array."""
+    pad = torch.zeros(extra, g.shape[1], dtype=g.dtype)
+    nodal = nodal_column_currents(torch.cat([g, pad]), torch.cat([v, pad[:, :1].expand(extra, v.shape[1])]), r)
+    t = exact_transfer(g.float(), r, extra).double()  # the simulator's precision
+    return float(((t.T @ v - nodal).abs() / nodal).max())
+
+
+@pytest.mark.parametrize("shape", [(32, 32, 10.0, 0), (64, 64, 2.0, 0), (128, 128, 2.0, 0), (100, 120, 5.0, 28),
+                                   (256, 64, 5.0, 0), (25, 6, 1.0, 103)])
+@pytest.mark.parametrize("make", [_uniform, _mapped])
+def test_the_exact_solve_is_the_nodal_solve_for_every_input(shape, make):
+    # sparse inputs on wide tiles were the first-order model's weak case (17 % on 128 x 128 at 2 ohm); the
+    # solve holds there too, with the tile at the top of a taller array, and on tall tiles (solved per column)
+    rows, cols, r, extra = shape
+    g = make(rows, cols, seed=rows + cols)
+    for kind in ("random", "relu", "digits", "sparse"):
+        assert _exact_error(g, _inputs(kind, rows), r, extra) < 1e-3, kind
+
+
+def test_the_default_solver_is_within_2_percent_where_the_first_order_model_is_not():
+    # the issue's bar at the default settings (128 x 128 arrays, the exact solver) on resistive wires (the
+    # flash preset's 2 ohm): every column current within 2 %, sparse inputs included
+    from nvcim.config import ArrayConfig
+
+    assert ArrayConfig().ir_solver == "exact" and (ArrayConfig().rows, ArrayConfig().cols) == (128, 128)
+    g, r = _uniform(128, 128, seed=5), 2.0
+    v = _inputs("sparse", 128)
+    assert _exact_error(g, v, r) < 0.02
+    assert _column_error(g * attenuation(g, r), g, v, r) > 0.05  # why the first-order model is not the default
+
+
+def test_the_exact_solve_conducts_nothing_through_empty_cells_and_matches_with_them():
+    # cells with no conductance (an infinite on/off ratio, unused rows) carry no current of their own, yet
+    # the column still sees the sneak coupling around them: the nodal solve agrees
+    g = _uniform(48, 40, seed=3)
+    g[torch.rand(48, 40, generator=torch.Generator().manual_seed(4)) < 0.3] = 0.0
+    v = _inputs("random", 48)
+    assert _exact_error(g, v, 5.0, extra=16) < 1e-3
+    assert torch.equal(transfer(g, 0.0), g)  # ideal wires: the conductances themselves
+
+
+def test_the_exact_solve_gives_first_order_gradients():
+    g = _uniform(16, 12).float().requires_grad_()
+    transfer(g, 4.0).sum().backward()
+    h = g.detach().clone().requires_grad_()
+    (h * attenuation(h, 4.0)).sum().backward()
+    assert torch.allclose(g.grad, h.grad)
+
+
+def test_exact_predistortion_cancels_the_drop_in_the_nodal_solve():
+    # map-correct's pre-distortion G' = G / a(G') with a = T(G') / G' from the exact solve: the nodal solve of
+    # the pre-distorted tile gives the intended currents G^T v, now also for sparse inputs on a 64 x 64 tile
+    g, r = _mapped(64, 64), 2.0
+    gp = g.clone()
+    for _ in range(6):
+        gp = g * gp / exact_transfer(gp, r).clamp_min(1e-12)
+    for kind in ("random", "sparse"):
+        v = _inputs(kind, 64)
+        ideal = g.T @ v
+        before = float(((nodal_column_currents(g, v, r) - ideal).abs() / ideal).max())
+        after = float(((nodal_column_currents(gp, v, r) - ideal).abs() / ideal).max())
+        assert before > 0.03 and after < 0.002, (kind, before, after)
+
+
+def test_the_stored_chips_transfers_are_solved_once_and_follow_the_cells(monkeypatch):
+    # the exact solve costs far more than a pass: each stored chip is solved once while its cells are
+    # unchanged, in any block, and again once they change
+    import nvcim
+    import nvcim.chip.geometry as geometry
+
+    calls = []
+    real = geometry.transfer
+    monkeypatch.setattr(geometry, "transfer", lambda g, *a: calls.append(g.shape) or real(g, *a))
+    torch.manual_seed(0)
+    cfg = nvcim.override(nvcim.preset("ideal"), {"device.programming.model": "lognormal",
+                                                 "device.programming.sigma": 0.1, "array.rows": 32,
+                                                 "array.wire_resistance": 3.0})
+    chips = nvcim.convert(torch.nn.Sequential(torch.nn.Linear(40, 8)), cfg, chips=4, seed=0)
+    xb = chips.analog_layers()[0].crossbar
+    x = torch.rand(5, 40)
+    with torch.no_grad():
+        first = chips(x)
+        solved = len(calls)
+        assert solved == 2  # pos and neg of every chip, in one block
+        w_all, _ = xb.read(None)
+        w_two, _ = xb.read(torch.tensor([2, 1]))
+        assert len(calls) == solved and torch.equal(w_two, w_all[[2, 1]])
+        fresh = xb.conductances(*xb.effective(torch.tensor([2, 1])))[0]
+        assert len(calls) == solved + 2 and torch.equal(fresh, w_two)  # the cache holds the same numbers
+        xb.g_pos.mul_(0.9)  # the cells change in place: solved again
+        assert not torch.equal(chips(x), first) and len(calls) == solved + 4

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
@@ -29,6 +30,16 @@ from .writes import CellWriter, Targets
 CELLS = ("g_pos", "g_neg", "faults_pos", "faults_neg", "drift_pos", "drift_neg")  # per chip and cell
 # what a method may change, each (N, ...) per chip: what a checkpoint holds
 STATE = (*CELLS, "row_perm", "drift_comp", "tune_gain", "tune_offset", "sram_mask", "sram_w")
+
+
+@dataclass
+class _IRCache:
+    """The IR-drop transfers of a crossbar's stored chips, valid while the cells have ``stamp``."""
+
+    stamp: tuple
+    pos: Tensor
+    neg: Tensor
+    done: Tensor  # (N,) bool, on the host: which chips are solved
 
 
 class Crossbar(nn.Module):
@@ -65,6 +76,7 @@ class Crossbar(nn.Module):
         self._resident: tuple[int, ...] | None = None  # on demand: the chips whose cells the buffers hold
         self._source: tuple[Mapped, Targets] | None = None
         self._nominal: tuple[Tensor, Tensor] | None = None
+        self._ir: _IRCache | None = None  # IR-drop transfers of the stored chips read so far
         w = weights()
         z = torch.zeros(0, device=w.device)
         for n, t in dict(g_pos=z, g_neg=z, faults_pos=z.to(torch.int8), faults_neg=z.to(torch.int8), drift_pos=z,
@@ -266,41 +278,82 @@ class Crossbar(nn.Module):
                              round_to_levels(m.neg, levels)[0][None].to(dev))
         return self._nominal
 
-    def conductances(self, pos: Tensor, neg: Tensor, at_t0: tuple[Tensor, Tensor] | None = None
-                     ) -> tuple[Tensor, Tensor | None]:
+    def conductances(self, pos: Tensor, neg: Tensor, at_t0: tuple[Tensor, Tensor] | None = None,
+                     through_wires: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor | None]:
         """(G+ - G-) as the array sees it, with IR drop, and the read-noise variance weights. ``at_t0``: the
         same cells' conductances when programmed, for read-noise models that depend on them (None: as read).
+        ``through_wires``: ``pos`` and ``neg`` through the wires (:meth:`ir_transfer`) where already known.
 
         Reference columns are broadcast to their tile's columns; IR drop is applied to the weight cells
         (the two halves of a differential pair each as their own tile), not to reference columns.
         """
         out = self.geometry.out_features
-        if self.config.array.wire_resistance:
-            pos = pos * self.ir_attenuation(pos)
+        wired = bool(self.config.array.wire_resistance)
+        if wired:
+            pos = through_wires[0] if through_wires is not None else self.ir_transfer(pos)
         if self.mapping.reference:
             neg = self.mapping.expand_neg(neg, out)
-        elif self.config.array.wire_resistance:
-            neg = neg * self.ir_attenuation(neg)
+        elif wired:
+            neg = through_wires[1] if through_wires is not None else self.ir_transfer(neg)
         d = self.config.device
         w2 = None
         if d.read_noise:
             pos0, neg0 = at_t0 if at_t0 is not None else (None, None)
             if neg0 is not None:
                 neg0 = self.mapping.expand_neg(neg0, out)
-            w2 = get_read_noise(d.read_noise_model).pair_variance(pos, neg, d, pos0, neg0)
+            # the variance of the transferred cells: IR drop scales each cell's noise current as its signal
+            # (the exact solve's sneak terms can leave a conductance-less cell slightly negative)
+            w2 = get_read_noise(d.read_noise_model).pair_variance(pos.clamp_min(0) if wired else pos,
+                                                                  neg.clamp_min(0) if wired else neg,
+                                                                  d, pos0, neg0)
         return pos - neg, w2
 
     def read(self, chips: Tensor | slice | None) -> tuple[Tensor, Tensor | None]:
-        """:meth:`conductances` of ``chips`` as read now (on demand: their cells are written first)."""
+        """:meth:`conductances` of ``chips`` as read now (on demand: their cells are written first). On
+        resistive wires the stored chips' transfers are kept between reads while their cells are unchanged:
+        the exact solve costs much more than a pass (nvcim.circuits.irdrop)."""
         pos, neg = self.effective(chips)
         at_t0 = self.programmed(chips) if self.drift_pos.numel() else None  # without drift: as programmed
-        return self.conductances(pos, neg, at_t0)
+        wires = None
+        if self.config.array.wire_resistance and not self.on_demand:
+            wires = self._through_wires(chips, pos, neg)
+        return self.conductances(pos, neg, at_t0, wires)
+
+    def _through_wires(self, chips: Tensor | slice | None, pos: Tensor, neg: Tensor) -> tuple[Tensor, Tensor]:
+        """:meth:`ir_transfer` of the stored chips ``chips`` whose effective cells are ``pos``/``neg``, from
+        the cache where those chips were solved since their cells last changed."""
+        n = self.n_chips
+        if self._ir is None or not self.unchanged(self._ir.stamp):
+            self._ir = _IRCache(self.stamp(), torch.empty_like(self.g_pos), torch.empty_like(self.g_neg),
+                                torch.zeros(n, dtype=torch.bool))
+        c = self._ir
+        ids = chips.cpu() if isinstance(chips, Tensor) else torch.arange(n)[chips if chips is not None else
+                                                                               slice(None)]
+        todo = ~c.done[ids]
+        if bool(todo.any()):
+            at = todo.nonzero().squeeze(-1)
+            dev = at.to(pos.device)
+            c.pos[ids[at].to(c.pos.device)] = self.ir_transfer(pos[dev])
+            if not self.mapping.reference:
+                c.neg[ids[at].to(c.neg.device)] = self.ir_transfer(neg[dev])
+            c.done[ids[at]] = True
+        where = ids.to(c.pos.device)
+        return c.pos[where], c.neg[where]
+
+    def ir_transfer(self, g: Tensor) -> Tensor:
+        """The conductances ``g`` (..., O, K) as the columns see them through the wires: the IR-drop transfer
+        matrix (S) of the configured solver (``array.ir_solver``); ``g`` itself on ideal wires."""
+        a = self.config.array
+        return self.geometry.ir_transfer(g, a.wire_resistance, a.ir_solver) if a.wire_resistance else g
 
     def ir_attenuation(self, g: Tensor) -> Tensor:
-        """IR-drop attenuation of every cell of conductances ``g`` (..., O, K); ones on ideal wires."""
-        a = self.config.array
-        return self.geometry.ir_attenuation(g, a.wire_resistance) if a.wire_resistance else \
-            torch.ones_like(g)
+        """The factor a with a * g = :meth:`ir_transfer` (g), cell by cell; 1 where a cell conducts nothing
+        (its transfer there is the sneak coupling alone) and on ideal wires."""
+        if not self.config.array.wire_resistance:
+            return torch.ones_like(g)
+        t = self.ir_transfer(g)
+        live = g > 0
+        return torch.where(live, t / torch.where(live, g, torch.ones_like(g)), torch.ones_like(g))
 
     # ---- the digital registers ------------------------------------------------------------------
     def set_output_affine(self, gain: Tensor, offset: Tensor) -> None:

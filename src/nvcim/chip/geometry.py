@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..circuits import attenuation
+from ..circuits import transfer
 from ..errors import NvcimError
 
 
@@ -56,18 +56,21 @@ class TileGeometry:
             raise NvcimError(f"{layer}: a row permutation must reorder rows within their tiles")
         return perm
 
-    def ir_attenuation(self, g: Tensor, r: float) -> Tensor:
-        """IR-drop attenuation of every cell of conductances ``g`` (..., O, K), array by array (rows = K,
-        columns = outputs), for wire resistance ``r`` (ohm per segment); the same for every input."""
-        rows, cols, t, n_ct = self.rows_per_tile, self.cols, self.row_tiles, self.n_col_tiles
+    def ir_transfer(self, g: Tensor, r: float, solver: str) -> Tensor:
+        """IR-drop transfer matrix (S) of conductances ``g`` (..., O, K), array by array (rows = K, columns =
+        outputs), for wire resistance ``r`` (ohm per segment): what each cell's place contributes to its
+        column current per volt on its row, the same for every input (nvcim.circuits.irdrop)."""
+        rows, t, n_ct = self.rows_per_tile, self.row_tiles, self.n_col_tiles
+        # columns past the last output hold no cells and carry no current: a single column tile is solved
+        # at its used width (the solve's cost grows with it)
+        cols = self.cols if n_ct > 1 else self.out_features
         lead = g.shape[:-2]
         phys = self.to_tile_rows(g)  # (..., O, T, R)
         # a tile's rows sit at the top of its physical array: the column wire runs on past the unused rows
         # (empty cells) to the sense amplifier, and carries the whole column current on that stretch
         extra = max(0, self.array_rows - rows)
-        phys = F.pad(phys, (0, extra, 0, 0, 0, n_ct * cols - self.out_features))
-        rows += extra
+        phys = F.pad(phys, (0, 0, 0, 0, 0, n_ct * cols - self.out_features))
         phys = phys.reshape(*lead, n_ct, cols, t, rows).permute(*range(len(lead)), -2, -4, -1, -3)
-        att = attenuation(phys, r)  # (..., T, n_ct, R, C)
-        att = att.permute(*range(len(lead)), -3, -1, -4, -2).reshape(*lead, n_ct * cols, t, rows)
-        return self.from_tile_rows(att[..., : self.out_features, :, : self.rows_per_tile])
+        tr = transfer(phys, r, solver, extra)  # (..., T, n_ct, R, C)
+        tr = tr.permute(*range(len(lead)), -3, -1, -4, -2).reshape(*lead, n_ct * cols, t, rows)
+        return self.from_tile_rows(tr[..., : self.out_features, :, :])

@@ -108,10 +108,11 @@ class Chip(Protocol):
         ...
 
     def ir_attenuation(self, layer: str, pos: Tensor, neg: Tensor) -> tuple[Tensor, Tensor]:
-        """The design's IR-drop model: the factor in (0, 1] by which each cell's contribution to the column
-        current shrinks when the array holds conductances ``pos``/``neg`` (any leading dims, then
-        ``(S, O', K)``); ones when the wires are ideal. It uses the array geometry and wire resistance,
-        which a designer knows, not the cells' hidden state."""
+        """The design's IR-drop model: the factor a by which each cell's contribution to the column current
+        shrinks (a x G is its transfer conductance, sneak paths included; a can pass 1 where the coupling
+        around a weak cell outweighs its own drop) when the array holds conductances ``pos``/``neg`` (any
+        leading dims, then ``(S, O', K)``); ones when the wires are ideal. It uses the array geometry, wire
+        resistance and ``array.ir_solver``, which a designer knows, not the cells' hidden state."""
         ...
 
     def decode(self, layer: str, pos: Tensor, neg: Tensor) -> Tensor:

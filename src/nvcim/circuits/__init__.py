@@ -17,9 +17,10 @@ from .adc_symmetric import SymmetricADCConfig
 from .converters import dac, ste_round
 from .dac import DAC_MODELS, DACModel, get_dac
 from .dac_symmetric import SymmetricDACConfig
-from .irdrop import attenuation, nodal_column_currents
+from .irdrop import IR_SOLVERS, attenuation, exact_transfer, nodal_column_currents, transfer
 from .read_noise import READ_NOISE_MODELS, ReadNoiseModel, get_read_noise
 
-__all__ = ["ADC_MODELS", "ADCModel", "DAC_MODELS", "DACModel", "MidriseADCConfig", "READ_NOISE_MODELS",
+__all__ = ["ADC_MODELS", "ADCModel", "DAC_MODELS", "DACModel", "IR_SOLVERS", "MidriseADCConfig", "READ_NOISE_MODELS",
            "ReadNoiseModel", "SymmetricADCConfig", "SymmetricDACConfig",
-           "attenuation", "dac", "get_adc", "get_dac", "get_read_noise", "nodal_column_currents", "ste_round"]
+           "attenuation", "dac", "exact_transfer", "get_adc", "get_dac", "get_read_noise", "nodal_column_currents",
+           "ste_round", "transfer"]

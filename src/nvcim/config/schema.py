@@ -211,8 +211,16 @@ class ArrayConfig:
     rows: int = spec(128, "rows (inputs) per crossbar tile; larger layers are split, partial sums "
                      "added digitally", unit="cells", lo=1, hi=65536)
     cols: int = spec(128, "columns (outputs) per crossbar tile", unit="cells", lo=1, hi=65536)
-    wire_resistance: float = spec(0.0, "wire resistance per cell segment, drives the self-consistent "
-                                  "IR-drop model (checked against a nodal solve)", unit="Ω", lo=0.0, hi=1e4)
+    wire_resistance: float = spec(0.0, "wire resistance per cell segment (IR drop on rows and columns)",
+                                  unit="Ω", lo=0.0, hi=1e4)
+    ir_solver: str = spec("exact", "IR drop's transfer matrix: 'exact' (Kirchhoff's equations by conjugate "
+                          "gradients, within 1e-4 of a nodal solve) or 'first-order' (self-consistent, "
+                          "cheaper, several % off on wide tiles: docs/benchmarks.md)",
+                          choices=("exact", "first-order"))
+
+    # enters experiment-store keys only through identity_extra (the IR model's name), so that points on
+    # ideal wires keep the keys of before the field existed
+    NOT_HASHED: ClassVar[tuple[str, ...]] = ("ir_solver",)
 
     def __post_init__(self) -> None:
         check(self)
@@ -221,7 +229,10 @@ class ArrayConfig:
         """What experiment-store keys hash beside the fields: the retired ``ir_activity`` at its old default
         where the wires are ideal (results unchanged, so older keys hold), the IR model's date where they
         are not (results changed, so older points are not resumed as if they were the same)."""
-        return {"ir_activity": 0.5} if not self.wire_resistance else {"ir_model": "self-consistent-2026-12-07"}
+        if not self.wire_resistance:
+            return {"ir_activity": 0.5}
+        return {"ir_model": "self-consistent-2026-12-07" if self.ir_solver == "first-order" else
+                "exact-cg-2026-12-07"}
 
 
 @dataclass(frozen=True)
@@ -420,6 +431,8 @@ def _plain(obj: Any, legacy: bool) -> Any:
     if dataclasses.is_dataclass(obj):
         out = {f.name: _plain(getattr(obj, f.name), legacy) for f in dataclasses.fields(obj)}
         if legacy and hasattr(obj, "identity_extra"):
+            for name in getattr(obj, "NOT_HASHED", ()):
+                del out[name]
             out.update(obj.identity_extra())
         for old, (section, tag) in getattr(obj, "MOVED", {}).items() if legacy else ():
             out[old] = out[section][tag]  # the flat key of before, and the section only for its own fields

@@ -3,12 +3,13 @@
 The array is read back (averaging ``reads`` reads against read noise) and its deterministic error is
 compensated, in up to four steps (row remapping, below, first when enabled):
 
-0. ``ir`` (when the array has wire resistance): IR-drop pre-distortion. The design's first-order IR-drop
-   model (``Chip.ir_attenuation``: geometry and wire resistance, known at design time) gives each cell's
-   attenuation a; targets become G' = G / a(G') (a fixed point, 3 iterations, clipped to [g_min, g_max]),
-   and every cell whose target moves by more than ``ir_tol`` x (g_max - g_min) gets one write to G'.
-   A layer is left alone when the model does not predict at least a halving of the error of the
-   effective differences (large drops, where the first-order model breaks down, or targets beyond g_max).
+0. ``ir`` (when the array has wire resistance): IR-drop pre-distortion. The design's IR-drop model
+   (``Chip.ir_attenuation``: geometry, wire resistance and ``array.ir_solver``, known at design time)
+   gives each cell's attenuation a; targets become G' = G / a(G') (a fixed point, 4 iterations, clipped to
+   [g_min, g_max]), and every cell whose target moves by more than ``ir_tol`` x (g_max - g_min) gets one
+   write to G'. A layer is left alone when the model does not predict at least a halving of the error of
+   the effective differences (large drops, where the fixed point does not converge, or targets beyond
+   g_max).
    The later steps then work on effective conductances a x G.
 1. ``partner``: for a differential pair whose read-back difference misses its target by more than
    ``tol`` (fraction of g_max - g_min), one cell is kept and its partner is re-targeted to
@@ -32,9 +33,10 @@ compensated, in up to four steps (row remapping, below, first when enabled):
 Before 2026-12-03 the partner step kept the cell further off its own target and ignored the array's
 write gain, and the column gain was a least-squares fit on the cells near their target: under per-array
 variation and on 1-bit sliced cells map-correct then made chips much worse (digits LeNet-5: 65 -> 18 %
-and 51 -> 24 %; now 91 % and 90 %, docs/benchmarks.md). The IR-drop step inverts the same first-order
-model that the simulator uses, so in simulation it is near exact; on silicon the model's own error (docs:
-a few percent of the drop while the drop is under ~10 %) remains.
+and 51 -> 24 %; now 91 % and 90 %, docs/benchmarks.md). The IR-drop step inverts the same IR model that
+the simulator uses (since 2026-12-07 by default the exact solve of the wires, within 1e-4 of a nodal
+solve), so in simulation it is near exact; on silicon what the resistor network leaves out (nonlinear
+cells, driver and sense-amplifier resistance) remains.
 
 ``remap`` (off by default: it costs three writes per cell): stuck cells are found with two test patterns
 (write every cell to g_max and read: cells left in the lower quarter of the range are stuck at g_min; then
@@ -158,7 +160,7 @@ class MapCorrect(Method):
 
     def _plan_predistort(self, chip: Chip, name: str, device: DeviceModel
                          ) -> tuple[Tensor, Tensor, float] | None:
-        """Pre-distorted targets (pos, neg) and headroom h, or None where the first-order IR-drop model is
+        """Pre-distorted targets (pos, neg) and headroom h, or None where the IR-drop pre-distortion is
         not trusted for this layer (then no step of map-correct touches the layer)."""
         pos_t, neg_t = chip.targets(name)
         d = device.device
@@ -171,8 +173,8 @@ class MapCorrect(Method):
             new_pos = (d.g_min + h * (q_pos - d.g_min)).clamp(d.g_min, d.g_max)
             new_neg = (d.g_min + h * (q_neg - d.g_min)).clamp(d.g_min, d.g_max)
 
-        # the first-order model is only trusted where it predicts that the distorted array does at least
-        # twice better (it breaks down when the drop is large)
+        # trusted only where the model predicts that the distorted array does at least twice better (the
+        # fixed point fails when the drop is large or the boosted targets pass g_max)
         def miss(gp: Tensor, gn: Tensor, scale: float) -> float:
             ap, an = chip.ir_attenuation(name, gp, gn)
             return float(((ap * gp - an * gn) / scale - (pos_t - neg_t)).norm())
@@ -332,7 +334,7 @@ class MapCorrect(Method):
                 if not chip.mapping(name).reference:
                     pulses += self._remap(chip, name, means[name][1].cpu(), device).double()
         if cfg.array.wire_resistance > 0:
-            # where the drop is beyond the first-order model, the read-back cannot be turned into effective
+            # where the drop is beyond what pre-distortion can undo, the read-back cannot be turned into effective
             # weights: every step would correct towards a wrong picture (measured: accuracy falls), so such
             # layers are left alone and named
             self.skipped = [n for n in chip.layer_names() if self._plan_predistort(chip, n, device) is None]
