@@ -1,6 +1,8 @@
-"""IR-drop model against the exact nodal solve: the error on every column current, by tile size, wire
-resistance and input kind, for today's self-consistent model and for the activity-weighted divider of before
-2026-12-07. Writes bench/results/irdrop.md (the table in docs/benchmarks.md).
+"""IR-drop solvers against the nodal solve (sparse LU, float64): the error on every column current, by tile
+size, wire resistance and input kind, for the exact solve (``array.ir_solver = "exact"``, the default, run
+in float32 as the simulator runs it), the first-order model (``"first-order"``) and the activity-weighted
+divider of before 2026-12-07; and the time of each solver per tile. Writes bench/results/irdrop.md (the
+table in docs/benchmarks.md).
 
     .venv/bin/python bench/bench_irdrop.py [--quick]
 """
@@ -15,7 +17,7 @@ from pathlib import Path
 import torch
 from sklearn.datasets import load_digits
 
-from nvcim.circuits import attenuation, nodal_column_currents
+from nvcim.circuits import attenuation, exact_transfer, nodal_column_currents
 
 G_MIN, G_MAX = 1e-6, 1e-4
 
@@ -54,16 +56,20 @@ def main() -> None:
     if args.quick:
         shapes = shapes[:3]
     kinds = ["random", "relu", "digits", "sparse"]
-    lines = [f"IR-drop model vs nodal solve, {time.strftime('%Y-%m-%d')}, {platform.node()}, "
+    lines = [f"IR-drop solvers vs nodal solve, {time.strftime('%Y-%m-%d')}, {platform.node()}, "
              f"`python bench/bench_irdrop.py`. Max |I_model - I_exact| / I_exact over columns and 48 inputs "
-             "(percent); new = self-consistent model, old = activity-0.5 divider. Uniform conductances in "
-             "[1, 100] uS (mapped Gaussian weights in brackets).", "",
-             "| tile | ohm | drop (random) | " + " | ".join(f"{k} new / old" for k in kinds) + " |",
-             "|---|---|---|" + "---|" * len(kinds)]
+             "(percent). exact: the conjugate-gradient solve in float32, max over every input kind; then the "
+             "first-order model / the activity-0.5 divider, by input kind. Uniform conductances in [1, 100] uS "
+             "(mapped Gaussian weights in brackets). Time: ms per tile, float32, 2 threads.", "",
+             "| tile | ohm | drop (random) | exact, all inputs | " +
+             " | ".join(f"{k} first-order / old" for k in kinds) + " | ms exact / first-order |",
+             "|---|---|---|---|" + "---|" * len(kinds) + "---|"]
     for rows, cols in shapes:
         for r in (1.0, 2.0, 5.0, 10.0):
             cells = []
             drop = 0.0
+            exact_err = {"uniform": 0.0, "mapped": 0.0}
+            times = [0.0, 0.0]
             for k in kinds:
                 errs = []
                 for gk in ("uniform", "mapped"):
@@ -73,10 +79,22 @@ def main() -> None:
                     exact = nodal_column_currents(g, v, r)
                     if k == "random" and gk == "uniform":
                         drop = 1 - float(exact.sum() / (g.T @ v).sum())
+                        g32 = g.float()
+                        for i, f in enumerate((lambda: exact_transfer(g32, r), lambda: g32 * attenuation(g32, r))):
+                            f()
+                            t0 = time.perf_counter()
+                            for _ in range(3):
+                                f()
+                            times[i] = (time.perf_counter() - t0) / 3 * 1e3
+                    t_exact = exact_transfer(g.float(), r).double()
+                    exact_err[gk] = max(exact_err[gk],
+                                        100 * float(((t_exact.T @ v - exact).abs() / exact).max()))
                     for t in (g * attenuation(g, r), g * old_model(g, r)):
                         errs.append(100 * float(((t.T @ v - exact).abs() / exact).max()))
                 cells.append(f"{errs[0]:.2f} / {errs[1]:.2f} ({errs[2]:.2f} / {errs[3]:.2f})")
-            lines.append(f"| {rows}x{cols} | {r:g} | {100 * drop:.1f} % | " + " | ".join(cells) + " |")
+            lines.append(f"| {rows}x{cols} | {r:g} | {100 * drop:.1f} % | {exact_err['uniform']:.3f} "
+                         f"({exact_err['mapped']:.3f}) | " + " | ".join(cells) +
+                         f" | {times[0]:.1f} / {times[1]:.2f} |")
             print(lines[-1], flush=True)
     out = Path(__file__).parent / "results" / "irdrop.md"
     out.write_text("\n".join(lines) + "\n")
