@@ -48,6 +48,18 @@ def inputs(kind: str, rows: int, n: int, gen: torch.Generator) -> torch.Tensor:
     return x.repeat(-(-rows // 64), 1)[:rows]
 
 
+def solver_times(g: torch.Tensor, r: float) -> list[float]:
+    """ms per call of the exact solve and of the first-order model on tile ``g`` (one warm-up each)."""
+    out = []
+    for f in (lambda: exact_transfer(g, r), lambda: g * attenuation(g, r)):
+        f()
+        t0 = time.perf_counter()
+        for _ in range(3):
+            f()
+        out.append((time.perf_counter() - t0) / 3 * 1e3)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="the small tiles only")
@@ -79,13 +91,7 @@ def main() -> None:
                     exact = nodal_column_currents(g, v, r)
                     if k == "random" and gk == "uniform":
                         drop = 1 - float(exact.sum() / (g.T @ v).sum())
-                        g32 = g.float()
-                        for i, f in enumerate((lambda: exact_transfer(g32, r), lambda: g32 * attenuation(g32, r))):
-                            f()
-                            t0 = time.perf_counter()
-                            for _ in range(3):
-                                f()
-                            times[i] = (time.perf_counter() - t0) / 3 * 1e3
+                        times = solver_times(g.float(), r)
                     t_exact = exact_transfer(g.float(), r).double()
                     exact_err[gk] = max(exact_err[gk],
                                         100 * float(((t_exact.T @ v - exact).abs() / exact).max()))

@@ -149,8 +149,7 @@ def _solve(g: Tensor, r: float, extra: int, tol: float, max_steps: int) -> Tenso
     p = res.clone()
     rr = (res * res).sum((-1, -2), keepdim=True)
     bb = (b * b).sum((-1, -2), keepdim=True).clamp_min(torch.finfo(g.dtype).tiny)
-    step = 0
-    for step in range(max_steps):
+    for _ in range(max_steps):
         if float((rr / bb).max()) <= tol * tol:
             break
         ap = apply(p)
