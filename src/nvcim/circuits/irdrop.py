@@ -48,11 +48,12 @@ import logging
 import torch
 from torch import Tensor
 
+from ..config.schema import IR_SOLVERS
+
 IR_STEPS = 10  # Richardson steps of the first-order model's self-consistent attenuation
 IR_TOL = 1e-5  # relative residual at which the exact solve stops
 IR_MAX_STEPS = 1000
 IR_CHUNK = 1 << 22  # unknowns (right-hand sides x cells) solved at once: the solve's buffers stay ~16 MiB
-IR_SOLVERS = ("exact", "first-order")
 
 log = logging.getLogger(__name__)
 

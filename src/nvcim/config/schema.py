@@ -199,6 +199,9 @@ class DifferentialConfig(MappingConfig):
         return self.weight_bits
 
 
+IR_SOLVERS = ("exact", "first-order")  # array.ir_solver: nvcim.circuits.irdrop implements each
+
+
 @dataclass(frozen=True)
 class ArrayConfig:
     """Crossbar tiles and wires."""
@@ -216,7 +219,7 @@ class ArrayConfig:
     ir_solver: str = spec("exact", "IR drop's transfer matrix: 'exact' (Kirchhoff's equations by conjugate "
                           "gradients, within 1e-4 of a nodal solve) or 'first-order' (self-consistent, "
                           "cheaper, several % off on wide tiles: docs/benchmarks.md)",
-                          choices=("exact", "first-order"))
+                          choices=IR_SOLVERS)
 
     # enters experiment-store keys only through identity_extra (the IR model's name), so that points on
     # ideal wires keep the keys of before the field existed
