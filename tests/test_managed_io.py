@@ -1,6 +1,7 @@
 """Managed reads (aihwkit's inference I/O): per-vector input scaling, output noise and bound management,
 against plain statements of their arithmetic."""
 
+import copy
 import math
 
 import pytest
@@ -65,6 +66,42 @@ def test_absmax_dac_quantises_each_vector_of_each_row_tile_on_its_own_range():
         out = m(x)
     assert torch.allclose(out, want.expand_as(out), atol=1e-5)
     assert not torch.allclose(want, _tile_dac(x, 4) @ w.T + b, atol=1e-3)  # one range over all 64 rows differs
+
+
+@pytest.mark.parametrize("make,shape", [
+    (lambda: nn.Conv2d(6, 4, 3, stride=2, padding=2, dilation=2), (6, 9, 8)),  # 2 tiles of 3 channels
+    (lambda: nn.Conv2d(7, 5, 3, padding=1), (7, 6, 6)),  # 3 tiles of 3 channels, the last one padded
+    (lambda: nn.Conv2d(3, 4, 3, padding="same", padding_mode="reflect"), (3, 7, 5)),
+    (lambda: nn.Conv2d(4, 6, 3, padding=1, groups=2), (4, 5, 5)),
+    (lambda: nn.Conv1d(5, 3, 3, stride=2, padding=1), (5, 17)),
+    (lambda: nn.ConvTranspose2d(6, 4, 3, stride=2, padding=1, output_padding=1), (6, 4, 5)),
+])
+def test_absmax_dac_quantises_each_patch_of_each_row_tile_on_its_own_range(make, shape):
+    """Convolutions: each output position's receptive field, tile by tile, gets its own range (F.unfold's
+    patches here, the simulator's own strided patches and max-pooled ranges there)."""
+    torch.manual_seed(3)
+    conv = make().eval()
+    m = nvcim.convert(nn.Sequential(copy.deepcopy(conv)), cfg(**{"circuit.input_scaling": "absmax",
+                                                           "circuit.dac_bits": 4, "array.rows": 32}),
+                      chips=2, seed=0)
+    lay = m.net[0]
+    x = torch.randn(3, *shape) + 0.3
+    x4 = x.unsqueeze(2) if x.dim() == 3 else x
+    padding, stride = lay.patch_args()
+    cols = torch.nn.functional.unfold(lay.pad_input(x4), lay.kernel_size, lay.dilation, padding, stride)
+    b, _, n_l = cols.shape
+    g, k, r = lay.groups, lay.k, lay.rows_per_tile()
+    rows = cols.view(b, g, k, n_l).permute(0, 3, 1, 2)  # (B, L, g, K)
+    w = lay.weight_matrix().detach().view(g, -1, k)  # (g, O/g, K)
+    want = torch.zeros(b, n_l, g, w.shape[1])
+    for t0 in range(0, k, r):
+        q = _tile_dac(rows[..., t0:t0 + r].reshape(-1, min(r, k - t0)), 4).view(b, n_l, g, -1)
+        want += torch.einsum("blgr,gor->blgo", q, w[..., t0:t0 + r])
+    want = want.reshape(b, n_l, -1) + (lay.bias.detach() if lay.bias is not None else 0)
+    m.calibrate(x)
+    with torch.no_grad():
+        out = m(x)
+    assert torch.allclose(out.reshape(2, b, -1, n_l).transpose(-1, -2), want.expand(2, -1, -1, -1), atol=1e-5)
 
 
 def test_symmetric_converters_have_as_many_codes_on_each_side():

@@ -74,7 +74,5 @@ class AnalogConvTranspose2d(Conv2dProduct, AnalogLayer):
         return F.conv_transpose2d(x, w, self.bias, self.t_stride, self.t_padding, self.output_padding,
                                   self.groups, self.dilation)
 
-    def unfold_input(self, v: Tensor) -> Tensor:
-        cols = F.unfold(self.pad_input(v), self.kernel_size, self.dilation, 0, 1)  # type: ignore[arg-type]
-        b, _, n_l = cols.shape
-        return cols.view(b, self.groups, self.k, n_l).permute(0, 3, 1, 2).reshape(-1, self.k)
+    def patch_args(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        return (0, 0), (1, 1)  # pad_input upsampled and padded already

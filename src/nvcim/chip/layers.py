@@ -9,6 +9,7 @@ chip minor, from the model's entry on (:class:`~nvcim.chip.model.AnalogModel`).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -144,6 +145,20 @@ class AnalogLayer(nn.Module):
     def unfold_input(self, v: Tensor) -> Tensor:
         """Inputs ``v`` (B, ...) as the rows the arrays multiply, (positions, K)."""
         return v.reshape(-1, self.k)
+
+    def tile_input(self, v: Tensor, cp: int) -> Tensor:
+        """The layer's input ``v`` (N, ...), N = B cp (cp = 1: one input for all chips, else one per chip,
+        chip-minor), as the rows each row tile multiplies: (B, cp, L, g, T, R), laid out in memory as
+        (cp, g, T, B, L, R), the order of the per-array products (:mod:`.managed_io`)."""
+        t = self.geometry.to_tile_rows(self.unfold_input(v))  # (N L g, T, R)
+        g = int(getattr(self, "groups", 1))
+        t = t.view(v.shape[0] // cp, cp, -1, g, *t.shape[-2:])
+        return t.permute(1, 3, 4, 0, 2, 5).contiguous().permute(3, 0, 4, 1, 2, 5)
+
+    def tile_absmax(self, v: Tensor, rows: Tensor, cp: int) -> Tensor:
+        """max |x| over each tile's rows of each input vector, (B, cp, L, g, T, 1): of ``rows``, the
+        :meth:`tile_input` of ``v``."""
+        return torch.linalg.vector_norm(rows, math.inf, -1, keepdim=True)
 
     def digital_with(self, x: Tensor, w: Tensor) -> Tensor:
         """The digital layer with weights ``w``."""

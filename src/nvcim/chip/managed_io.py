@@ -33,7 +33,7 @@ from torch import Tensor
 
 from ..circuits import get_adc, get_dac
 from . import rng
-from .compiling import dac_kernel, register_kernel, run_kernel
+from .compiling import register_kernel, run_kernel
 from .context import ChipPass, EpilogueOperands, Pass, col_padded, row_padded
 from .kernel import _shift_add
 
@@ -48,17 +48,6 @@ def max_rounds(dac_bits: int) -> int:
     return max(1, math.floor(math.log2(max(limit, 1.0))) + 2) if limit >= 1 else 1
 
 
-def tile_rows(layer: AnalogLayer, x: Tensor, shared: bool, c: int) -> Tensor:
-    """The layer's input ``x`` as the rows each tile multiplies: (B, c' , L, g, T, R) with c' = 1 for an
-    input shared by all chips, else c."""
-    rows = layer.unfold_input(x)  # (N L g, K), N = B or B c
-    n = x.shape[0]
-    cp = 1 if shared else c
-    g = int(getattr(layer, "groups", 1))
-    t = layer.geometry.to_tile_rows(rows)  # (N L g, T, R)
-    return t.view(n // cp, cp, -1, g, *t.shape[-2:])
-
-
 def read(layer: AnalogLayer, x: Tensor, shared: bool, c: int, ops: EpilogueOperands, cache_of: Pass,
          chip: ChipPass | None) -> tuple[Tensor, Tensor | None]:
     """One managed read of input ``x`` on ``chip``'s chips (None: a calibration read of the noise-free
@@ -70,10 +59,10 @@ def read(layer: AnalogLayer, x: Tensor, shared: bool, c: int, ops: EpilogueOpera
     tile still has pending, gathered; a draw's key is that of its (image, position, element), so the result
     is the same as reading everything again."""
     cc = layer.config.circuit
-    rows = tile_rows(layer, x, shared, c)
+    rows = layer.tile_input(x, 1 if shared else c)  # (B, c', L, g, T, R)
     b, cp, n_l, g, t, _ = rows.shape
     if cc.input_scaling == "absmax":
-        alpha = rows.abs().amax(-1, keepdim=True)  # (B, c', L, g, T, 1)
+        alpha = layer.tile_absmax(x, rows, cp)  # (B, c', L, g, T, 1)
     else:
         fs = layer.converters.dac_fs if bool(layer.converters.dac_fs > 0) else torch.ones((), device=rows.device)
         alpha = fs.to(rows).expand(b, cp, n_l, g, t, 1)
@@ -94,13 +83,16 @@ def read(layer: AnalogLayer, x: Tensor, shared: bool, c: int, ops: EpilogueOpera
     def one_round(j: int, r: Tensor, a: Tensor, bkeys: Tensor | None, loff: Tensor) -> tuple[Tensor, Tensor,
                                                                                               Tensor]:
         f = float(2**j)
-        xn = _dac(layer, r / (a * f), compiled)
+        xn = _dac(layer, r, a * f, compiled)
         y = _product(xn, w, shared)  # (N, L, c, T, S, O)
         var = None
         if keys is not None and (wv is not None or sigma2 is not None):
-            var = _product(xn * xn, wv, shared) if wv is not None else torch.zeros_like(y)
-            if sigma2 is not None:  # independent Gaussians add: one draw of the summed variance
-                var = var + sigma2
+            if wv is None:  # output noise only: its variance per output, broadcast (not a full tensor)
+                var = sigma2.expand(y.shape[0], 1, 1, *sigma2.shape)  # type: ignore[union-attr]
+            else:
+                var = _product(xn * xn, wv, shared)
+                if sigma2 is not None:  # independent Gaussians add: one draw of the summed variance
+                    var = var + sigma2
         rk = None if bkeys is None or var is None else rng.mix(bkeys ^ rng._s32(rng.key("managed", j)))
         q, sat = run_kernel("managed", (cc.adc_key,), compiled, y, var, rk, loff, eoff, ops.gain, ops.offset,
                             ops.delta, ops.lo, ops.hi, _per_output(a * f, og))
@@ -125,15 +117,22 @@ def read(layer: AnalogLayer, x: Tensor, shared: bool, c: int, ops: EpilogueOpera
     return y, first if calibrating else None
 
 
-def _dac(layer: AnalogLayer, xn: Tensor, compiled: bool) -> Tensor:
-    """The DAC on normalised inputs (full scale 1)."""
+def _dac(layer: AnalogLayer, r: Tensor, scale: Tensor, compiled: bool) -> Tensor:
+    """The DAC on the inputs ``r`` normalised by ``scale`` (full scale 1), one pass when compiled."""
     cc = layer.config.circuit
-    if not cc.dac_bits:
+    return run_kernel("managed_dac", (cc.dac_key, cc.dac_bits, bool(layer.converters.dac_signed)), compiled,
+                      r, scale)
+
+
+def managed_dac_kernel(r: Tensor, scale: Tensor, model: str, bits: int, signed: bool) -> Tensor:
+    """``r / scale`` through DAC ``model`` at full scale 1 (``bits`` = 0: ideal)."""
+    xn = r / scale
+    if not bits:
         return xn
-    one = torch.ones((), device=xn.device, dtype=xn.dtype)
-    if compiled:
-        return dac_kernel(cc.dac_key, cc.dac_bits, bool(layer.converters.dac_signed))(xn, one)
-    return get_dac(cc.dac_key).quantize(xn, one, cc.dac_bits, bool(layer.converters.dac_signed))
+    return get_dac(model).quantize(xn, torch.ones((), device=xn.device, dtype=xn.dtype), bits, signed)
+
+
+register_kernel("managed_dac", managed_dac_kernel, batch=(0, 1))
 
 
 def managed_kernel(y: Tensor, var: Tensor | None, keys: Tensor | None, loff: Tensor, eoff: Tensor,
