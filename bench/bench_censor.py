@@ -5,6 +5,7 @@ level, from the same trained model, for several training seeds, and measures the
 5 % of chips (KPP) on many chips of the same device, with the exact 95 % interval of each KPP.
 
     .venv/bin/python bench/bench_censor.py [--chips 1000] [--seeds 3] [--sigma 0.1] [--censor 1.0 2.0]
+        [--first-seed 0] [--out censor.json]
 
 Writes bench/results/censor.json and prints a Markdown table (docs/benchmarks.md).
 """
@@ -34,6 +35,8 @@ def main() -> None:
     ap.add_argument("--censor", type=float, nargs="+", default=[1.0, 2.0])
     ap.add_argument("--epochs", type=int, default=8)
     ap.add_argument("--test", type=int, default=1000)
+    ap.add_argument("--first-seed", type=int, default=0)
+    ap.add_argument("--out", default="censor.json", help="file name under bench/results")
     args = ap.parse_args()
     torch.manual_seed(0)
     data = load_dataset("fashion-mnist")
@@ -43,7 +46,7 @@ def main() -> None:
     test = (data.test[0][: args.test], data.test[1][: args.test])
     task = TaskData(train=data.train, unlabelled=data.train[0][:2000])
     rows = []
-    for seed in range(args.seeds):
+    for seed in range(args.first_seed, args.first_seed + args.seeds):
         for censor in [0.0, *args.censor]:
             t = time.perf_counter()
             chips = nvcim.convert(copy.deepcopy(net), cfg, chips=args.chips, seed=100)
@@ -58,7 +61,7 @@ def main() -> None:
                        minutes=(time.perf_counter() - t) / 60)
             rows.append(row)
             print(json.dumps(row), flush=True)
-    out = Path(__file__).parent / "results" / "censor.json"
+    out = Path(__file__).parent / "results" / args.out
     out.write_text(json.dumps({"date": time.strftime("%Y-%m-%d"), "host": platform.node(), "args": vars(args),
                                "rows": rows}, indent=1))
     print(f"wrote {out}")
