@@ -148,6 +148,34 @@ def test_batch_of_one_and_channels_last_give_the_same_chip_outputs(name):
     torch.testing.assert_close(cl, y, rtol=1e-5, atol=1e-5)
 
 
+def test_convert_copies_the_model_unless_asked_to_convert_it_in_place():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(8, 4), nn.ReLU(), nn.Linear(4, 3)).eval()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    chips = nvcim.convert(net, preset("ideal"), chips=2, seed=0)
+    assert all(type(m) in (nn.Sequential, nn.Linear, nn.ReLU) for m in net.modules())  # untouched
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
+    assert chips.net is not net and isinstance(chips.net[0], AnalogLayer)
+    x = torch.randn(5, 8)
+    with torch.no_grad():
+        assert torch.allclose(chips(x), net(x).expand(2, -1, -1), atol=1e-5)  # ideal chip = the digital net
+    in_place = nvcim.convert(net, preset("ideal"), chips=2, seed=0, inplace=True)
+    assert in_place.net is net and isinstance(net[0], AnalogLayer)
+
+
+def test_a_model_that_cannot_be_copied_names_inplace():
+    class Holder(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(4, 2)
+            self.gen = (i for i in range(3))  # a generator cannot be deep-copied
+
+    with pytest.raises(NvcimError, match="inplace=True"):
+        nvcim.convert(Holder(), preset("ideal"), chips=1)
+    with pytest.raises(NvcimError, match="inplace"):
+        nvcim.convert(Holder(), preset("ideal"), chips=1, inplace="yes")
+
+
 def test_conversion_report_names_what_was_converted_and_what_stayed_digital():
     m = nvcim.convert(_model("vit"), "ideal", chips=1)
     converted = dict(m.report.converted)

@@ -7,6 +7,7 @@ which :mod:`.registry` has an analog layer, and which ``filter_fn`` accepts, is 
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -174,11 +175,14 @@ def convert(
     filter_fn: FilterFn | None = None,
     runtime: Runtime | None = None,
     strict: bool = False,
+    inplace: bool = False,
 ) -> AnalogModel:
     """Put ``model`` on ``chips`` simulated chips described by ``config`` (a ChipConfig, preset or file).
 
+    ``inplace=False`` (the default) converts a deep copy and leaves ``model`` as it was; ``inplace=True``
+    swaps ``model``'s own modules (no copy of its weights: for a model too large to hold twice).
     Every ``nn.Linear`` and ``nn.Conv2d`` at any depth for which ``filter_fn(module, qualified_name)`` is
-    true (all, by default) is swapped **in place** for an analog layer (also ``nn.Conv1d``,
+    true (all, by default) is swapped for an analog layer (also ``nn.Conv1d``,
     ``nn.ConvTranspose2d``, ``nn.MultiheadAttention``, ``nn.LSTM``/``GRU``/``RNN`` and GPT-2's ``Conv1D``);
     everything else stays digital. ``.report`` of the result (a :class:`ConversionReport`) names every module
     whose matrix products stay digital, with its share of the matrix weights, and states the analog share.
@@ -202,6 +206,14 @@ def convert(
             raise ConversionError(f"parameter '{name}' contains NaN or inf")
     if not isinstance(strict, bool):
         raise ConfigError("strict", strict, "True or False")
+    if not isinstance(inplace, bool):
+        raise ConfigError("inplace", inplace, "True or False")
+    if not inplace:
+        try:
+            model = copy.deepcopy(model)
+        except Exception as e:  # a module holding something that cannot be copied (an open file, a lock)
+            raise ConversionError(f"the model could not be copied ({type(e).__name__}: {e}); pass "
+                                  "inplace=True to convert it in place") from e
     report = ConversionReport()
     swapped: Swapped = []
     _swap(model, cfg, filter_fn, report, swapped)

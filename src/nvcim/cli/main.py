@@ -163,7 +163,7 @@ def _prepare(args: argparse.Namespace, convert_model: bool = True):  # type: ign
     test = data.test if not args.limit else (data.test[0][:args.limit], data.test[1][:args.limit])
     if not convert_model:
         return config, data, info, test, model
-    chip_model = convert(model, config, chips=args.chips, seed=args.seed,
+    chip_model = convert(model, config, chips=args.chips, seed=args.seed, inplace=True,  # loaded for this
                          runtime=Runtime(memory_mb=args.memory_mb, compile=args.compile,
                                          variance=args.variance))
     chip_model.calibrate(data.train[0][:256])

@@ -10,7 +10,6 @@ per-chip difference. Effects that the config does not have are left out.
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 from dataclasses import dataclass, field
@@ -110,7 +109,7 @@ def analyze(net: nn.Module, config: ChipConfig, data: tuple[Any, Any], calibrati
 
     # every unit that conversion puts on the chip (Linear, convolutions, attention, recurrent layers,
     # GPT-2's Conv1D), by the name its filter sees: a one-chip conversion says which they are
-    layer_names = [n for n, _ in convert(copy.deepcopy(net), config, chips=1, seed=seed).report.converted]
+    layer_names = [n for n, _ in convert(net, config, chips=1, seed=seed).report.converted]
     if not layer_names:
         raise NvcimError("the model has no layer that nvcim puts on the chip (Linear, Conv1d/2d, "
                          "ConvTranspose2d, MultiheadAttention, LSTM/GRU/RNN, GPT-2 Conv1D) to analyse")
@@ -129,7 +128,7 @@ def analyze(net: nn.Module, config: ChipConfig, data: tuple[Any, Any], calibrati
     results: dict[tuple[str, str], tuple[float, list[float]]] = {}
     for name, kind, cfg, filt in tqdm(jobs, desc="impact analysis", unit="config", disable=not progress):
         assert cfg is not None
-        model = convert(copy.deepcopy(net), cfg, chips=chips, seed=seed, filter_fn=filt)
+        model = convert(net, cfg, chips=chips, seed=seed, filter_fn=filt)
         model.calibrate(calibration)
         res = evaluate(model, data, batch_size=batch_size, progress=False)
         results[(name, kind)] = (res.ideal_accuracy, res.accuracy.per_chip)

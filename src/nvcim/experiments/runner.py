@@ -81,8 +81,8 @@ def _hwa_trained(model: str, dataset: str, epochs: int, seed: int, hwa: str, pro
         except Exception as e:  # unreadable or stale: train again rather than fail
             warnings.warn(f"ignoring unreadable cached model {path}: {e}", stacklevel=2)
     data = _dataset(dataset)
-    work = copy.deepcopy(base)
-    chips = convert(work, ChipConfig.from_dict(spec["config"]), chips=1, seed=seed)
+    work = copy.deepcopy(base)  # trained on the chip below; its weights are read back into net
+    chips = convert(work, ChipConfig.from_dict(spec["config"]), chips=1, seed=seed, inplace=True)
     chips.calibrate(data.train[0][:256])
     get("vat", epochs=spec["epochs"], patience=0).apply(SimulatedChip(chips), TaskData(data.train, data.train[0],
                                                                                        metric=data.metric),
@@ -111,12 +111,12 @@ def compute_point(point: Point, device: str = "cpu", progress: bool = False) -> 
                                  json.dumps(e.hwa_identity(), sort_keys=True), progress)
     else:
         net, info = _trained(e.model, e.dataset, e.epochs, e.train_seed)
-    net = copy.deepcopy(net).to(device)  # convert() swaps layers in place; methods may retrain
+    net = copy.deepcopy(net).to(device)  # methods may retrain: the cached model stays as trained
     test = data.test if not e.limit else (data.test[0][:e.limit], data.test[1][:e.limit])
     test = (test[0].to(device), test[1].to(device))
     train = (data.train[0].to(device), data.train[1].to(device))
     runtime = Runtime(memory_mb=e.memory_mb, variance=point.variance())  # as the point's key says
-    model = convert(net, point.config, chips=e.chips, seed=point.seed, runtime=runtime)
+    model = convert(net, point.config, chips=e.chips, seed=point.seed, runtime=runtime, inplace=True)
     model.calibrate(train[0][:256])
     chain = point.chain()
     if chain:
@@ -244,7 +244,7 @@ def estimate(exp: Experiment, run_dir: str | Path | None = None) -> dict[str, An
     net, info = _trained(exp.model, exp.dataset, exp.epochs, exp.train_seed)
     train_s = time.perf_counter() - t0
     n_img = min(256, len(data.test[1]))
-    probe = convert(copy.deepcopy(net), points[0].config, chips=8, seed=0)
+    probe = convert(net, points[0].config, chips=8, seed=0)
     probe.calibrate(data.train[0][:256])
     t0 = time.perf_counter()
     evaluate(probe, (data.test[0][:n_img], data.test[1][:n_img]), progress=False)
