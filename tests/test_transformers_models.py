@@ -111,7 +111,7 @@ def test_noisy_chips_of_a_hugging_face_model_differ_and_reproduce(arch):
         mild = override(NOISY, {"device.faults.sa0": 0.0, "device.faults.sa1": 0.0, "device.read_noise": 0.0,
                                 "device.programming.sigma": sigma, "device.bits_per_cell": 0})
         c = nvcim.convert(Logits(BUILD[arch]().eval()), mild, chips=3, seed=4)
-        c.net.load_state_dict(Logits(hf).state_dict())
+        c.net.load_state_dict(m.net.state_dict())  # the same weights, converted
         c.reprogram(ids)
         with torch.no_grad():
             errs.append(float((c(ids, read_key=2) - ref).abs().mean() / scale))
