@@ -80,30 +80,31 @@ class Conv2dProduct(_Layer):
     def tile_input(self, v: Tensor, cp: int) -> Tensor:
         """See :meth:`AnalogLayer.tile_input`: the tiles' rows cut from the patches in one copy, each tile's
         channels zero-padded to whole tiles on the (smaller) input first."""
-        n, _, h, w = v.shape
+        n = v.shape[0]
         g, t, ct = self.groups, self.row_tiles, self.ch_per_tile
-        v = v.reshape(n // cp, cp, g, self.cg, h, w)
-        if t * ct > self.cg:
-            v = F.pad(v, (0, 0, 0, 0, 0, t * ct - self.cg))
-        p = self.patches(v.reshape(n, g * t * ct, h, w))  # (N, g T ct, Ho, Wo, kh, kw)
+        p = self.patches(self._whole_tiles(v).flatten(1, 3))  # (N, g T ct, Ho, Wo, kh, kw)
         _, _, ho, wo, kh, kw = p.shape
         p = p.view(n // cp, cp, g, t, ct, ho, wo, kh, kw).permute(1, 2, 3, 0, 5, 6, 4, 7, 8)
         return p.reshape(cp, g, t, n // cp, ho * wo, ct * kh * kw).permute(3, 0, 4, 1, 2, 5)
 
     def tile_absmax(self, v: Tensor, rows: Tensor, cp: int) -> Tensor:
-        """See :meth:`AnalogLayer.tile_absmax`: a max-pool of the input's max |x| over each tile's channels,
-        which reads the input once instead of the k^2 times larger patches (the same numbers: max is exact)."""
+        """See :meth:`AnalogLayer.tile_absmax`: the max over each receptive field of the input's max |x| over
+        each tile's channels: the input read once instead of the k^2 times larger patches (the same numbers:
+        max is exact)."""
+        n = v.shape[0]
+        g, t = self.groups, self.row_tiles
+        a = self.patches(self._whole_tiles(v).abs().amax(3).flatten(1, 2)).amax((-2, -1))  # (N, g T, Ho, Wo)
+        return a.reshape(n // cp, cp, g, t, -1).permute(0, 1, 4, 2, 3).unsqueeze(-1)
+
+    def _whole_tiles(self, v: Tensor) -> Tensor:
+        """Input ``v`` (N, C_in, H, W) as (N, g, T, ch_per_tile, H, W), the last tile's missing channels
+        zero (the rows that :meth:`~.geometry.TileGeometry.to_tile_rows` pads)."""
         n, _, h, w = v.shape
         g, t, ct = self.groups, self.row_tiles, self.ch_per_tile
-        a = v.reshape(n, g, self.cg, h, w).abs()
+        v = v.reshape(n, g, self.cg, h, w)
         if t * ct > self.cg:
-            a = F.pad(a, (0, 0, 0, 0, 0, t * ct - self.cg))
-        a = self.pad_input(a.reshape(n, g, t, ct, h, w).amax(3).reshape(n, g * t, h, w))
-        padding, stride = self.patch_args()
-        if any(padding):
-            a = F.pad(a, (padding[1], padding[1], padding[0], padding[0]))
-        a = F.max_pool2d(a, self.kernel_size, stride, 0, self.dilation)  # (N, g T, Ho, Wo)
-        return a.reshape(n // cp, cp, g, t, -1).permute(0, 1, 4, 2, 3).unsqueeze(-1)
+            v = F.pad(v, (0, 0, 0, 0, 0, t * ct - self.cg))
+        return v.reshape(n, g, t, ct, h, w)
 
     @property
     def ch_per_tile(self) -> int:
